@@ -1,0 +1,52 @@
+"""`estim`: thin subcommands that parse, call the API, print and pick an exit code.
+
+Imports are lazy (each subcommand imports its module only when chosen) so that
+`estim --help` answers at once on a clinic laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_REFUSED = 2  # a safety refusal (nothing was sent) or bad input
+EXIT_DEVICE_FAULT = 3
+EXIT_INTERRUPTED = 130
+
+# name -> (module under firmware_host.cli, one-line help)
+COMMANDS = {
+    "run": ("run", "run a stimulation session (default: the built-in simulated device)"),
+    "sim": ("sim", "serve the simulated device on a pseudo-terminal or TCP port"),
+}
+
+EPILOG = """examples:
+  estim run --channel 1 --frequency 2 --pulse-width 200 --amplitude 2 --seconds 20
+  estim sim --listen pty
+  estim sim --listen tcp:127.0.0.1:0 --set channels=2
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="estim",
+        description="Host controller for a needle e-stim (electroacupuncture) stimulator.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])  # prints help or the usage error and exits
+        return EXIT_ERROR
+    module = importlib.import_module(f"{__name__}.{COMMANDS[argv[0]][0]}")
+    return int(module.main(argv[1:]))

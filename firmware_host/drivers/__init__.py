@@ -1,0 +1,41 @@
+"""Transports chosen by URL scheme, imported lazily so a missing backend fails only when chosen.
+
+- `sim://[?key=value&...]`  the built-in simulated device, in this process (overrides as in
+  ICD.md section 7, e.g. `sim://?channels=2&watchdog_ms=500`)
+- `usb://VID:PID[/SERIAL]`  a vendor-specific USB device (bulk endpoint pair)
+- anything else              a pyserial URL or path: `/dev/ttyUSB0`, `/dev/pts/3`,
+                             `socket://127.0.0.1:5000`, `loop://`
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+from ..errors import TransportError
+from .base import Transport
+
+__all__ = ["Transport", "open_transport"]
+
+
+def open_transport(url: str) -> Transport:
+    """Open the byte path named by `url`; raises a TransportError subclass on failure."""
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme == "sim":
+        return _open_sim(url)
+    if scheme == "usb":
+        raise TransportError(f"{url}: the USB transport is not available in this version")
+    from .serial_port import SerialTransport
+
+    return SerialTransport(url)
+
+
+def _open_sim(url: str) -> Transport:
+    from ..sim import SimConfig, start_in_process
+    from .socket_pair import SocketTransport
+
+    try:
+        config = SimConfig.from_overrides(dict(parse_qsl(urlsplit(url).query, strict_parsing=False)))
+    except ValueError as exc:
+        raise TransportError(f"{url}: {exc}") from exc
+    sock, stop, _device = start_in_process(config)
+    return SocketTransport(url, sock, on_close=stop)

@@ -1,0 +1,377 @@
+"""The reliable ICD link: sequence numbers, an 8-frame window, go-back-N retransmission,
+heartbeats, out-of-band ESTOP and event delivery. It knows bytes, not transports.
+
+Threads: one named reader thread per link reads the transport, dispatches replies and
+events, and runs the timers (retransmission, heartbeat). Callers' threads encode and write
+their own commands under one lock so frames leave in sequence order. ESTOP never takes
+that lock: it is written from the caller's thread at once, between any two frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from . import icd
+from .drivers.base import Transport
+from .errors import (
+    DeviceRebooted,
+    EstimError,
+    HandshakeFailed,
+    LinkError,
+    LinkTimeout,
+    ProtocolMismatch,
+    TransportError,
+    refusal_for,
+)
+
+log = logging.getLogger(__name__)
+
+_ESTOP_SEQ_OFFSET = 128  # far from every in-flight seq, so its ACK cannot be mistaken
+_MAX_TIMER_WAIT = 0.05
+
+
+@dataclass(frozen=True)
+class LinkLost:
+    """Delivered to subscribers once, when the link can no longer reach the device."""
+
+    reason: LinkError
+
+
+LinkEvent = icd.Telemetry | icd.Fault | LinkLost
+Subscriber = Callable[[LinkEvent], None]
+
+
+@dataclass
+class LinkStats:
+    frames_sent: int = 0
+    frames_received: int = 0
+    bad_frames: int = 0
+    undecodable: int = 0
+    retransmissions: int = 0
+    timeouts: int = 0
+    out_of_order_naks: int = 0
+    duplicate_replies: int = 0
+    heartbeats: int = 0
+    estops_sent: int = 0
+    events_received: int = 0
+    events_lost: int = 0
+    subscriber_errors: int = 0
+
+
+@dataclass
+class _Pending:
+    seq: int
+    message: icd.Message
+    frame: bytes
+    future: Future[icd.Message] = field(default_factory=Future)
+    sent_at: float = 0.0
+    attempts: int = 0
+    generation: int = 0
+
+
+class Link:
+    """A session with one device over one transport.
+
+    `open()` performs the handshake; nothing but HELLO (and ESTOP, which only ever makes
+    the device safer) is written before it succeeded.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        window: int = icd.RETRANSMIT_WINDOW,
+        reply_timeout: float = 0.1,
+        max_attempts: int = 6,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 <= window <= icd.RETRANSMIT_WINDOW:
+            raise ValueError(f"window {window} outside 1..{icd.RETRANSMIT_WINDOW}")
+        self.transport = transport
+        self.window = window
+        self.reply_timeout = reply_timeout
+        self.max_attempts = max_attempts
+        self.stats = LinkStats()
+        self.identity: icd.Identity | None = None
+        self._clock = clock
+        self._decoder = icd.FrameDecoder()
+        self._lock = threading.Lock()  # sequencing state; taken before _write_lock
+        self._write_lock = threading.Lock()
+        self._next_seq = random.randrange(256)
+        self._inflight: dict[int, _Pending] = {}  # insertion order = send order
+        self._queue: deque[_Pending] = deque()
+        self._generation = 0
+        self._session = False
+        self._failed: LinkError | None = None
+        self._closing = threading.Event()
+        self._last_tx = 0.0
+        self._heartbeat_interval = 0.075
+        self._last_event_seq: int | None = None
+        self._subscribers: list[Subscriber] = []
+        self._estop_seq: int | None = None
+        self._estop_acked = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, name=f"link-reader {transport.url}", daemon=True)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def open(self, timeout: float = 2.0) -> icd.Identity:
+        """Handshake: HELLO until IDENTITY; refuses a protocol version it does not know."""
+        self.transport.discard_input()
+        self._reader.start()
+        future = self._enqueue(icd.Hello(icd.PROTOCOL_VERSION), handshake=True)
+        try:
+            reply = future.result(timeout)
+        except TimeoutError:
+            self.close()
+            raise HandshakeFailed(f"{self.transport.url}: no IDENTITY within {timeout:.1f} s") from None
+        except EstimError as exc:
+            self.close()
+            raise HandshakeFailed(f"{self.transport.url}: handshake failed: {exc}") from exc
+        if not isinstance(reply, icd.Identity):
+            self.close()
+            raise HandshakeFailed(f"{self.transport.url}: HELLO answered with {type(reply).__name__}")
+        if reply.protocol_version != icd.PROTOCOL_VERSION:
+            self.close()
+            raise ProtocolMismatch(
+                f"{self.transport.url}: device speaks protocol version {reply.protocol_version}; "
+                f"this host knows only {icd.PROTOCOL_VERSION}"
+            )
+        self.identity = reply
+        self._heartbeat_interval = reply.watchdog_ms / 4000.0
+        with self._lock:
+            self._session = True
+        return reply
+
+    def close(self) -> None:
+        """Stop the reader within its timer period and close the transport. Idempotent."""
+        self._closing.set()
+        self._fail(LinkError("link closed"), notify=False)
+        if self._reader.is_alive() and threading.current_thread() is not self._reader:
+            self._reader.join(timeout=1.0)
+        self.transport.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._failed is None and not self._closing.is_set()
+
+    @property
+    def failure(self) -> LinkError | None:
+        return self._failed
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Deliver TELEMETRY, FAULT and LinkLost to `subscriber` on the reader thread.
+
+        Subscribers must return quickly and never wait on the link themselves.
+        """
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    # --- commands -------------------------------------------------------------------
+
+    def submit(self, message: icd.Message) -> Future[icd.Message]:
+        """Queue a command; the future resolves to its reply or a typed exception."""
+        if message.TYPE in (icd.MsgType.HELLO, icd.MsgType.ESTOP) or message.TYPE not in icd.HOST_COMMANDS:
+            raise ValueError(f"{type(message).__name__} cannot be submitted as a sequenced command")
+        return self._enqueue(message)
+
+    def request(self, message: icd.Message, timeout: float = 2.0) -> icd.Message:
+        """Submit and wait for the reply (raises DeviceRefused subclasses on NAK)."""
+        try:
+            return self.submit(message).result(timeout)
+        except TimeoutError:
+            raise LinkTimeout(f"no reply to {type(message).__name__} within {timeout:.2f} s") from None
+
+    def estop(self, timeout: float = 0.25, resend_every: float = 0.02) -> bool:
+        """Write ESTOP now, out of band, and repeat until ACKed; True once the device ACKed.
+
+        Queued, unsent commands are cancelled: nothing queued before a stop may run after it.
+        """
+        seq = (self._next_seq + _ESTOP_SEQ_OFFSET) & 0xFF
+        frame = icd.encode_frame(seq, icd.Estop())
+        self._estop_acked.clear()
+        self._estop_seq = seq
+        on_reader = threading.current_thread() is self._reader
+        deadline = self._clock() + timeout
+        while True:
+            try:
+                self._write(frame)
+                self.stats.estops_sent += 1
+            except TransportError as exc:
+                log.error("ESTOP could not be written: %s", exc)
+                self._cancel_queue(LinkError("cancelled by e-stop"))
+                return False
+            if self._estop_acked.wait(0 if on_reader else min(resend_every, max(deadline - self._clock(), 0))):
+                break
+            if on_reader or self._clock() >= deadline:
+                break
+        self._cancel_queue(LinkError("cancelled by e-stop"))
+        return self._estop_acked.is_set()
+
+    # --- internals: sending ---------------------------------------------------------
+
+    def _enqueue(self, message: icd.Message, handshake: bool = False) -> Future[icd.Message]:
+        with self._lock:
+            if self._failed is not None:
+                raise self._failed
+            if not handshake and not self._session:
+                raise LinkError("no session: the handshake has not succeeded")
+            pending = _Pending(self._next_seq, message, icd.encode_frame(self._next_seq, message))
+            self._next_seq = (self._next_seq + 1) & 0xFF
+            self._queue.append(pending)
+            self._pump()
+        return pending.future
+
+    def _pump(self) -> None:
+        """Send queued commands while the window has room (caller holds _lock)."""
+        while self._queue and len(self._inflight) < self.window:
+            pending = self._queue.popleft()
+            self._inflight[pending.seq] = pending
+            self._send(pending)
+
+    def _send(self, pending: _Pending) -> None:
+        pending.sent_at = self._clock()
+        pending.attempts += 1
+        pending.generation = self._generation
+        self._write(pending.frame)
+
+    def _write(self, frame: bytes) -> None:
+        with self._write_lock:
+            self.transport.write(frame)
+            self._last_tx = self._clock()
+            self.stats.frames_sent += 1
+
+    def _go_back(self) -> None:
+        """Resend every unacknowledged command, oldest first (caller holds _lock)."""
+        self._generation += 1
+        for pending in list(self._inflight.values()):
+            if pending.attempts >= self.max_attempts:
+                raise LinkTimeout(
+                    f"{type(pending.message).__name__} (seq {pending.seq}) unanswered after "
+                    f"{pending.attempts} attempts"
+                )
+            self.stats.retransmissions += 1
+            self._send(pending)
+
+    def _cancel_queue(self, reason: LinkError) -> None:
+        with self._lock:
+            while self._queue:
+                self._queue.popleft().future.set_exception(reason)
+
+    # --- internals: receiving -------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                data = self.transport.read(self._timer_wait())
+                if data:
+                    bad_before = self._decoder.bad_frames
+                    packets = self._decoder.feed(data)
+                    self.stats.bad_frames += self._decoder.bad_frames - bad_before
+                    for raw in packets:
+                        self._dispatch(raw)
+                self._run_timers()
+            except LinkError as exc:
+                self._fail(exc)
+                return
+            except TransportError as exc:
+                if not self._closing.is_set():
+                    self._fail(LinkError(f"lost the device: {exc}"))
+                return
+
+    def _timer_wait(self) -> float:
+        now = self._clock()
+        wait = _MAX_TIMER_WAIT
+        with self._lock:
+            if self._inflight:
+                oldest = next(iter(self._inflight.values()))
+                wait = min(wait, oldest.sent_at + self.reply_timeout - now)
+            if self._session:
+                wait = min(wait, self._last_tx + self._heartbeat_interval - now)
+        return max(wait, 0.0)
+
+    def _run_timers(self) -> None:
+        now = self._clock()
+        with self._lock:
+            if self._inflight:
+                oldest = next(iter(self._inflight.values()))
+                if now - oldest.sent_at >= self.reply_timeout:
+                    self.stats.timeouts += 1
+                    self._go_back()
+            elif self._session and not self._queue and now - self._last_tx >= self._heartbeat_interval:
+                self.stats.heartbeats += 1
+                pending = _Pending(self._next_seq, icd.Heartbeat(), icd.encode_frame(self._next_seq, icd.Heartbeat()))
+                self._next_seq = (self._next_seq + 1) & 0xFF
+                self._inflight[pending.seq] = pending
+                self._send(pending)
+
+    def _dispatch(self, raw: icd.RawPacket) -> None:
+        try:
+            message = raw.message()
+        except icd.BodyError:
+            self.stats.undecodable += 1
+            return
+        self.stats.frames_received += 1
+        if isinstance(message, (icd.Telemetry, icd.Fault)):
+            self._deliver_event(raw.seq, message)
+            return
+        if raw.seq == self._estop_seq and isinstance(message, icd.Ack) and raw.seq not in self._inflight:
+            self._estop_acked.set()
+            return
+        with self._lock:
+            pending = self._inflight.get(raw.seq)
+            if pending is None:
+                self.stats.duplicate_replies += 1
+                return
+            if isinstance(message, icd.Nak) and message.code == icd.NakCode.OUT_OF_ORDER:
+                self.stats.out_of_order_naks += 1
+                if pending.generation == self._generation:  # not a stale NAK from before a go-back
+                    self._go_back()
+                return
+            if isinstance(message, icd.Nak) and message.code == icd.NakCode.NO_SESSION and self._session:
+                raise DeviceRebooted(f"{self.transport.url}: the device lost the session (rebooted?)")
+            del self._inflight[raw.seq]
+            if isinstance(message, icd.Nak):
+                pending.future.set_exception(
+                    refusal_for(type(pending.message).__name__, message.code, message.expected)
+                )
+            else:
+                pending.future.set_result(message)
+            self._pump()
+
+    def _deliver_event(self, seq: int, message: icd.Telemetry | icd.Fault) -> None:
+        self.stats.events_received += 1
+        if self._last_event_seq is not None:
+            self.stats.events_lost += (seq - self._last_event_seq - 1) & 0xFF
+        self._last_event_seq = seq
+        self._notify(message)
+
+    def _notify(self, event: LinkEvent) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:  # a subscriber's bug must not kill the reader thread
+                self.stats.subscriber_errors += 1
+                log.exception("link subscriber failed on %s", type(event).__name__)
+
+    def _fail(self, reason: LinkError, notify: bool = True) -> None:
+        with self._lock:
+            if self._failed is not None:
+                return
+            self._failed = reason
+            self._session = False
+            doomed = list(self._inflight.values()) + list(self._queue)
+            self._inflight.clear()
+            self._queue.clear()
+        for pending in doomed:
+            if not pending.future.done():
+                pending.future.set_exception(reason)
+        if notify:
+            log.error("link to %s lost: %s", self.transport.url, reason)
+            self._notify(LinkLost(reason))
