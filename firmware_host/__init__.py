@@ -1,0 +1,35 @@
+"""Host controller for a needle e-stim stimulator speaking ICD v1.
+
+    import firmware_host as fh
+    with fh.open("sim://", prescription=..., placements=...) as stim:
+        stim.configure(1, frequency_hz=2, pulse_width_us=200)
+        stim.enable(1)
+        stim.ramp(1, 2.0)
+
+Every command that can change the output passes the session's safety interlock.
+Names are loaded on first use so that `estim --help` does not pay for NumPy and pydantic.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    **{name: "errors" for name in (
+        "DeviceBusy", "DeviceNotFound", "DeviceRebooted", "DeviceRefused", "EstimError", "HandshakeFailed",
+        "LinkError", "LinkTimeout", "ProtocolMismatch", "TransportClosed", "TransportError",
+    )},
+    **{name: "stimulator" for name in ("DeviceFault", "DeviceStatus", "Notice", "Stimulator", "open")},
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'firmware_host' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from . import icd
+from safety.interlock import Approved
+
+from . import icd, units
 from .drivers.base import Transport
 from .errors import (
     DeviceRebooted,
@@ -175,18 +177,26 @@ class Link:
 
     # --- commands -------------------------------------------------------------------
 
-    def submit(self, message: icd.Message) -> Future[icd.Message]:
-        """Queue a command; the future resolves to its reply or a typed exception."""
-        if message.TYPE in (icd.MsgType.HELLO, icd.MsgType.ESTOP) or message.TYPE not in icd.HOST_COMMANDS:
-            raise ValueError(f"{type(message).__name__} cannot be submitted as a sequenced command")
+    def send(self, approved: Approved) -> Future[icd.Message]:
+        """Send a command the interlock approved; the only way a command that can change
+        the output reaches the wire. The approval is redeemed here (verified, single-use,
+        unexpired), immediately before its frame is queued."""
+        if type(approved) is not Approved:
+            raise TypeError(f"the link sends only interlock approvals, not {type(approved).__name__}")
+        return self._enqueue(units.command_to_wire(approved.consume()))
+
+    def query(self, message: icd.GetStatus | icd.Heartbeat) -> Future[icd.Message]:
+        """Queue a command that cannot change the output (GET_STATUS, HEARTBEAT)."""
+        if type(message) not in (icd.GetStatus, icd.Heartbeat):
+            raise TypeError(f"{type(message).__name__} changes the output: it needs an interlock approval")
         return self._enqueue(message)
 
-    def request(self, message: icd.Message, timeout: float = 2.0) -> icd.Message:
-        """Submit and wait for the reply (raises DeviceRefused subclasses on NAK)."""
+    def wait(self, future: Future[icd.Message], what: str, timeout: float = 2.0) -> icd.Message:
+        """The reply, or LinkTimeout naming `what` (DeviceRefused subclasses on NAK)."""
         try:
-            return self.submit(message).result(timeout)
+            return future.result(timeout)
         except TimeoutError:
-            raise LinkTimeout(f"no reply to {type(message).__name__} within {timeout:.2f} s") from None
+            raise LinkTimeout(f"no reply to {what} within {timeout:.2f} s") from None
 
     def estop(self, timeout: float = 0.25, resend_every: float = 0.02) -> bool:
         """Write ESTOP now, out of band, and repeat until ACKed; True once the device ACKed.

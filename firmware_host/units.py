@@ -5,6 +5,7 @@ anything off it), so every conversion here is exact in both directions.
 
 from __future__ import annotations
 
+from safety.interlock import ClearFaults, Command, SetChannel, SetOutputs, SimControl
 from safety.limits import DeviceLimits
 from safety.settings import ChannelReading, ChannelSetting, Shape
 
@@ -84,3 +85,17 @@ def reading_from_telemetry(message: icd.Telemetry) -> ChannelReading:
         load_ohm=None if message.load_ohm == icd.OPEN_CIRCUIT_OHM else float(message.load_ohm),
         charge_total_uc=float(message.charge_total_uc),
     )
+
+
+def command_to_wire(command: Command) -> icd.Message:
+    """The ICD message for an approved command (SimControl channels are 1-based; 0 = none)."""
+    if isinstance(command, SetChannel):
+        return setting_to_wire(command.setting)
+    if isinstance(command, SetOutputs):
+        return icd.Output(mask_from_channels(command.enabled))
+    if isinstance(command, ClearFaults):
+        return icd.ClearFault()
+    if isinstance(command, SimControl):
+        channel = command.channel - 1 if command.channel >= 1 else icd.DEVICE_WIDE
+        return icd.SimControl(command.op, channel, command.value)
+    raise TypeError(f"no wire form for {type(command).__name__}")

@@ -1,0 +1,78 @@
+"""Command-line options shared by the commands that start a session, and their parsing
+into the safety layer's set-up (sites, needles, patient, sensitivity, record path)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from safety import ChannelPlacement, Needle, NeedleSite, Patient, Refusal, Region, Sensitivity, Side, TreatmentRecord
+
+SITES_HELP = (
+    "the channel's two needles as SIDE:REGION,SIDE:REGION, e.g. left:forearm,left:forearm; "
+    "regions: " + ", ".join(r.value for r in Region) + "; sides: left, right, midline"
+)
+
+
+def add_session_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="sim://", metavar="URL",
+                        help="device URL: sim:// (built-in simulated device), /dev/ttyUSB0, socket://HOST:PORT")
+    parser.add_argument("--sites", required=True, metavar="SIDE:REGION,SIDE:REGION", help=SITES_HELP)
+    parser.add_argument("--needle", default="0.25x15", metavar="DIAMETER_MMxLENGTH_MM",
+                        help="needle diameter and inserted length in mm (default 0.25x15)")
+    parser.add_argument("--sensitivity", choices=["hyper", "typical", "hypo"], default="typical",
+                        help="the patient's sensitivity profile (hyper lowers caps and ramp rate)")
+    parser.add_argument("--implanted-device", action="store_true",
+                        help="the patient has a pacemaker, ICD or other implanted electronic device "
+                             "(stimulation is then refused)")
+    parser.add_argument("--pregnant", action="store_true",
+                        help="the patient is pregnant (abdominal, lumbosacral and sacral sites refused)")
+    parser.add_argument("--record", type=Path, metavar="PATH",
+                        help="treatment record (JSON lines); default: a timestamped file in the user's data dir")
+    parser.add_argument("--operator", default=os.environ.get("USER", ""),
+                        help="the clinician's name or initials, written into the record")
+
+
+def parse_sites(text: str) -> ChannelPlacement:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2:
+        raise Refusal("setup.sites", f"--sites needs two needle sites separated by a comma, got {text!r}",
+                      value=text, limit="SIDE:REGION,SIDE:REGION")
+    return ChannelPlacement(*(_site(part) for part in parts))
+
+
+def _site(text: str) -> NeedleSite:
+    side, _, region = text.partition(":")
+    try:
+        return NeedleSite(Region(region.strip().lower()), Side(side.strip().lower()))
+    except ValueError:
+        raise Refusal("setup.sites", f"needle site {text!r} is not SIDE:REGION (e.g. left:forearm)",
+                      value=text, limit="SIDE:REGION") from None
+
+
+def parse_needle(text: str) -> Needle:
+    diameter, sep, length = text.lower().partition("x")
+    try:
+        if not sep:
+            raise ValueError
+        return Needle(float(diameter), float(length))
+    except ValueError:
+        raise Refusal("setup.needle", f"--needle {text!r} is not DIAMETER_MMxLENGTH_MM (e.g. 0.25x15)",
+                      value=text, limit="DIAMETER_MMxLENGTH_MM") from None
+
+
+SENSITIVITY = {"hyper": Sensitivity.HYPERSENSITIVE, "typical": Sensitivity.TYPICAL, "hypo": Sensitivity.HYPOSENSITIVE}
+
+
+def patient(args: argparse.Namespace) -> Patient:
+    return Patient(implanted_device=args.implanted_device, pregnant=args.pregnant)
+
+
+def open_record(path: Path | None) -> TreatmentRecord:
+    if path is None:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+        path = base / "estim" / "records" / time.strftime("session-%Y%m%d-%H%M%S.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return TreatmentRecord(path)
