@@ -375,7 +375,7 @@ MESSAGES: dict[int, type[Message]] = {
         Ack, Nak, Identity, Status, Telemetry, Fault,
     )
 }
-HOST_COMMANDS = frozenset(t for t in MESSAGES if t < 0x80)
+HOST_COMMANDS = frozenset(t for t in MESSAGES if t < 0x80) | {MsgType.SIM_CONTROL}
 REPLIES = frozenset({MsgType.ACK, MsgType.NAK, MsgType.IDENTITY, MsgType.STATUS})
 EVENTS = frozenset({MsgType.TELEMETRY, MsgType.FAULT})
 

@@ -69,13 +69,11 @@ class LinkStats:
 
 @dataclass
 class _Pending:
-    seq: int
     message: icd.Message
-    frame: bytes
+    seq: int = -1  # assigned when it enters the window, so cancelled commands use none
+    frame: bytes = b""
     future: Future[icd.Message] = field(default_factory=Future)
     sent_at: float = 0.0
-    attempts: int = 0
-    generation: int = 0
 
 
 class Link:
@@ -109,7 +107,8 @@ class Link:
         self._next_seq = random.randrange(256)
         self._inflight: dict[int, _Pending] = {}  # insertion order = send order
         self._queue: deque[_Pending] = deque()
-        self._generation = 0
+        self._stalls = 0  # go-backs in a row without progress
+        self._last_go_back = float("-inf")
         self._session = False
         self._failed: LinkError | None = None
         self._closing = threading.Event()
@@ -119,21 +118,21 @@ class Link:
         self._subscribers: list[Subscriber] = []
         self._estop_seq: int | None = None
         self._estop_acked = threading.Event()
+        self._hold_queue = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name=f"link-reader {transport.url}", daemon=True)
 
     # --- lifecycle ------------------------------------------------------------------
 
     def open(self, timeout: float = 2.0) -> icd.Identity:
         """Handshake: HELLO until IDENTITY; refuses a protocol version it does not know."""
-        self.transport.discard_input()
-        self._reader.start()
-        future = self._enqueue(icd.Hello(icd.PROTOCOL_VERSION), handshake=True)
         try:
-            reply = future.result(timeout)
+            self.transport.discard_input()
+            self._reader.start()
+            reply = self._enqueue(icd.Hello(icd.PROTOCOL_VERSION), handshake=True).result(timeout)
         except TimeoutError:
             self.close()
             raise HandshakeFailed(f"{self.transport.url}: no IDENTITY within {timeout:.1f} s") from None
-        except EstimError as exc:
+        except (EstimError, TransportError) as exc:
             self.close()
             raise HandshakeFailed(f"{self.transport.url}: handshake failed: {exc}") from exc
         if not isinstance(reply, icd.Identity):
@@ -203,6 +202,7 @@ class Link:
 
         Queued, unsent commands are cancelled: nothing queued before a stop may run after it.
         """
+        self._hold_queue.set()  # from now on nothing queued before the stop leaves
         seq = (self._next_seq + _ESTOP_SEQ_OFFSET) & 0xFF
         frame = icd.encode_frame(seq, icd.Estop())
         self._estop_acked.clear()
@@ -215,13 +215,13 @@ class Link:
                 self.stats.estops_sent += 1
             except TransportError as exc:
                 log.error("ESTOP could not be written: %s", exc)
-                self._cancel_queue(LinkError("cancelled by e-stop"))
-                return False
+                break
             if self._estop_acked.wait(0 if on_reader else min(resend_every, max(deadline - self._clock(), 0))):
                 break
             if on_reader or self._clock() >= deadline:
                 break
         self._cancel_queue(LinkError("cancelled by e-stop"))
+        self._hold_queue.clear()
         return self._estop_acked.is_set()
 
     # --- internals: sending ---------------------------------------------------------
@@ -232,23 +232,29 @@ class Link:
                 raise self._failed
             if not handshake and not self._session:
                 raise LinkError("no session: the handshake has not succeeded")
-            pending = _Pending(self._next_seq, message, icd.encode_frame(self._next_seq, message))
-            self._next_seq = (self._next_seq + 1) & 0xFF
+            pending = _Pending(message)
             self._queue.append(pending)
             self._pump()
         return pending.future
 
     def _pump(self) -> None:
-        """Send queued commands while the window has room (caller holds _lock)."""
-        while self._queue and len(self._inflight) < self.window:
+        """Send queued commands while they fit in the window (caller holds _lock).
+
+        The window spans sequence numbers from the oldest unanswered command, not a count
+        of unanswered ones: the device keeps only the last 8 replies, so a command whose
+        reply was lost must stay within 8 of everything sent after it to be replayable.
+        """
+        while self._queue and not self._hold_queue.is_set():
+            if self._inflight and (self._next_seq - next(iter(self._inflight))) & 0xFF >= self.window:
+                return
             pending = self._queue.popleft()
+            pending.seq, pending.frame = self._next_seq, icd.encode_frame(self._next_seq, pending.message)
+            self._next_seq = (self._next_seq + 1) & 0xFF
             self._inflight[pending.seq] = pending
             self._send(pending)
 
     def _send(self, pending: _Pending) -> None:
         pending.sent_at = self._clock()
-        pending.attempts += 1
-        pending.generation = self._generation
         self._write(pending.frame)
 
     def _write(self, frame: bytes) -> None:
@@ -258,14 +264,20 @@ class Link:
             self.stats.frames_sent += 1
 
     def _go_back(self) -> None:
-        """Resend every unacknowledged command, oldest first (caller holds _lock)."""
-        self._generation += 1
+        """Resend every unacknowledged command, oldest first (caller holds _lock).
+
+        The link gives up only after `max_attempts` go-backs in a row without any reply
+        resolving a command: loss that still lets commands through is survived.
+        """
+        self._stalls += 1
+        if self._stalls >= self.max_attempts:
+            oldest = next(iter(self._inflight.values()))
+            raise LinkTimeout(
+                f"{type(oldest.message).__name__} (seq {oldest.seq}) unanswered after "
+                f"{self._stalls} retransmissions without progress"
+            )
+        self._last_go_back = self._clock()
         for pending in list(self._inflight.values()):
-            if pending.attempts >= self.max_attempts:
-                raise LinkTimeout(
-                    f"{type(pending.message).__name__} (seq {pending.seq}) unanswered after "
-                    f"{pending.attempts} attempts"
-                )
             self.stats.retransmissions += 1
             self._send(pending)
 
@@ -316,10 +328,8 @@ class Link:
                     self._go_back()
             elif self._session and not self._queue and now - self._last_tx >= self._heartbeat_interval:
                 self.stats.heartbeats += 1
-                pending = _Pending(self._next_seq, icd.Heartbeat(), icd.encode_frame(self._next_seq, icd.Heartbeat()))
-                self._next_seq = (self._next_seq + 1) & 0xFF
-                self._inflight[pending.seq] = pending
-                self._send(pending)
+                self._queue.append(_Pending(icd.Heartbeat()))
+                self._pump()
 
     def _dispatch(self, raw: icd.RawPacket) -> None:
         try:
@@ -341,12 +351,15 @@ class Link:
                 return
             if isinstance(message, icd.Nak) and message.code == icd.NakCode.OUT_OF_ORDER:
                 self.stats.out_of_order_naks += 1
-                if pending.generation == self._generation:  # not a stale NAK from before a go-back
+                # every frame behind a lost one is NAKed too: one go-back per round trip
+                # answers them all; loss within the resent frames falls to the timeout
+                if self._clock() - self._last_go_back >= self.reply_timeout:
                     self._go_back()
                 return
             if isinstance(message, icd.Nak) and message.code == icd.NakCode.NO_SESSION and self._session:
                 raise DeviceRebooted(f"{self.transport.url}: the device lost the session (rebooted?)")
             del self._inflight[raw.seq]
+            self._stalls = 0
             if isinstance(message, icd.Nak):
                 pending.future.set_exception(
                     refusal_for(type(pending.message).__name__, message.code, message.expected)

@@ -1,0 +1,28 @@
+"""Hard safety interlock of the needle stimulator's host controller.
+
+Plain settings and limits in, verdicts out; imports nothing from `firmware_host`.
+See RULES.md for every rule and its source.
+"""
+
+from .errors import InterlockStateError, Refusal, SafetyError
+from .interlock import (APPROVAL_TTL_S, JITTER_S, AppliedSpan, Approved, ClearFaults, Command, Expected, Interlock,
+                        SessionSetup, SetChannel, SetOutputs, SimControl)
+from .limits import (NEEDLE_RULES, SENSITIVITY_FACTORS, STANDARD, DeviceLimits, EffectiveLimits, Needle, NeedleRules,
+                     Prescription, Sensitivity, StandardLimits, effective_limits)
+from .placement import ChannelPlacement, NeedleSite, Patient, Region, Side, check_placement
+from .record import RecordVerdict, TreatmentRecord, verify_record
+from .report import ChannelSummary, format_summary, output_summary
+from .rules import RULES, ArrayVerdict, LimitArrays, SettingArrays, Verdict, check_setting, evaluate_arrays
+from .settings import ChannelReading, ChannelSetting, Shape
+from .supervisor import Action, ActionKind, Supervisor
+
+__all__ = [
+    "APPROVAL_TTL_S", "JITTER_S", "NEEDLE_RULES", "RULES", "SENSITIVITY_FACTORS", "STANDARD",
+    "Action", "ActionKind", "AppliedSpan", "Approved", "ArrayVerdict", "ChannelPlacement", "ChannelReading",
+    "ChannelSetting", "ChannelSummary", "ClearFaults", "Command", "DeviceLimits", "EffectiveLimits", "Expected",
+    "Interlock", "InterlockStateError", "LimitArrays", "Needle", "NeedleRules", "NeedleSite", "Patient",
+    "Prescription", "RecordVerdict", "Refusal", "Region", "SafetyError", "Sensitivity",
+    "SessionSetup", "SetChannel", "SetOutputs", "SettingArrays", "Shape", "SimControl", "Side", "StandardLimits",
+    "Supervisor", "TreatmentRecord", "Verdict", "check_placement", "check_setting", "effective_limits",
+    "evaluate_arrays", "format_summary", "output_summary", "verify_record",
+]

@@ -1,0 +1,574 @@
+"""The interlock: the only maker of `Approved` commands.
+
+Two views of each channel are kept. The *applied* view advances only when the link
+reports the device's ACK (`note_acknowledged`), because a NAKed or lost command never
+reached the patient. The *worst-case* view adds every approved command still in flight,
+because it may reach the patient at any moment; zero start, step and ramp checks use the
+worst case, and one increase per channel may be in flight at a time. The ramp clock runs
+from the ACK of the last increase (or of enabling), which is later than the device's own
+clock point, so the host is never faster than its own check. `JITTER_S` (5 ms) is added to
+the elapsed time to absorb scheduler jitter; at 1 mA/s that is 5 µA.
+
+Stopping never needs approval: `stop()` latches the trip at once and the link sends
+ESTOP; only `approve_clear_faults` with a person's name, then its ACK, unlatches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any, Callable, Iterable, Mapping
+
+from .errors import InterlockStateError, Refusal
+from .limits import DeviceLimits, EffectiveLimits, Needle, Prescription, effective_limits
+from .placement import ChannelPlacement, Patient, check_placement
+from .record import TreatmentRecord
+from .rules import check_setting
+from .settings import ChannelSetting
+
+APPROVAL_TTL_S = 2.0   # an approval unused for this long is refused at consume()
+JITTER_S = 0.005       # clock-jitter allowance on the ramp-rate check
+RAMP_TICK_S = 0.1      # ramp_plan step spacing (one telemetry period at 10 Hz)
+SIM_REBOOT = 3         # SimControl op that restarts the simulated device in its safe state
+
+
+@dataclass(frozen=True)
+class SetChannel:
+    setting: ChannelSetting
+
+
+@dataclass(frozen=True)
+class SetOutputs:
+    enabled: frozenset[int]
+
+
+@dataclass(frozen=True)
+class ClearFaults:
+    operator: str
+
+
+@dataclass(frozen=True)
+class SimControl:
+    op: int
+    channel: int
+    value: int
+
+
+Command = SetChannel | SetOutputs | ClearFaults | SimControl
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, Enum):
+        return x.name
+    if isinstance(x, (frozenset, set)):
+        return sorted(x)
+    if is_dataclass(x):
+        return {"type": type(x).__name__, **{f.name: _plain(getattr(x, f.name)) for f in fields(x)}}
+    return x
+
+
+def command_json(command: Command) -> dict[str, Any]:
+    """Plain JSON-able form of a command (canonical input of the approval MAC)."""
+    return _plain(command)
+
+
+_KEY = secrets.token_bytes(32)
+_MINT = object()
+
+
+class Approved:
+    """A command the interlock approved: unforgeable, single-use and short-lived."""
+
+    __slots__ = ("_command", "_serial", "_issued_s", "_epoch", "_owner", "_warnings", "_mac")
+
+    def __init__(self, token: object, command: Command, serial: int, issued_s: float, epoch: int,
+                 owner: Interlock, warnings: tuple[str, ...] = ()) -> None:
+        if token is not _MINT:
+            raise InterlockStateError("only the Interlock may approve commands")
+        for name, value in (("_command", command), ("_serial", serial), ("_issued_s", issued_s),
+                            ("_epoch", epoch), ("_owner", owner), ("_warnings", warnings)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_mac", self._compute_mac())
+
+    def _compute_mac(self) -> bytes:
+        body = json.dumps([self._serial, repr(self._issued_s), self._epoch, id(self._owner),
+                           command_json(self._command), list(self._warnings)], sort_keys=True).encode()
+        return hmac.new(_KEY, body, hashlib.sha256).digest()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Approved is immutable")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("Approved cannot be pickled or copied")
+
+    def __copy__(self) -> Approved:
+        raise TypeError("Approved cannot be copied")
+
+    def __deepcopy__(self, memo: Any) -> Approved:
+        raise TypeError("Approved cannot be copied")
+
+    @property
+    def command(self) -> Command:
+        return self._command
+
+    @property
+    def serial(self) -> int:
+        return self._serial
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Clinician warnings raised while approving (e.g. Shannon k at or above 1.5)."""
+        return self._warnings
+
+    def verify(self) -> None:
+        """Raise if anything in this approval changed after it was minted."""
+        try:
+            good = type(self) is Approved and hmac.compare_digest(self._mac, self._compute_mac())
+        except Exception as exc:  # a tampered field may not even serialise
+            raise InterlockStateError(f"approval {self._serial} was tampered with") from exc
+        if not good:
+            raise InterlockStateError(f"approval {self._serial} was tampered with")
+
+    def consume(self) -> Command:
+        """Redeem once, within `APPROVAL_TTL_S`; returns the command to send."""
+        self.verify()
+        self._owner._redeem(self)
+        return self._command
+
+    def __repr__(self) -> str:
+        return f"Approved(#{self._serial}, {self._command!r})"
+
+
+@dataclass(frozen=True)
+class SessionSetup:
+    """Everything fixed for the session; channels are those with a declared placement."""
+
+    device: DeviceLimits
+    prescription: Prescription
+    placements: Mapping[int, ChannelPlacement]
+    needles: Mapping[int, Needle] = field(default_factory=dict)
+    patient: Patient = field(default_factory=Patient)
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(sorted(self.placements))
+
+    def needle(self, channel: int) -> Needle:
+        return self.needles.get(channel, Needle())
+
+
+@dataclass(frozen=True)
+class AppliedSpan:
+    """A period during which a channel's applied state did not change."""
+
+    channel: int
+    start_s: float
+    end_s: float
+    setting: ChannelSetting | None
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class Expected:
+    """Values telemetry may legitimately show: the applied state or a command in flight."""
+
+    amplitudes_ua: frozenset[int]
+    enabled: frozenset[bool]
+    frequencies_mhz: frozenset[int]
+    phases_us: frozenset[int]
+
+
+@dataclass
+class _Channel:
+    limits: EffectiveLimits
+    setting: ChannelSetting | None = None
+    enabled: bool = False
+    last_increase_s: float | None = None
+    hold: str | None = None
+
+
+class Interlock:
+    """Approves commands against the layered limits and the dynamic rules; records everything."""
+
+    def __init__(self, setup: SessionSetup, clock: Callable[[], float] = time.monotonic,
+                 record: TreatmentRecord | None = None) -> None:
+        self.setup = setup
+        self._clock = clock
+        self._record = record
+        self._lock = threading.RLock()
+        refusals = check_placement(setup.placements, setup.patient)
+        channels: dict[int, _Channel] = {}
+        for ch in setup.channels:
+            try:
+                channels[ch] = _Channel(effective_limits(setup.device, setup.prescription, ch, setup.needle(ch)))
+            except Refusal as refusal:
+                refusals.append(refusal)
+        self._log("session_setup", {"channels": list(setup.channels), "patient": vars(setup.patient),
+                                    "prescription": setup.prescription.model_dump(mode="json")})
+        if refusals:
+            for refusal in refusals:
+                self._log("refusal", refusal.as_record())
+            raise refusals[0]
+        self._channels = channels
+        self._serials = itertools.count(1)
+        self._epoch = 0
+        self._outstanding: dict[int, Approved] = {}   # minted, not yet consumed
+        self._in_flight: dict[int, Approved] = {}     # SetChannel/SetOutputs approved, not yet ACK/NAK
+        self._awaiting: dict[int, Approved] = {}      # consumed, waiting for ACK/NAK
+        self._tripped: str | None = None
+        self._session_start: float | None = None
+        self._session_ended = False
+        self._events: list[tuple[float, int, ChannelSetting | None, bool]] = []
+        self._session_s = min(c.limits.session_s for c in channels.values()) if channels else 0.0
+
+    # ---- queries -------------------------------------------------------------------
+
+    @property
+    def tripped(self) -> str | None:
+        """The reason of the latched trip, or None."""
+        return self._tripped
+
+    def limits(self, channel: int) -> EffectiveLimits:
+        return self._state(channel).limits
+
+    def applied(self, channel: int) -> tuple[ChannelSetting | None, bool]:
+        """The device-acknowledged setting and output state of a channel."""
+        state = self._state(channel)
+        return state.setting, state.enabled
+
+    def expected(self, channel: int) -> Expected:
+        with self._lock:
+            state = self._state(channel)
+            settings = [state.setting] + [a.command.setting for a in self._pending(channel, SetChannel)]
+            enabled = {state.enabled} | {channel in a.command.enabled for a in self._pending(channel, SetOutputs)}
+            return Expected(frozenset(s.amplitude_ua if s else 0 for s in settings), frozenset(enabled),
+                            frozenset(round(s.frequency_hz * 1000) for s in settings if s),
+                            frozenset(round(s.pulse_width_us) for s in settings if s))
+
+    def session_remaining_s(self) -> float:
+        if self._session_start is None:
+            return self._session_s
+        return self._session_s - (self._clock() - self._session_start)
+
+    def session_expired(self) -> bool:
+        return self._session_start is not None and self.session_remaining_s() <= 0
+
+    def applied_history(self, until_s: float | None = None) -> list[AppliedSpan]:
+        """Applied states over time, per channel, up to `until_s` (default: now)."""
+        end = self._clock() if until_s is None else until_s
+        spans = []
+        for ch in self._channels:
+            events = [(t, s, e) for t, c, s, e in self._events if c == ch]
+            for (t, s, e), nxt in zip(events, events[1:] + [(end, None, False)]):
+                spans.append(AppliedSpan(ch, t, max(t, nxt[0]), s, e))
+        return spans
+
+    # ---- approvals -----------------------------------------------------------------
+
+    def approve_set_channel(self, setting: ChannelSetting) -> Approved:
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            state = self._state(setting.channel, requested=setting)
+            verdict = check_setting(setting, state.limits)
+            if verdict.refusals:
+                for refusal in verdict.refusals[1:]:
+                    self._log("refusal", refusal.as_record())
+                self._refuse(verdict.refusals[0])
+            if setting.amplitude_ua > 0:
+                self._check_nonzero(setting, state, now)
+            return self._mint(SetChannel(setting), now, verdict.warnings)
+
+    def _check_nonzero(self, setting: ChannelSetting, state: _Channel, now: float) -> None:
+        ch = setting.channel
+        pending = self._pending(ch, SetChannel)
+        reference = pending[-1].command.setting if pending else state.setting
+        worst_ua = self._worst_ua(ch)
+        if reference is not None and worst_ua > 0 and not reference.same_waveform(setting):
+            self._refuse(Refusal("dynamic.waveform_change",
+                                 f"waveform change while stimulating is refused on channel {ch}: "
+                                 f"bring the amplitude to 0 first", value=str(setting), limit="amplitude 0",
+                                 channel=ch))
+        delta_ma = (setting.amplitude_ua - worst_ua) / 1000
+        if delta_ma <= 0:
+            return
+        if self._tripped:
+            self._state_error(f"increase on channel {ch} refused: session stopped ({self._tripped})")
+        if not state.enabled or self._pending(ch, SetOutputs):
+            self._refuse(Refusal("dynamic.zero_start",
+                                 f"amplitude {setting.amplitude_ma:g} mA on a disabled channel {ch} is refused: "
+                                 f"enable the channel at 0 mA, then ramp", value=setting.amplitude_ma, limit=0.0,
+                                 channel=ch))
+        if self.session_expired():
+            self._refuse(Refusal("session.expired", f"session time is over: no increase on channel {ch}",
+                                 value=self._session_s, limit=self._session_s, channel=ch))
+        if state.hold:
+            self._refuse(Refusal("supervision.hold", f"channel {ch} is held at zero ({state.hold}): "
+                                 f"disable it and start again from 0 mA", value=setting.amplitude_ma,
+                                 limit=0.0, channel=ch))
+        if pending:
+            self._state_error(f"an amplitude change on channel {ch} is still waiting for the device")
+        lim = state.limits
+        if delta_ma > lim.max_step_ma * (1 + 1e-9):
+            self._refuse(Refusal("device.max_step", f"amplitude step {delta_ma:.3f} mA exceeds "
+                                 f"{lim.max_step_ma:.3f} mA on channel {ch}", value=delta_ma,
+                                 limit=lim.max_step_ma, channel=ch))
+        assert state.last_increase_s is not None  # set when the channel was enabled
+        allowed = lim.ramp_ma_per_s * (now - state.last_increase_s + JITTER_S)
+        if delta_ma > allowed * (1 + 1e-9):
+            self._refuse(Refusal(f"{lim.sources['ramp']}.ramp_rate",
+                                 f"amplitude increase {delta_ma:.3f} mA after {now - state.last_increase_s:.3f} s "
+                                 f"exceeds the ramp {lim.ramp_ma_per_s:g} mA/s on channel {ch}",
+                                 value=delta_ma, limit=allowed, channel=ch))
+
+    def approve_outputs(self, enabled: Iterable[int]) -> Approved:
+        """Outputs enabled afterwards; enabling needs a configured channel at exactly 0 mA."""
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            target = frozenset(enabled)
+            for ch in sorted(target):
+                state = self._state(ch)
+                if state.enabled:
+                    continue
+                if self._tripped:
+                    self._state_error(f"enabling channel {ch} refused: session stopped ({self._tripped})")
+                if self.session_expired():
+                    self._refuse(Refusal("session.expired", f"session time is over: channel {ch} stays off",
+                                         value=self._session_s, limit=self._session_s, channel=ch))
+                if state.setting is None:
+                    self._refuse(Refusal("dynamic.not_configured", f"channel {ch} has no setting yet",
+                                         value=None, limit="a setting", channel=ch))
+                worst = self._worst_ua(ch)
+                if worst:
+                    self._refuse(Refusal("dynamic.zero_start", f"enabling channel {ch} at {worst / 1000:g} mA is "
+                                         f"refused: outputs start at 0 mA", value=worst / 1000, limit=0.0,
+                                         channel=ch))
+            if self._session_start is None and target:
+                self._session_start = now
+                self._log("session_start", {"session_s": self._session_s})
+            return self._mint(SetOutputs(target), now)
+
+    def approve_clear_faults(self, operator: str) -> Approved:
+        """Only after a trip, with every output off, and with the person's name or initials."""
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            if not self._tripped:
+                self._state_error("there is no stop to clear")
+            name = operator.strip() if isinstance(operator, str) else ""
+            if len(name) < 2 or not any(c.isalpha() for c in name):
+                self._refuse(Refusal("clear.operator", "clearing a stop needs the name or initials of the person "
+                                     "clearing it", value=operator, limit="name or initials"))
+            if any(self._may_be_enabled(ch) for ch in self._channels):
+                self._state_error("disable every output before clearing the stop")
+            return self._mint(ClearFaults(name), now)
+
+    def approve_sim_control(self, op: int, channel: int, value: int) -> Approved:
+        """Simulated-device control: always approved, always recorded."""
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            return self._mint(SimControl(int(op), int(channel), int(value)), now)
+
+    def ramp_plan(self, channel: int, target_ma: float) -> list[tuple[float, float]]:
+        """Steps to reach `target_ma`: (seconds to wait after the previous step's ACK, or from
+        now for the first, then amplitude mA). Decreases are one immediate step."""
+        with self._lock:
+            state = self._state(channel)
+            if state.setting is None:
+                self._state_error(f"channel {channel} has no setting to ramp")
+            goal = state.setting.with_amplitude(target_ma)
+            verdict = check_setting(goal, state.limits)
+            if verdict.refusals:
+                self._refuse(verdict.refusals[0])
+            base_ua, target_ua = self._worst_ua(channel), goal.amplitude_ua
+            if target_ua <= base_ua:
+                return [(0.0, target_ua / 1000)]
+            lim, asym = state.limits, goal.asym_ratio
+            step_ua = int(min(lim.max_step_ma, lim.ramp_ma_per_s * RAMP_TICK_S) * 1000) // asym * asym
+            step_ua = max(step_ua, asym)
+            # time already earned since the last increase counts towards the first step
+            credit = 0.0 if state.last_increase_s is None else self._clock() - state.last_increase_s
+            plan, level = [], base_ua
+            while level < target_ua:
+                nxt = min(target_ua, level // asym * asym + step_ua)
+                wait = (nxt - level) / 1000 / lim.ramp_ma_per_s
+                plan.append((max(0.0, wait - credit), nxt / 1000))
+                level, credit = nxt, 0.0
+            return plan
+
+    def session_tick(self) -> list[Approved]:
+        """Call periodically: near the end ramps amplitudes down so they reach 0 at the end,
+        then switches every output off."""
+        with self._lock:
+            if self._session_start is None:
+                return []
+            remaining = max(0.0, self.session_remaining_s())
+            out = []
+            for ch, state in self._channels.items():
+                if state.setting is None or self._pending(ch, SetChannel):
+                    continue
+                asym = state.setting.asym_ratio
+                ceiling_ua = int(state.limits.ramp_ma_per_s * remaining * 1000) // asym * asym
+                if state.setting.amplitude_ua > ceiling_ua:
+                    out.append(self.approve_set_channel(state.setting.with_amplitude(ceiling_ua / 1000)))
+            if remaining <= 0 and not self._session_ended:
+                self._session_ended = True
+                self._log("session_end", {})
+            if remaining <= 0 and any(self._may_be_enabled(ch) for ch in self._channels) \
+                    and not any(isinstance(a.command, SetOutputs) for a in self._in_flight.values()):
+                out.append(self.approve_outputs(()))
+            return out
+
+    # ---- events from the link and the supervisor -----------------------------------------
+
+    def stop(self, reason: str) -> None:
+        """Trip: latched until a person clears it. Pending approvals become void."""
+        with self._lock:
+            now = self._clock()
+            self._tripped = reason
+            self._epoch += 1
+            self._outstanding.clear()
+            self._in_flight.clear()
+            self._awaiting.clear()
+            for ch, state in self._channels.items():
+                state.setting = state.setting.with_amplitude(0) if state.setting else None
+                state.enabled, state.last_increase_s = False, None
+                self._events.append((now, ch, state.setting, False))
+            self._log("stop", {"reason": reason})
+
+    def note_acknowledged(self, approved: Approved) -> None:
+        """The device ACKed this command: the applied view advances."""
+        with self._lock:
+            approved.verify()
+            now = self._clock()
+            if approved._owner is not self:
+                raise InterlockStateError("approval belongs to another interlock")
+            if approved._epoch != self._epoch:
+                self._log("ack_after_stop", {"serial": approved.serial})
+                return
+            if self._awaiting.pop(approved.serial, None) is None:
+                raise InterlockStateError(f"approval {approved.serial} was not sent (or already acknowledged)")
+            self._in_flight.pop(approved.serial, None)
+            self._log("ack", {"serial": approved.serial})
+            cmd = approved.command
+            if isinstance(cmd, SetChannel):
+                state = self._channels[cmd.setting.channel]
+                before = state.setting.amplitude_ua if state.setting else 0
+                state.setting = cmd.setting
+                if state.enabled and cmd.setting.amplitude_ua > before:
+                    state.last_increase_s = now
+                self._applied_changed(cmd.setting.channel, now)
+            elif isinstance(cmd, SetOutputs):
+                for ch, state in self._channels.items():
+                    if ch in cmd.enabled and not state.enabled:
+                        state.last_increase_s = now
+                    state.enabled = ch in cmd.enabled
+                    self._applied_changed(ch, now)
+            elif isinstance(cmd, ClearFaults):
+                self._tripped = None
+                self._log("cleared", {"operator": cmd.operator})
+            elif cmd.op == SIM_REBOOT:
+                self.stop("simulated device rebooted")
+
+    def note_rejected(self, approved: Approved, reason: str = "") -> None:
+        """The device NAKed (or never answered) this command: nothing changed."""
+        with self._lock:
+            approved.verify()
+            self._in_flight.pop(approved.serial, None)
+            self._awaiting.pop(approved.serial, None)
+            self._log("nak", {"serial": approved.serial, "reason": reason})
+
+    def note_device_zeroed(self, channel: int, reason: str) -> None:
+        """The device itself set a channel to 0 mA and disabled it (open circuit, compliance)."""
+        with self._lock:
+            state = self._state(channel)
+            state.setting = state.setting.with_amplitude(0) if state.setting else None
+            state.enabled, state.last_increase_s = False, None
+            self._applied_changed(channel, self._clock())
+            self._log("device_zeroed", {"channel": channel, "reason": reason})
+
+    def hold(self, channel: int, reason: str) -> None:
+        """Refuse increases on a channel until it is back at 0 mA and disabled."""
+        with self._lock:
+            self._state(channel).hold = reason
+            self._log("hold", {"channel": channel, "reason": reason})
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _redeem(self, approved: Approved) -> None:
+        with self._lock:
+            if self._outstanding.get(approved.serial) is not approved:
+                raise InterlockStateError(f"approval {approved.serial} is used, void or not from this interlock")
+            del self._outstanding[approved.serial]
+            age = self._clock() - approved._issued_s
+            if age > APPROVAL_TTL_S:
+                self._in_flight.pop(approved.serial, None)
+                self._refuse(Refusal("approval.expired", f"approval {approved.serial} expired: unused for "
+                                     f"{age:.2f} s (limit {APPROVAL_TTL_S:g} s)", value=age, limit=APPROVAL_TTL_S))
+            self._awaiting[approved.serial] = approved
+            self._log("consumed", {"serial": approved.serial})
+
+    def _mint(self, command: Command, now: float, warnings: tuple[str, ...] = ()) -> Approved:
+        approved = Approved(_MINT, command, next(self._serials), now, self._epoch, self, warnings)
+        self._outstanding[approved.serial] = approved
+        if isinstance(command, (SetChannel, SetOutputs)):
+            self._in_flight[approved.serial] = approved
+        for text in warnings:
+            self._log("warning", {"serial": approved.serial, "message": text})
+        self._log("approved", {"serial": approved.serial, "command": command_json(command)})
+        return approved
+
+    def _purge(self, now: float) -> None:
+        """Approvals that expired unused can no longer reach the device: stop counting them
+        in the worst case (they stay outstanding so consume() reports the expiry)."""
+        for serial, approved in self._outstanding.items():
+            if now - approved._issued_s > APPROVAL_TTL_S:
+                self._in_flight.pop(serial, None)
+
+    def _pending(self, channel: int, kind: type) -> list[Approved]:
+        return [a for a in self._in_flight.values() if isinstance(a.command, kind)
+                and (kind is SetOutputs or a.command.setting.channel == channel)]
+
+    def _worst_ua(self, channel: int) -> int:
+        state = self._channels[channel]
+        amps = [state.setting.amplitude_ua if state.setting else 0]
+        return max(amps + [a.command.setting.amplitude_ua for a in self._pending(channel, SetChannel)])
+
+    def _may_be_enabled(self, channel: int) -> bool:
+        return self._channels[channel].enabled or any(
+            channel in a.command.enabled for a in self._pending(channel, SetOutputs))
+
+    def _applied_changed(self, channel: int, now: float) -> None:
+        state = self._channels[channel]
+        if state.hold and not state.enabled and (state.setting is None or state.setting.amplitude_ua == 0):
+            state.hold = None
+        self._events.append((now, channel, state.setting, state.enabled))
+
+    def _state(self, channel: int, requested: ChannelSetting | None = None) -> _Channel:
+        state = self._channels.get(channel) if isinstance(channel, int) else None
+        if state is None:
+            self._refuse(Refusal("setup.channel", f"channel {channel} has no declared needles in this session",
+                                 value=channel, limit=list(self._channels), channel=None,
+                                 detail=str(requested) if requested else ""))
+        return state
+
+    def _refuse(self, refusal: Refusal) -> Any:
+        self._log("refusal", refusal.as_record())
+        raise refusal
+
+    def _state_error(self, message: str) -> Any:
+        self._log("state_error", {"message": message})
+        raise InterlockStateError(message)
+
+    def _log(self, kind: str, data: dict[str, Any]) -> None:
+        if self._record is not None:
+            self._record.append(kind, data)

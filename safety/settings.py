@@ -1,0 +1,130 @@
+"""Channel settings and telemetry readings in physical units (channels are 1-based).
+
+Every setting is validated at construction: a NaN, an infinity, a negative number or a
+value off the device's resolution grid (1 µA, 1 mHz, 1 µs) is refused with a `Refusal`
+naming the field, so the numbers the rules check are exactly the numbers that get sent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+
+from .errors import Refusal
+
+MAX_U8 = 255
+_GRID = {  # field -> (steps per unit, resolution text)
+    "amplitude_ma": (1000, "1 µA"),
+    "frequency_hz": (1000, "1 mHz"),
+    "burst_rate_hz": (1000, "1 mHz"),
+    "pulse_width_us": (1, "1 µs"),
+    "interphase_us": (1, "1 µs"),
+}
+
+
+class Shape(IntEnum):
+    """Pulse shapes; only the biphasic ones are charge-balanced."""
+
+    BIPHASIC = 0
+    BIPHASIC_ALTERNATING = 1
+    MONOPHASIC = 2
+
+
+@dataclass(frozen=True)
+class ChannelSetting:
+    """One channel's stimulation setting; the recovery phase is amplitude/asym_ratio for
+    pulse_width × asym_ratio, with the device's integer-µA recovery amplitude."""
+
+    channel: int
+    shape: Shape
+    frequency_hz: float
+    pulse_width_us: float
+    amplitude_ma: float
+    asym_ratio: int = 1
+    interphase_us: float = 0.0
+    burst_pulses: int = 0
+    burst_rate_hz: float = 0.0
+
+    def __post_init__(self) -> None:
+        ch = self.channel if isinstance(self.channel, int) else None
+        if not isinstance(self.channel, int) or isinstance(self.channel, bool) or self.channel < 1:
+            raise Refusal("setting.channel", f"channel {self.channel!r} is not a channel number (1, 2, ...)",
+                          value=self.channel, limit=">= 1", channel=None, detail="channel")
+        if not isinstance(self.shape, Shape):
+            raise Refusal("setting.shape", f"shape {self.shape!r} is not a known pulse shape on channel {ch}",
+                          value=self.shape, limit="Shape", channel=ch, detail="shape")
+        for name, low in (("asym_ratio", 1), ("burst_pulses", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= MAX_U8:
+                raise Refusal("setting.invalid_number",
+                              f"{name}={v!r} is not a whole number from {low} to {MAX_U8} on channel {ch}",
+                              value=v, limit=f"{low}..{MAX_U8}", channel=ch, detail=name)
+        for name, (steps, text) in _GRID.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise Refusal("setting.invalid_number",
+                              f"{name}={v!r} is not a finite number >= 0 on channel {ch}",
+                              value=v, limit="finite and >= 0", channel=ch, detail=name)
+            if abs(v * steps - round(v * steps)) > 1e-6:
+                raise Refusal("setting.resolution",
+                              f"{name}={v!r} is not a whole multiple of {text} on channel {ch}",
+                              value=v, limit=text, channel=ch, detail=name)
+
+    @property
+    def bursting(self) -> bool:
+        return self.burst_pulses >= 2
+
+    @property
+    def pulse_rate_hz(self) -> float:
+        """Mean pulses per second, counting bursts (what charge and power scale with)."""
+        return self.burst_pulses * self.burst_rate_hz if self.bursting else self.frequency_hz
+
+    @property
+    def amplitude_ua(self) -> int:
+        return round(self.amplitude_ma * 1000)
+
+    @property
+    def phase_charge_uc(self) -> float:
+        """Charge of the primary (cathodic) phase, µC."""
+        return self.amplitude_ma * self.pulse_width_us / 1000.0
+
+    @property
+    def recovery_amplitude_ma(self) -> float:
+        """Recovery-phase amplitude as the device computes it (integer µA division)."""
+        if self.shape is Shape.MONOPHASIC:
+            return 0.0
+        return (self.amplitude_ua // self.asym_ratio) / 1000.0
+
+    @property
+    def residual_charge_uc(self) -> float:
+        """Net charge left per pulse (µC) after the recovery phase."""
+        if self.shape is Shape.MONOPHASIC:
+            return self.phase_charge_uc
+        rest_ua = self.amplitude_ua - (self.amplitude_ua // self.asym_ratio) * self.asym_ratio
+        return rest_ua * self.pulse_width_us / 1e6
+
+    def with_amplitude(self, amplitude_ma: float) -> ChannelSetting:
+        """The same waveform at another amplitude (rounded to the 1 µA grid)."""
+        return ChannelSetting(self.channel, self.shape, self.frequency_hz, self.pulse_width_us,
+                              round(amplitude_ma * 1000) / 1000, self.asym_ratio, self.interphase_us,
+                              self.burst_pulses, self.burst_rate_hz)
+
+    def same_waveform(self, other: ChannelSetting) -> bool:
+        """True when only the amplitude differs."""
+        return self.with_amplitude(0) == other.with_amplitude(0)
+
+
+@dataclass(frozen=True)
+class ChannelReading:
+    """One telemetry reading in physical units; `load_ohm` None means open circuit."""
+
+    channel: int
+    device_time_s: float
+    enabled: bool
+    compliance_limited: bool
+    amplitude_ma: float
+    frequency_hz: float
+    pulse_width_us: float
+    load_ohm: float | None
+    charge_total_uc: float

@@ -1,0 +1,256 @@
+import pytest
+
+from safety import (ClearFaults, InterlockStateError, Interlock, Patient, Prescription, Refusal, SetChannel,
+                    SetOutputs)
+from safety.interlock import JITTER_S, SIM_REBOOT
+
+from .conftest import ListRecord, make_setup, send, setting, start_channel
+
+
+def test_first_increase_must_wait_for_the_ramp(interlock, clock):
+    start_channel(interlock, clock)
+    with pytest.raises(Refusal) as exc:
+        interlock.approve_set_channel(setting(1, 0.1))
+    assert exc.value.rule == "prescription.ramp_rate" and exc.value.channel == 1
+    clock.advance(0.1)
+    assert isinstance(send(interlock, interlock.approve_set_channel(setting(1, 0.1))), SetChannel)
+
+
+def test_ramp_rate_is_measured_from_the_last_acknowledged_increase(interlock, clock):
+    start_channel(interlock, clock)
+    clock.advance(0.5)
+    send(interlock, interlock.approve_set_channel(setting(1, 0.5)))
+    clock.advance(0.2)
+    with pytest.raises(Refusal):
+        interlock.approve_set_channel(setting(1, 0.5 + 0.2 + 2 * JITTER_S))
+    interlock.approve_set_channel(setting(1, 0.7))   # 0.2 mA after 0.2 s
+
+
+def test_one_increase_in_flight_per_channel(interlock, clock):
+    start_channel(interlock, clock)
+    clock.advance(1.0)
+    interlock.approve_set_channel(setting(1, 0.4))
+    clock.advance(1.0)
+    with pytest.raises(InterlockStateError):
+        interlock.approve_set_channel(setting(1, 0.8))
+    interlock.approve_set_channel(setting(1, 0.0))   # a decrease is still approved at once
+
+
+def test_step_limit_and_device_ramp():
+    fast = Prescription(max_amplitude_ma=10.0, ramp_ma_per_s=10.0, frequency_hz=(1.0, 100.0),
+                        pulse_width_us=(50.0, 500.0))
+    from .conftest import FakeClock
+    clock = FakeClock()
+    il = Interlock(make_setup(fast), clock=clock)
+    start_channel(il, clock)
+    clock.advance(0.1)
+    with pytest.raises(Refusal) as exc:
+        il.approve_set_channel(setting(1, 0.5))        # 0.5 mA in 0.1 s > 0.8 x 4 mA/s
+    assert exc.value.rule == "device.ramp_rate"
+    clock.advance(1.0)
+    with pytest.raises(Refusal) as exc:
+        il.approve_set_channel(setting(1, 1.001))      # step above 1 mA
+    assert exc.value.rule == "device.max_step"
+    send(il, il.approve_set_channel(setting(1, 1.0)))
+
+
+def test_decreases_are_immediate(interlock, clock):
+    start_channel(interlock, clock)
+    clock.advance(1.0)
+    send(interlock, interlock.approve_set_channel(setting(1, 1.0)))
+    send(interlock, interlock.approve_set_channel(setting(1, 0.3)))
+    send(interlock, interlock.approve_set_channel(setting(1, 0.0)))
+    assert interlock.applied(1)[0].amplitude_ma == 0
+
+
+def test_zero_start(interlock, clock):
+    with pytest.raises(Refusal) as exc:
+        interlock.approve_set_channel(setting(1, 1.0))     # disabled channel
+    assert exc.value.rule == "dynamic.zero_start"
+    with pytest.raises(Refusal) as exc:
+        interlock.approve_outputs({1})                     # nothing configured yet
+    assert exc.value.rule == "dynamic.not_configured"
+    send(interlock, interlock.approve_set_channel(setting(1, 0.0)))
+    send(interlock, interlock.approve_outputs({1}))
+    clock.advance(1.0)
+    send(interlock, interlock.approve_set_channel(setting(1, 1.0)))
+    send(interlock, interlock.approve_outputs(set()))
+    with pytest.raises(Refusal) as exc:
+        interlock.approve_outputs({1})                     # still at 1 mA
+    assert exc.value.rule == "dynamic.zero_start"
+
+
+def test_waveform_change_while_stimulating_refused(interlock, clock):
+    start_channel(interlock, clock)
+    clock.advance(1.0)
+    send(interlock, interlock.approve_set_channel(setting(1, 1.0)))
+    with pytest.raises(Refusal) as exc:
+        interlock.approve_set_channel(setting(1, 1.0, pulse_width_us=300.0))
+    assert exc.value.rule == "dynamic.waveform_change"
+    send(interlock, interlock.approve_set_channel(setting(1, 0.0, pulse_width_us=300.0)))
+
+
+def test_static_refusal_is_recorded_and_nothing_approved(interlock, record):
+    before = len(interlock._outstanding)
+    with pytest.raises(Refusal) as exc:
+        interlock.approve_set_channel(setting(1, 0.0, frequency_hz=150.0))
+    assert exc.value.rule == "prescription.frequency_max"
+    assert record.kinds()[-1] == "refusal" and record.entries[-1][1]["rule"] == "prescription.frequency_max"
+    assert len(interlock._outstanding) == before
+
+
+def test_undeclared_channel_refused(interlock):
+    with pytest.raises(Refusal) as exc:
+        interlock.approve_set_channel(setting(3, 0.0))
+    assert exc.value.rule == "setup.channel"
+    with pytest.raises(Refusal):
+        interlock.approve_outputs({4})
+
+
+def test_placement_refusal_at_setup_is_recorded():
+    record = ListRecord()
+    with pytest.raises(Refusal) as exc:
+        Interlock(make_setup(patient=Patient(implanted_device=True)), record=record)
+    assert exc.value.rule == "placement.implanted_device"
+    assert "refusal" in record.kinds()
+
+
+def test_ramp_plan_follows_the_rate_and_reaches_target(interlock, clock):
+    start_channel(interlock, clock)
+    plan = interlock.ramp_plan(1, 2.5)
+    assert plan[-1][1] == 2.5
+    level = 0.0
+    for delay, amp in plan:
+        assert amp - level <= 1.0 + 1e-12
+        assert amp - level <= 1.0 * max(delay, 1e-12) + 1e-9 or delay == pytest.approx((amp - level) / 1.0)
+        clock.advance(delay)
+        send(interlock, interlock.approve_set_channel(setting(1, amp)))
+        level = amp
+    assert interlock.applied(1)[0].amplitude_ma == 2.5
+    assert interlock.ramp_plan(1, 1.0) == [(0.0, 1.0)]
+
+
+def test_ramp_plan_refuses_target_above_limits(interlock, clock):
+    start_channel(interlock, clock)
+    with pytest.raises(Refusal) as exc:
+        interlock.ramp_plan(1, 9.0)
+    assert exc.value.rule == "prescription.amplitude_max"
+
+
+def test_ramp_plan_keeps_asymmetric_steps_balanced(interlock, clock):
+    start_channel(interlock, clock, asym_ratio=4)
+    plan = interlock.ramp_plan(1, 0.5)
+    assert all(round(a * 1000) % 4 == 0 for _, a in plan)
+
+
+def test_session_timer_ramp_down_and_stop(interlock, clock):
+    assert interlock.session_remaining_s() == 30 * 60 and interlock.session_tick() == []
+    start_channel(interlock, clock)
+    for amp in (1.0, 2.0):
+        clock.advance(1.0)
+        send(interlock, interlock.approve_set_channel(setting(1, amp)))
+    clock.advance(interlock.session_remaining_s() - 1.0)   # 1 s left at 1 mA/s: ceiling 1 mA
+    [down] = interlock.session_tick()
+    assert down.command.setting.amplitude_ma == 1.0
+    send(interlock, down)
+    clock.advance(0.5)
+    [down] = interlock.session_tick()
+    assert down.command.setting.amplitude_ma == 0.5
+    send(interlock, down)
+    clock.advance(0.6)
+    assert interlock.session_expired()
+    approvals = interlock.session_tick()
+    assert [type(a.command) for a in approvals] == [SetChannel, SetOutputs]
+    assert approvals[0].command.setting.amplitude_ma == 0 and approvals[1].command.enabled == frozenset()
+    for a in approvals:
+        send(interlock, a)
+    assert interlock.session_tick() == []
+    with pytest.raises(Refusal) as exc:
+        interlock.approve_outputs({1})
+    assert exc.value.rule == "session.expired"
+
+
+def test_increase_refused_after_session_end(interlock, clock):
+    start_channel(interlock, clock)
+    clock.advance(30 * 60 + 1)
+    with pytest.raises(Refusal) as exc:
+        interlock.approve_set_channel(setting(1, 0.5))
+    assert exc.value.rule == "session.expired"
+
+
+def test_stop_latches_until_a_person_clears_it(interlock, clock, record):
+    start_channel(interlock, clock)
+    clock.advance(1.0)
+    pending = interlock.approve_set_channel(setting(1, 0.5))
+    interlock.stop("test stop")
+    assert interlock.tripped == "test stop" and interlock.applied(1) == (setting(1, 0.0), False)
+    with pytest.raises(InterlockStateError):
+        pending.consume()                                # void after a stop
+    send(interlock, interlock.approve_set_channel(setting(1, 0.0)))
+    with pytest.raises(InterlockStateError):
+        interlock.approve_outputs({1})
+    with pytest.raises(Refusal) as exc:
+        interlock.approve_clear_faults("  ")
+    assert exc.value.rule == "clear.operator"
+    clear = interlock.approve_clear_faults("J.D.")
+    assert clear.command == ClearFaults("J.D.")
+    assert interlock.tripped                             # only the ACK clears it
+    send(interlock, clear)
+    assert interlock.tripped is None
+    with pytest.raises(InterlockStateError):
+        interlock.approve_clear_faults("JD")            # nothing to clear
+    assert "stop" in record.kinds() and "cleared" in record.kinds()
+
+
+def test_clear_needs_outputs_off(interlock, clock):
+    interlock.stop("x")
+    send(interlock, interlock.approve_set_channel(setting(1, 0.0)))
+    interlock._channels[1].enabled = True                # device still reports the output on
+    with pytest.raises(InterlockStateError):
+        interlock.approve_clear_faults("JD")
+
+
+def test_nak_leaves_the_applied_view_unchanged(interlock, clock):
+    start_channel(interlock, clock)
+    clock.advance(1.0)
+    a = interlock.approve_set_channel(setting(1, 0.5))
+    a.consume()
+    interlock.note_rejected(a, "SLEW_TOO_FAST")
+    assert interlock.applied(1)[0].amplitude_ma == 0
+    interlock.approve_set_channel(setting(1, 0.5))      # no longer in flight
+
+
+def test_ack_needs_a_consumed_approval_and_late_acks_are_ignored(interlock, clock):
+    a = interlock.approve_set_channel(setting(1, 0.0))
+    with pytest.raises(InterlockStateError):
+        interlock.note_acknowledged(a)
+    a.consume()
+    interlock.stop("x")
+    interlock.note_acknowledged(a)                       # sent before the stop: ignored
+    assert interlock.applied(1) == (None, False)
+
+
+def test_sim_reboot_trips(interlock):
+    send(interlock, interlock.approve_sim_control(SIM_REBOOT, 0, 0))
+    assert interlock.tripped == "simulated device rebooted"
+    send(interlock, interlock.approve_sim_control(1, 1, 500))   # SET_LOAD: approved, recorded
+
+
+def test_applied_history(interlock, clock):
+    start_channel(interlock, clock)
+    clock.advance(1.0)
+    send(interlock, interlock.approve_set_channel(setting(1, 1.0)))
+    clock.advance(10.0)
+    spans = [s for s in interlock.applied_history() if s.channel == 1]
+    assert spans[-1].setting.amplitude_ma == 1.0 and spans[-1].enabled
+    assert spans[-1].end_s - spans[-1].start_s == pytest.approx(10.0)
+
+
+def test_shannon_warning_travels_with_the_approval(interlock, clock, record):
+    start_channel(interlock, clock, pulse_width_us=500.0)
+    for amp in (1.0, 2.0, 3.0, 3.9):                     # 3.9 mA x 500 µs = 1.95 µC: k = 1.51
+        clock.advance(1.0)
+        a = interlock.approve_set_channel(setting(1, amp, pulse_width_us=500.0))
+        send(interlock, a)
+    assert len(a.warnings) == 1 and "k=1.51" in a.warnings[0]
+    assert record.kinds().count("warning") == 1

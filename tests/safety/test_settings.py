@@ -1,0 +1,65 @@
+import math
+
+import pytest
+
+from safety import ChannelSetting, Refusal, Shape
+
+from .conftest import setting
+
+
+@pytest.mark.parametrize("field", ["frequency_hz", "pulse_width_us", "amplitude_ma", "interphase_us",
+                                   "burst_rate_hz"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -1.0])
+def test_non_finite_or_negative_is_refused_naming_the_field(field, bad):
+    with pytest.raises(Refusal) as exc:
+        setting(2, **{field: bad})
+    assert exc.value.rule == "setting.invalid_number"
+    assert exc.value.detail == field and field in str(exc.value)
+    assert exc.value.channel == 2
+
+
+@pytest.mark.parametrize("field,value", [("asym_ratio", 0), ("asym_ratio", 256), ("asym_ratio", 1.5),
+                                         ("burst_pulses", -1), ("burst_pulses", 256)])
+def test_integer_fields_are_bounded(field, value):
+    with pytest.raises(Refusal) as exc:
+        setting(1, **{field: value})
+    assert exc.value.rule == "setting.invalid_number" and exc.value.detail == field
+
+
+@pytest.mark.parametrize("field,value", [("amplitude_ma", 1.0005), ("frequency_hz", 10.0004),
+                                         ("pulse_width_us", 200.5), ("interphase_us", 0.5)])
+def test_values_off_the_device_grid_are_refused(field, value):
+    with pytest.raises(Refusal) as exc:
+        setting(1, **{field: value})
+    assert exc.value.rule == "setting.resolution"
+
+
+@pytest.mark.parametrize("channel", [0, -1, True, "1"])
+def test_channel_must_be_a_one_based_int(channel):
+    with pytest.raises(Refusal) as exc:
+        ChannelSetting(channel, Shape.BIPHASIC, 10.0, 200.0, 1.0)
+    assert exc.value.rule == "setting.channel"
+
+
+def test_shape_must_be_a_shape():
+    with pytest.raises(Refusal) as exc:
+        ChannelSetting(1, 0, 10.0, 200.0, 1.0)
+    assert exc.value.rule == "setting.shape"
+
+
+def test_derived_quantities():
+    s = setting(1, 5.0, pulse_width_us=600.0, frequency_hz=50.0)
+    assert s.phase_charge_uc == pytest.approx(3.0)
+    assert s.pulse_rate_hz == 50.0 and s.residual_charge_uc == 0
+    burst = setting(1, 1.0, frequency_hz=100.0, burst_pulses=5, burst_rate_hz=2.0)
+    assert burst.pulse_rate_hz == 10.0
+    asym = setting(1, 1.001, asym_ratio=4, pulse_width_us=100.0)
+    assert asym.recovery_amplitude_ma == pytest.approx(0.25)          # 1001 // 4 = 250 µA
+    assert asym.residual_charge_uc == pytest.approx(1 * 100 / 1e6)    # 1001 - 250*4 = 1 µA for 100 µs
+    mono = setting(1, 2.0, shape=Shape.MONOPHASIC)
+    assert mono.recovery_amplitude_ma == 0 and mono.residual_charge_uc == pytest.approx(0.4)
+
+
+def test_same_waveform_ignores_only_amplitude():
+    assert setting(1, 1.0).same_waveform(setting(1, 3.0))
+    assert not setting(1, 1.0).same_waveform(setting(1, 1.0, pulse_width_us=300.0))
