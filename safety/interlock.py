@@ -9,6 +9,10 @@ from the ACK of the last increase (or of enabling), which is later than the devi
 clock point, so the host is never faster than its own check. `JITTER_S` (5 ms) is added to
 the elapsed time to absorb scheduler jitter; at 1 mA/s that is 5 µA.
 
+A waveform (frequency, phase) may change while a channel stimulates, as dense-disperse
+needs, as long as the new setting passes every static rule; only amplitude increases are
+rate-limited.
+
 Stopping never needs approval: `stop()` latches the trip at once and the link sends
 ESTOP; only `approve_clear_faults` with a person's name, then its ACK, unlatches.
 """
@@ -243,11 +247,20 @@ class Interlock:
         state = self._state(channel)
         return state.setting, state.enabled
 
-    def expected(self, channel: int) -> Expected:
+    def expected(self, channel: int, within_s: float = 0.0) -> Expected:
+        """What telemetry may legitimately show: the applied state, any state applied in the
+        last `within_s` seconds (a reading is a snapshot from the past), or a command in flight."""
         with self._lock:
             state = self._state(channel)
             settings = [state.setting] + [a.command.setting for a in self._pending(channel, SetChannel)]
             enabled = {state.enabled} | {channel in a.command.enabled for a in self._pending(channel, SetOutputs)}
+            cutoff = self._clock() - within_s
+            for t, ch, setting, on in reversed(self._events):
+                if ch == channel:
+                    settings.append(setting)
+                    enabled.add(on)
+                    if t < cutoff:  # the state in force at the cutoff: older ones cannot show
+                        break
             return Expected(frozenset(s.amplitude_ua if s else 0 for s in settings), frozenset(enabled),
                             frozenset(round(s.frequency_hz * 1000) for s in settings if s),
                             frozenset(round(s.pulse_width_us) for s in settings if s))
@@ -289,14 +302,11 @@ class Interlock:
     def _check_nonzero(self, setting: ChannelSetting, state: _Channel, now: float) -> None:
         ch = setting.channel
         pending = self._pending(ch, SetChannel)
-        reference = pending[-1].command.setting if pending else state.setting
-        worst_ua = self._worst_ua(ch)
-        if reference is not None and worst_ua > 0 and not reference.same_waveform(setting):
-            self._refuse(Refusal("dynamic.waveform_change",
-                                 f"waveform change while stimulating is refused on channel {ch}: "
-                                 f"bring the amplitude to 0 first", value=str(setting), limit="amplitude 0",
-                                 channel=ch))
-        delta_ma = (setting.amplitude_ua - worst_ua) / 1000
+        # The device may be at the applied level or at any command still in flight when this
+        # one arrives (in order, but some may be lost): an increase counts from the lowest.
+        lowest_ua = min([state.setting.amplitude_ua if state.setting else 0]
+                        + [a.command.setting.amplitude_ua for a in pending])
+        delta_ma = (setting.amplitude_ua - lowest_ua) / 1000
         if delta_ma <= 0:
             return
         if self._tripped:

@@ -2,8 +2,9 @@
 
 Tolerances: the applied amplitude may differ from the commanded one by at most 1 µA
 (the device's resolution, absorbing float conversion); frequency must match to the mHz
-and phase width to the µs. A reading may match the applied state or a command still in
-flight. Every ESTOP also trips the interlock at once; ZERO_CHANNEL also holds the channel
+and phase width to the µs. A reading may match the applied state, a state applied within
+the last two telemetry periods (it was sampled before the newest ACK arrived), or a
+command still in flight. Every ESTOP also trips the interlock at once; ZERO_CHANNEL also holds the channel
 so it cannot be raised again until it has been brought to 0 mA and disabled.
 """
 
@@ -19,6 +20,7 @@ from .record import TreatmentRecord
 from .settings import ChannelReading
 
 STALE_PERIODS = 3
+READING_AGE_PERIODS = 2  # a reading may show a state applied up to this long ago
 MIN_LOAD_OHM = 100.0
 AMPLITUDE_TOL_UA = 1
 CHANNEL_FAULTS = frozenset({"OPEN_CIRCUIT", "COMPLIANCE"})   # device zeroes the channel itself
@@ -48,6 +50,7 @@ class Supervisor:
         self._clock = clock
         self._record = record
         self._stale_after_s = STALE_PERIODS / telemetry_hz
+        self._reading_age_s = READING_AGE_PERIODS / telemetry_hz
         start = clock()
         self._last_seen = {ch: start for ch in interlock.setup.channels}
         self._stale_reported = False
@@ -96,7 +99,7 @@ class Supervisor:
                            f"Check the connection to the device before clearing the stop")
 
     def _mismatch(self, r: ChannelReading) -> str:
-        exp = self._interlock.expected(r.channel)
+        exp = self._interlock.expected(r.channel, within_s=self._reading_age_s)
         amp_ua = round(r.amplitude_ma * 1000)
         if r.enabled not in exp.enabled:
             return f"output is {'on' if r.enabled else 'off'}, not as commanded"

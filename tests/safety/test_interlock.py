@@ -80,14 +80,15 @@ def test_zero_start(interlock, clock):
     assert exc.value.rule == "dynamic.zero_start"
 
 
-def test_waveform_change_while_stimulating_refused(interlock, clock):
+def test_waveform_change_while_stimulating_is_checked_not_blocked(interlock, clock):
+    """Dense-disperse switches phase width at a constant amplitude; the static rules still hold."""
     start_channel(interlock, clock)
     clock.advance(1.0)
     send(interlock, interlock.approve_set_channel(setting(1, 1.0)))
-    with pytest.raises(Refusal) as exc:
-        interlock.approve_set_channel(setting(1, 1.0, pulse_width_us=300.0))
-    assert exc.value.rule == "dynamic.waveform_change"
-    send(interlock, interlock.approve_set_channel(setting(1, 0.0, pulse_width_us=300.0)))
+    send(interlock, interlock.approve_set_channel(setting(1, 1.0, pulse_width_us=300.0)))
+    assert interlock.applied(1)[0].pulse_width_us == 300.0
+    with pytest.raises(Refusal):
+        interlock.approve_set_channel(setting(1, 1.0, pulse_width_us=5000.0))
 
 
 def test_static_refusal_is_recorded_and_nothing_approved(interlock, record):
@@ -254,3 +255,16 @@ def test_shannon_warning_travels_with_the_approval(interlock, clock, record):
         send(interlock, a)
     assert len(a.warnings) == 1 and "k=1.51" in a.warnings[0]
     assert record.kinds().count("warning") == 1
+
+
+def test_increase_counts_from_the_lowest_level_in_flight(interlock, clock):
+    """2 mA -> 0.1 mA -> 2 mA, both still in flight: delivered in order, the second is a
+    1.9 mA jump, so it must pass the step and ramp rules although 2 mA was applied."""
+    start_channel(interlock, clock)
+    for level in (1.0, 2.0):
+        clock.advance(1.0)
+        send(interlock, interlock.approve_set_channel(setting(1, level)))
+    clock.advance(1.0)
+    interlock.approve_set_channel(setting(1, 0.1))          # approved, not yet delivered
+    with pytest.raises((Refusal, InterlockStateError)):
+        interlock.approve_set_channel(setting(1, 2.0))
