@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _ESTOP_SEQ_OFFSET = 128  # far from every in-flight seq, so its ACK cannot be mistaken
 _MAX_TIMER_WAIT = 0.05
+_QUERIES = (icd.GetStatus, icd.Heartbeat)  # cannot change the output
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class Link:
 
     def query(self, message: icd.GetStatus | icd.Heartbeat) -> Future[icd.Message]:
         """Queue a command that cannot change the output (GET_STATUS, HEARTBEAT)."""
-        if type(message) not in (icd.GetStatus, icd.Heartbeat):
+        if type(message) not in _QUERIES:
             raise TypeError(f"{type(message).__name__} changes the output: it needs an interlock approval")
         return self._enqueue(message)
 
@@ -221,7 +222,9 @@ class Link:
             if on_reader or self._clock() >= deadline:
                 break
         self._cancel_queue(LinkError("cancelled by e-stop"))
-        self._hold_queue.clear()
+        with self._lock:
+            self._hold_queue.clear()
+            self._pump()  # queries held during the stop go out now
         return self._estop_acked.is_set()
 
     # --- internals: sending ---------------------------------------------------------
@@ -282,9 +285,13 @@ class Link:
             self._send(pending)
 
     def _cancel_queue(self, reason: LinkError) -> None:
+        """Fail every queued command that could change the output; queries stay queued."""
         with self._lock:
-            while self._queue:
-                self._queue.popleft().future.set_exception(reason)
+            kept = deque(p for p in self._queue if type(p.message) in _QUERIES)
+            for pending in self._queue:
+                if type(pending.message) not in _QUERIES:
+                    pending.future.set_exception(reason)
+            self._queue = kept
 
     # --- internals: receiving -------------------------------------------------------
 

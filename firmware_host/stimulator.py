@@ -100,6 +100,7 @@ class Stimulator:
         self._subscribers: list[Callable[[SessionEvent], None]] = []
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = threading.Event()
+        self._last_supervisor_estop = float("-inf")
         self._log("identity", _plain(self.identity))
         latched = icd.faults_from_mask(self.identity.latched_faults)
         if latched:
@@ -193,11 +194,13 @@ class Stimulator:
         target_ma: float,
         cancel: threading.Event | None = None,
         on_step: Callable[[float], None] | None = None,
+        gentle_down: bool = True,
     ) -> None:
         """Ramp to `target_ma` in steps the interlock plans within the prescription's rate and
         the device's step and slew; each step's wait counts from the previous step's ACK.
+        Down-ramps are gentle too unless `gentle_down` is False (a stop never ramps).
         `cancel` ends the ramp where it stands; `on_step` sees each amplitude sent."""
-        for wait_s, amplitude_ma in self.interlock.ramp_plan(channel, target_ma):
+        for wait_s, amplitude_ma in self.interlock.ramp_plan(channel, target_ma, gentle_down):
             if cancel is not None:
                 if cancel.wait(wait_s):
                     return
@@ -333,10 +336,17 @@ class Stimulator:
             self._deliver(Notice(action.channel, action.reason))
 
     def _safe_estop(self, reason: str) -> None:
-        if self.interlock.tripped is None:
+        """Supervisor stop: trip, ESTOP, tell the clinician. Repeats while the device still
+        shows output are limited to one per telemetry period."""
+        now = self._clock()
+        first = self.interlock.tripped is None
+        if first:
             self.interlock.stop(reason)
-        self._link.estop()
-        self._deliver(Notice(None, reason))
+        if first or now - self._last_supervisor_estop >= 1.0 / max(self.identity.telemetry_hz, 1):
+            self._last_supervisor_estop = now
+            self._link.estop()
+        if first:
+            self._deliver(Notice(None, reason))
 
     def _deliver(self, event: SessionEvent) -> None:
         for callback in list(self._subscribers):

@@ -388,9 +388,10 @@ class Interlock:
             self._purge(now)
             return self._mint(SimControl(int(op), int(channel), int(value)), now)
 
-    def ramp_plan(self, channel: int, target_ma: float) -> list[tuple[float, float]]:
+    def ramp_plan(self, channel: int, target_ma: float, gentle_down: bool = False) -> list[tuple[float, float]]:
         """Steps to reach `target_ma`: (seconds to wait after the previous step's ACK, or from
-        now for the first, then amplitude mA). Decreases are one immediate step."""
+        now for the first, then amplitude mA). A decrease is one immediate step, or with
+        `gentle_down` steps at the ramp rate (comfort, not safety: any step may be cut short)."""
         with self._lock:
             state = self._state(channel)
             if state.setting is None:
@@ -400,11 +401,15 @@ class Interlock:
             if verdict.refusals:
                 self._refuse(verdict.refusals[0])
             base_ua, target_ua = self._worst_ua(channel), goal.amplitude_ua
-            if target_ua <= base_ua:
-                return [(0.0, target_ua / 1000)]
             lim, asym = state.limits, goal.asym_ratio
             step_ua = int(min(lim.max_step_ma, lim.ramp_ma_per_s * RAMP_TICK_S) * 1000) // asym * asym
             step_ua = max(step_ua, asym)
+            if target_ua <= base_ua:
+                if not gentle_down:
+                    return [(0.0, target_ua / 1000)]
+                levels = list(range(base_ua // asym * asym - step_ua, target_ua, -step_ua)) + [target_ua]
+                return [(0.0 if i == 0 else (levels[i - 1] - ua) / 1000 / lim.ramp_ma_per_s, ua / 1000)
+                        for i, ua in enumerate(levels)]
             # time already earned since the last increase counts towards the first step
             credit = 0.0 if state.last_increase_s is None else self._clock() - state.last_increase_s
             plan, level = [], base_ua

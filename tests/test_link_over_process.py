@@ -168,7 +168,7 @@ def test_estop_overtakes_a_full_window(sim_process: SimProcess) -> None:
         ask(link, wave(amplitude_ua=0))
         ask(link, icd.Output(0b1))
         sim_process.pause()  # the device stops reading: the window fills up
-        futures = [unguarded(link, icd.GetStatus()) for _ in range(20)]
+        futures = [unguarded(link, wave(phase_us=100 + i)) for i in range(20)]
         assert len(link._inflight) == link.window == 8  # noqa: SLF001
         frames_before = link.stats.frames_sent
         stopper = threading.Thread(target=link.estop, kwargs={"timeout": 2.0})

@@ -268,3 +268,18 @@ def test_increase_counts_from_the_lowest_level_in_flight(interlock, clock):
     interlock.approve_set_channel(setting(1, 0.1))          # approved, not yet delivered
     with pytest.raises((Refusal, InterlockStateError)):
         interlock.approve_set_channel(setting(1, 2.0))
+
+
+def test_gentle_ramp_down_steps_at_the_ramp_rate(interlock, clock):
+    start_channel(interlock, clock)
+    for level in (1.0, 2.0):
+        clock.advance(1.0)
+        send(interlock, interlock.approve_set_channel(setting(1, level)))
+    assert interlock.ramp_plan(1, 0.0) == [(0.0, 0.0)]
+    plan = interlock.ramp_plan(1, 0.0, gentle_down=True)
+    levels = [amp for _, amp in plan]
+    assert levels == sorted(levels, reverse=True) and levels[-1] == 0.0 and levels[0] < 2.0
+    rate = interlock.limits(1).ramp_ma_per_s
+    steps = [a - b for a, b in zip([2.0] + levels, levels)]
+    for (wait, _), step in zip(plan[1:], steps[1:]):
+        assert wait == pytest.approx(step / rate)
