@@ -106,6 +106,12 @@ class ChannelSetting:
 
     def with_amplitude(self, amplitude_ma: float) -> ChannelSetting:
         """The same waveform at another amplitude (rounded to the 1 µA grid)."""
+        if isinstance(amplitude_ma, bool) or not isinstance(amplitude_ma, (int, float)) \
+                or not math.isfinite(amplitude_ma) or amplitude_ma < 0:
+            raise Refusal("setting.invalid_number",
+                          f"amplitude_ma={amplitude_ma!r} is not a finite number >= 0 on channel {self.channel}",
+                          value=amplitude_ma, limit="finite and >= 0", channel=self.channel,
+                          detail="amplitude_ma")
         return ChannelSetting(self.channel, self.shape, self.frequency_hz, self.pulse_width_us,
                               round(amplitude_ma * 1000) / 1000, self.asym_ratio, self.interphase_us,
                               self.burst_pulses, self.burst_rate_hz)

@@ -63,3 +63,11 @@ def test_derived_quantities():
 def test_same_waveform_ignores_only_amplitude():
     assert setting(1, 1.0).same_waveform(setting(1, 3.0))
     assert not setting(1, 1.0).same_waveform(setting(1, 1.0, pulse_width_us=300.0))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.5])
+def test_with_amplitude_refuses_non_finite_or_negative(bad):
+    base = ChannelSetting(1, Shape.BIPHASIC, 100.0, 200.0, 1.0)
+    with pytest.raises(Refusal) as exc:
+        base.with_amplitude(bad)
+    assert exc.value.rule == "setting.invalid_number" and exc.value.channel == 1
