@@ -5,7 +5,7 @@ See RULES.md for every rule and its source.
 """
 
 from .errors import InterlockStateError, Refusal, SafetyError
-from .interlock import (APPROVAL_TTL_S, JITTER_S, AppliedSpan, Approved, ClearFaults, Command, Expected, Interlock,
+from .interlock import (APPROVAL_TTL_S, JITTER_S, AppliedDose, Approved, ClearFaults, Command, Expected, Interlock,
                         SessionSetup, SetChannel, SetOutputs, SimControl)
 from .limits import (NEEDLE_RULES, SENSITIVITY_FACTORS, STANDARD, DeviceLimits, EffectiveLimits, Needle, NeedleRules,
                      Prescription, Sensitivity, StandardLimits, effective_limits)
@@ -18,7 +18,7 @@ from .supervisor import Action, ActionKind, Supervisor
 
 __all__ = [
     "APPROVAL_TTL_S", "JITTER_S", "NEEDLE_RULES", "RULES", "SENSITIVITY_FACTORS", "STANDARD",
-    "Action", "ActionKind", "AppliedSpan", "Approved", "ArrayVerdict", "ChannelPlacement", "ChannelReading",
+    "Action", "ActionKind", "AppliedDose", "Approved", "ArrayVerdict", "ChannelPlacement", "ChannelReading",
     "ChannelSetting", "ChannelSummary", "ClearFaults", "Command", "DeviceLimits", "EffectiveLimits", "Expected",
     "Interlock", "InterlockStateError", "LimitArrays", "Needle", "NeedleRules", "NeedleSite", "Patient",
     "Prescription", "RecordVerdict", "Refusal", "Region", "SafetyError", "Sensitivity",

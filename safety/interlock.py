@@ -26,6 +26,7 @@ import json
 import secrets
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any, Callable, Iterable, Mapping
@@ -40,6 +41,7 @@ from .settings import ChannelSetting
 APPROVAL_TTL_S = 2.0   # an approval unused for this long is refused at consume()
 JITTER_S = 0.005       # clock-jitter allowance on the ramp-rate check
 RAMP_TICK_S = 0.1      # ramp_plan step spacing (one telemetry period at 10 Hz)
+RECENT_S = 5.0         # applied states kept for matching telemetry snapshots
 SIM_REBOOT = 3         # SimControl op that restarts the simulated device in its safe state
 
 
@@ -169,14 +171,14 @@ class SessionSetup:
 
 
 @dataclass(frozen=True)
-class AppliedSpan:
-    """A period during which a channel's applied state did not change."""
+class AppliedDose:
+    """How long a channel spent, in total, in one applied state. Sessions of any length
+    keep one entry per distinct state, so memory does not grow with time."""
 
     channel: int
-    start_s: float
-    end_s: float
     setting: ChannelSetting | None
     enabled: bool
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,12 @@ class Interlock:
         self._tripped: str | None = None
         self._session_start: float | None = None
         self._session_ended = False
-        self._events: list[tuple[float, int, ChannelSetting | None, bool]] = []
+        # applied states: the open span per channel, closed spans folded into doses, and the
+        # last RECENT_S of changes (telemetry is a snapshot from the recent past)
+        self._span: dict[int, tuple[float, ChannelSetting | None, bool]] = {}
+        self._doses: dict[tuple[int, ChannelSetting | None, bool], float] = {}
+        self._recent: dict[int, deque[tuple[float, ChannelSetting | None, bool]]] = {
+            ch: deque() for ch in channels}
         self._session_s = min(c.limits.session_s for c in channels.values()) if channels else 0.0
 
     # ---- queries -------------------------------------------------------------------
@@ -255,12 +262,11 @@ class Interlock:
             settings = [state.setting] + [a.command.setting for a in self._pending(channel, SetChannel)]
             enabled = {state.enabled} | {channel in a.command.enabled for a in self._pending(channel, SetOutputs)}
             cutoff = self._clock() - within_s
-            for t, ch, setting, on in reversed(self._events):
-                if ch == channel:
-                    settings.append(setting)
-                    enabled.add(on)
-                    if t < cutoff:  # the state in force at the cutoff: older ones cannot show
-                        break
+            for t, setting, on in reversed(self._recent[channel]):
+                settings.append(setting)
+                enabled.add(on)
+                if t < cutoff:  # the state in force at the cutoff: older ones cannot show
+                    break
             return Expected(frozenset(s.amplitude_ua if s else 0 for s in settings), frozenset(enabled),
                             frozenset(round(s.frequency_hz * 1000) for s in settings if s),
                             frozenset(round(s.pulse_width_us) for s in settings if s))
@@ -273,15 +279,14 @@ class Interlock:
     def session_expired(self) -> bool:
         return self._session_start is not None and self.session_remaining_s() <= 0
 
-    def applied_history(self, until_s: float | None = None) -> list[AppliedSpan]:
-        """Applied states over time, per channel, up to `until_s` (default: now)."""
-        end = self._clock() if until_s is None else until_s
-        spans = []
-        for ch in self._channels:
-            events = [(t, s, e) for t, c, s, e in self._events if c == ch]
-            for (t, s, e), nxt in zip(events, events[1:] + [(end, None, False)]):
-                spans.append(AppliedSpan(ch, t, max(t, nxt[0]), s, e))
-        return spans
+    def applied_doses(self) -> list[AppliedDose]:
+        """Total time per channel in each applied state, up to now (for the output summary)."""
+        with self._lock:
+            now = self._clock()
+            totals = dict(self._doses)
+            for ch, (start, setting, on) in self._span.items():
+                totals[(ch, setting, on)] = totals.get((ch, setting, on), 0.0) + max(0.0, now - start)
+            return [AppliedDose(ch, setting, on, seconds) for (ch, setting, on), seconds in totals.items()]
 
     # ---- approvals -----------------------------------------------------------------
 
@@ -457,7 +462,7 @@ class Interlock:
             for ch, state in self._channels.items():
                 state.setting = state.setting.with_amplitude(0) if state.setting else None
                 state.enabled, state.last_increase_s = False, None
-                self._events.append((now, ch, state.setting, False))
+                self._applied_changed(ch, now)
             self._log("stop", {"reason": reason})
 
     def note_acknowledged(self, approved: Approved) -> None:
@@ -566,7 +571,15 @@ class Interlock:
         state = self._channels[channel]
         if state.hold and not state.enabled and (state.setting is None or state.setting.amplitude_ua == 0):
             state.hold = None
-        self._events.append((now, channel, state.setting, state.enabled))
+        if channel in self._span:
+            start, setting, on = self._span[channel]
+            key = (channel, setting, on)
+            self._doses[key] = self._doses.get(key, 0.0) + max(0.0, now - start)
+        self._span[channel] = (now, state.setting, state.enabled)
+        recent = self._recent[channel]
+        recent.append(self._span[channel])
+        while len(recent) > 1 and recent[1][0] < now - RECENT_S:
+            recent.popleft()
 
     def _state(self, channel: int, requested: ChannelSetting | None = None) -> _Channel:
         state = self._channels.get(channel) if isinstance(channel, int) else None

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .interlock import AppliedSpan
+from .interlock import AppliedDose
 from .limits import Needle
 from .rules import SettingArrays, compute_metrics
 
@@ -30,17 +30,17 @@ class ChannelSummary:
     stimulation_s: float
 
 
-def output_summary(history: Sequence[AppliedSpan], needles: Mapping[int, Needle],
+def output_summary(doses: Sequence[AppliedDose], needles: Mapping[int, Needle],
                    device_charge_uc: Mapping[int, float]) -> tuple[list[ChannelSummary], str]:
     """Summaries per channel (of `needles`) and a plain-text table."""
     summaries = []
     for ch, needle in sorted(needles.items()):
-        spans = [s for s in history if s.channel == ch and s.enabled and s.setting and s.end_s > s.start_s]
+        spans = [d for d in doses if d.channel == ch and d.enabled and d.setting and d.seconds > 0]
         if spans:
             m = compute_metrics(SettingArrays.from_settings([s.setting for s in spans]),
                                 np.full(len(spans), needle.area_cm2))
             live = m.phase_charge_uc > 0
-            dt = np.array([s.end_s - s.start_s for s in spans])
+            dt = np.array([d.seconds for d in spans])
             summaries.append(ChannelSummary(
                 ch, needle, float(m.phase_charge_uc.max()), float(m.residual_charge_uc.max()),
                 float(m.current_density_ma_cm2.max()), float(m.power_density_w_cm2.max()),

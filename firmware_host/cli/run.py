@@ -162,7 +162,7 @@ def _session(stim, setting, hold_s: float) -> int:  # noqa: ANN001 - Stimulator,
         return EXIT_DEVICE_FAULT
     device_charge = {c: r.charge_total_uc for c, r in stim.readings.items()}
     needles = {c: stim.interlock.setup.needle(c) for c in stim.channels}
-    _, table = output_summary(stim.interlock.applied_history(), needles, device_charge)
+    _, table = output_summary(stim.interlock.applied_doses(), needles, device_charge)
     print("session complete: every output off.\n" + table)
     return EXIT_OK
 

@@ -24,7 +24,7 @@ def test_session_is_recorded_and_summarised(tmp_path):
             il.approve_set_channel(setting(1, 9.0))
         clock.advance(60.0)
         il.stop("end of test")
-        summaries, table = output_summary(il.applied_history(), {1: il.limits(1).needle}, {1: 47.0})
+        summaries, table = output_summary(il.applied_doses(), {1: il.limits(1).needle}, {1: 47.0})
     verdict = verify_record(path)
     assert verdict.ok and verdict.closed
     text = path.read_text(encoding="utf-8")

@@ -237,14 +237,16 @@ def test_sim_reboot_trips(interlock):
     send(interlock, interlock.approve_sim_control(1, 1, 500))   # SET_LOAD: approved, recorded
 
 
-def test_applied_history(interlock, clock):
+def test_applied_doses_fold_repeated_states(interlock, clock):
     start_channel(interlock, clock)
-    clock.advance(1.0)
-    send(interlock, interlock.approve_set_channel(setting(1, 1.0)))
-    clock.advance(10.0)
-    spans = [s for s in interlock.applied_history() if s.channel == 1]
-    assert spans[-1].setting.amplitude_ma == 1.0 and spans[-1].enabled
-    assert spans[-1].end_s - spans[-1].start_s == pytest.approx(10.0)
+    for _ in range(50):  # dense-disperse style: two states again and again
+        for pw in (200.0, 300.0):
+            clock.advance(1.0)
+            send(interlock, interlock.approve_set_channel(setting(1, 1.0, pulse_width_us=pw)))
+    doses = [d for d in interlock.applied_doses() if d.channel == 1 and d.enabled and d.setting.amplitude_ma == 1.0]
+    assert sorted(d.setting.pulse_width_us for d in doses) == [200.0, 300.0]
+    assert sum(d.seconds for d in doses) == pytest.approx(99.0)  # the first 1 mA step began at t=1
+    assert len(interlock._recent[1]) < 10  # noqa: SLF001 - only the last seconds are kept
 
 
 def test_shannon_warning_travels_with_the_approval(interlock, clock, record):

@@ -2,16 +2,16 @@ import math
 
 import pytest
 
-from safety import AppliedSpan, Needle, output_summary
+from safety import AppliedDose, Needle, output_summary
 
 from .conftest import setting
 
 
 def test_summary_per_channel():
     s = setting(1, 2.0, pulse_width_us=200.0, frequency_hz=10.0)
-    history = [AppliedSpan(1, 0.0, 5.0, setting(1, 0.0), True),
-               AppliedSpan(1, 5.0, 15.0, s, True),
-               AppliedSpan(1, 15.0, 20.0, s, False)]          # disabled: nothing delivered
+    history = [AppliedDose(1, setting(1, 0.0), True, 5.0),
+               AppliedDose(1, s, True, 10.0),
+               AppliedDose(1, s, False, 5.0)]          # disabled: nothing delivered
     summaries, table = output_summary(history, {1: Needle(), 2: Needle(0.3, 10.0)}, {1: 39.0})
     one, two = summaries
     assert one.max_phase_charge_uc == pytest.approx(0.4)
