@@ -7,6 +7,7 @@ code cannot do that (see test_bypass.py).
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ import pytest
 from firmware_host import errors, icd
 from firmware_host.drivers import open_transport
 from firmware_host.drivers.faulty import FaultPlan, FaultyTransport
+from firmware_host.drivers.socket_pair import SocketTransport
 from firmware_host.link import Link, LinkLost
 
 from support import SimProcess, start_sim, stop_sim, subprocess_env, unguarded
@@ -233,5 +235,55 @@ def test_second_controller_cannot_open_the_same_device(sim_process: SimProcess) 
             with pytest.raises(errors.HandshakeFailed):
                 second.open(timeout=1.0)
         assert isinstance(ask(link, icd.GetStatus()), icd.Status)
+    finally:
+        link.close()
+
+
+def test_duplicated_frames_execute_once(sim_process: SimProcess) -> None:
+    link = _faulty(sim_process.url, FaultPlan(duplicate=1.0), FaultPlan(duplicate=1.0))
+    try:
+        futures = [unguarded(link, wave(channel=i % 4, phase_us=100 + i)) for i in range(20)]
+        assert all(isinstance(link.wait(f, "SET_CHANNEL"), icd.Ack) for f in futures)
+        status = ask(link, icd.GetStatus())
+        # every duplicate reached the device as a retransmission: answered from its store, not run again
+        assert status.rx_out_of_order >= 20
+        assert link.stats.duplicate_replies >= 20
+    finally:
+        link.close()
+
+
+def test_idle_link_sends_heartbeats_and_keeps_the_session(sim_process: SimProcess) -> None:
+    link = opened(sim_process.url)
+    try:
+        time.sleep(1.0)  # more than three watchdog periods of silence from the caller
+        assert link.stats.heartbeats >= 8  # every watchdog_ms / 4 = 75 ms
+        status = ask(link, icd.GetStatus())
+        assert not status.latched_faults & (1 << icd.FaultCode.WATCHDOG)
+    finally:
+        link.close()
+
+
+def test_lost_events_are_counted_from_the_device_counter() -> None:
+    host_end, device_end = socket.socketpair()
+    identity = icd.Identity(1, 1, 0, 4, "X", 30000, 1000, 500, 200000, 20000, 1000, 4000, 60000, 300, 10, 0)
+
+    def device() -> None:
+        decoder = icd.FrameDecoder()
+        raw = decoder.feed(device_end.recv(4096))[0]
+        device_end.sendall(icd.encode_frame(raw.seq, identity))
+        for counter in (10, 11, 12, 15, 16, 255, 0, 1):  # 13, 14 and 2..254 minus 16 never arrive
+            device_end.sendall(icd.encode_frame(counter, icd.Fault(0, icd.FaultCode.OPEN_CIRCUIT, 0)))
+
+    threading.Thread(target=device, daemon=True).start()
+    link = Link(SocketTransport("peer://events", host_end))
+    seen: list[object] = []
+    link.subscribe(seen.append)
+    try:
+        link.open()
+        deadline = time.monotonic() + 2
+        while len(seen) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(seen) == 8
+        assert link.stats.events_lost == 2 + (255 - 16 - 1)
     finally:
         link.close()
