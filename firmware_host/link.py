@@ -117,8 +117,7 @@ class Link:
         self._heartbeat_interval = 0.075
         self._last_event_seq: int | None = None
         self._subscribers: list[Subscriber] = []
-        self._estop_seq: int | None = None
-        self._estop_acked = threading.Event()
+        self._estop_waiters: dict[int, threading.Event] = {}  # ESTOP seq -> its ACK
         self._hold_queue = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name=f"link-reader {transport.url}", daemon=True)
 
@@ -199,33 +198,38 @@ class Link:
             raise LinkTimeout(f"no reply to {what} within {timeout:.2f} s") from None
 
     def estop(self, timeout: float = 0.25, resend_every: float = 0.02) -> bool:
-        """Write ESTOP now, out of band, and repeat until ACKed; True once the device ACKed.
+        """Write ESTOP now, out of band, and repeat until ACKed; True once the device ACKed
+        this call's ESTOP (concurrent callers each wait for their own).
 
-        Queued, unsent commands are cancelled: nothing queued before a stop may run after it.
+        Queued, unsent commands that could change the output are cancelled: nothing queued
+        before a stop may run after it.
         """
         self._hold_queue.set()  # from now on nothing queued before the stop leaves
         seq = (self._next_seq + _ESTOP_SEQ_OFFSET) & 0xFF
         frame = icd.encode_frame(seq, icd.Estop())
-        self._estop_acked.clear()
-        self._estop_seq = seq
+        acked = self._estop_waiters.setdefault(seq, threading.Event())
         on_reader = threading.current_thread() is self._reader
         deadline = self._clock() + timeout
-        while True:
-            try:
-                self._write(frame)
-                self.stats.estops_sent += 1
-            except TransportError as exc:
-                log.error("ESTOP could not be written: %s", exc)
-                break
-            if self._estop_acked.wait(0 if on_reader else min(resend_every, max(deadline - self._clock(), 0))):
-                break
-            if on_reader or self._clock() >= deadline:
-                break
-        self._cancel_queue(LinkError("cancelled by e-stop"))
-        with self._lock:
-            self._hold_queue.clear()
-            self._pump()  # queries held during the stop go out now
-        return self._estop_acked.is_set()
+        try:
+            while True:
+                try:
+                    self._write(frame)
+                    self.stats.estops_sent += 1
+                except TransportError as exc:
+                    log.error("ESTOP could not be written: %s", exc)
+                    break
+                if on_reader or acked.wait(min(resend_every, max(deadline - self._clock(), 0))):
+                    break
+                if self._clock() >= deadline:
+                    break
+        finally:
+            self._estop_waiters.pop(seq, None)
+            self._cancel_queue(LinkError("cancelled by e-stop"))
+            with self._lock:
+                if not self._estop_waiters:
+                    self._hold_queue.clear()
+                    self._pump()  # queries held during the stop go out now
+        return acked.is_set()
 
     # --- internals: sending ---------------------------------------------------------
 
@@ -348,8 +352,9 @@ class Link:
         if isinstance(message, (icd.Telemetry, icd.Fault)):
             self._deliver_event(raw.seq, message)
             return
-        if raw.seq == self._estop_seq and isinstance(message, icd.Ack) and raw.seq not in self._inflight:
-            self._estop_acked.set()
+        waiter = self._estop_waiters.get(raw.seq)
+        if waiter is not None and isinstance(message, icd.Ack) and raw.seq not in self._inflight:
+            waiter.set()
             return
         with self._lock:
             pending = self._inflight.get(raw.seq)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 
 import serial
 
@@ -31,6 +32,10 @@ class SerialTransport(Transport):
             raise _translate_open_error(url, exc) from exc
         except (OSError, ValueError) as exc:
             raise TransportError(f"cannot open {url}: {exc}") from exc
+        sock = getattr(self._port, "_socket", None)
+        if isinstance(sock, socket.socket):
+            # an ESTOP must not wait behind Nagle's algorithm for earlier segments' ACKs
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._closed = False
 
     def read(self, timeout: float) -> bytes:

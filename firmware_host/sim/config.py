@@ -27,6 +27,7 @@ _BOUNDS: dict[str, tuple[int, int]] = {
     "protocol_version": (0, _U8),
     "fw_major": (0, _U8),
     "fw_minor": (0, _U8),
+    "link_latency_ms": (0, 1000),
 }
 
 
@@ -50,6 +51,9 @@ class SimConfig:
     fw_major: int = 1
     fw_minor: int = 0
     serial: str = "SIM-0001"
+    # Not device state but the byte path: how long the device's output takes to reach the
+    # host, as a USB-serial adapter's latency timer adds (FTDI's default is 16 ms).
+    link_latency_ms: int = 0
 
     def __post_init__(self) -> None:
         for name, (low, high) in _BOUNDS.items():

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import tty
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -116,6 +117,8 @@ class DeviceLoop:
         self.stop = stop
         self.tx_dropped_bytes = 0
         self._pending = bytearray()
+        self._latency_s = device.config.link_latency_ms / 1000
+        self._delayed: deque[tuple[float, bytes]] = deque()  # (release time, bytes) on a slow link
 
     def run(self, stream: Stream | None, listener: socket.socket | None = None) -> None:
         """Serve until `stop`; with a listener, one accepted client at a time, else until EOF."""
@@ -124,7 +127,10 @@ class DeviceLoop:
             if stream is None and listener is None:
                 return
             now = time.monotonic()
-            timeout = max(0.0, device.next_deadline(now) - now)
+            deadline = device.next_deadline(now)
+            if self._delayed:
+                deadline = min(deadline, self._delayed[0][0])
+            timeout = max(0.0, deadline - now)
             readers = [s for s in (stream, listener) if s is not None]
             writers = [stream] if stream is not None and self._pending else []
             readable, writable, _ = select.select(readers, writers, [], timeout)
@@ -136,6 +142,7 @@ class DeviceLoop:
                     stream.close()
                     stream = None
                     self._pending.clear()
+                    self._delayed.clear()
                 elif data:
                     self._send(stream, device.receive(data, time.monotonic()))
             if stream is not None and stream in writable:
@@ -143,6 +150,7 @@ class DeviceLoop:
             out = device.tick(time.monotonic())
             if stream is not None:
                 self._send(stream, out)
+                self._release(stream)
         if stream is not None:
             stream.close()
 
@@ -156,11 +164,23 @@ class DeviceLoop:
             return current
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._pending.clear()
+        self._delayed.clear()
         return SocketStream(conn)
 
     def _send(self, stream: Stream, data: bytes) -> None:
         if not data:
             return
+        if self._latency_s:
+            self._delayed.append((time.monotonic() + self._latency_s, data))
+            return
+        self._queue(stream, data)
+
+    def _release(self, stream: Stream) -> None:
+        now = time.monotonic()
+        while self._delayed and self._delayed[0][0] <= now:
+            self._queue(stream, self._delayed.popleft()[1])
+
+    def _queue(self, stream: Stream, data: bytes) -> None:
         if len(self._pending) + len(data) > MAX_PENDING_BYTES:
             self.tx_dropped_bytes += len(data)  # whole frames only: the peer resyncs cleanly
             return

@@ -226,3 +226,19 @@ def test_main_rejects_a_bad_setting(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 2 and "'bogus'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--listen", "udp:1"])
+
+
+def test_link_latency_delays_replies_never_drops_them() -> None:
+    host, stop, _device = start_in_process(SimConfig(link_latency_ms=30))
+    try:
+        read = sock_reader(host)
+        sent = time.monotonic()
+        host.sendall(icd.encode_frame(0, Hello()))
+        assert isinstance(read_until(read, has(Identity))[-1], Identity)
+        assert time.monotonic() - sent >= 0.03  # a slow adapter never makes a reply early
+        for seq in range(1, 9):
+            host.sendall(icd.encode_frame(seq, Heartbeat()))
+        read_until(read, lambda m: sum(isinstance(x, Ack) for x in m) == 8)
+    finally:
+        stop()
+        host.close()

@@ -1,0 +1,143 @@
+"""Run the benchmarks, print a table (name, value, unit, target, ok) and ratios, write JSON.
+
+    python -m bench [--quick] [--json PATH] [--only NAME ...]
+    python bench/run.py ...          (same)
+
+NAME: estop, watchdog, link, cpu, cli, waveforms. Figures are never asserted in tests;
+compare `--json` files across commits instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/run.py`: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import latency, link_bench
+from bench.harness import subprocess_env
+from bench.stats import Result
+
+CLI_RUNS = 10
+
+
+def run_cli(workdir: Path, quick: bool) -> list[Result]:
+    """`estim --help` wall time, median of CLI_RUNS subprocess runs."""
+    estim = Path(sys.executable).with_name("estim")
+    times = []
+    for _ in range(CLI_RUNS):
+        start = time.perf_counter()
+        subprocess.run([str(estim), "--help"], check=True, capture_output=True, env=subprocess_env())
+        times.append(time.perf_counter() - start)
+    return [Result("cli_help_startup", statistics.median(times) * 1e3, "ms")]
+
+
+def run_waveforms(workdir: Path, quick: bool) -> list[Result]:
+    """Program check / rendering / streaming figures from bench/waveforms_bench.py, if present."""
+    try:
+        module = importlib.import_module("bench.waveforms_bench")
+    except ImportError as exc:
+        print(f"note: waveforms benchmarks skipped (bench.waveforms_bench not importable: {exc})")
+        return []
+    return [_as_result(name, figure) for name, figure in module.run(quick).items()]
+
+
+def _as_result(name: str, figure: object) -> Result:
+    """A waveforms figure: a Result, a mapping with value/unit/target/ok, or a bare number."""
+    if isinstance(figure, Result):
+        return figure
+    if isinstance(figure, dict):
+        return Result(name, float(figure["value"]), str(figure.get("unit", "")),
+                      str(figure.get("target", "")), figure.get("ok"))
+    return Result(name, float(figure), "")  # type: ignore[arg-type]
+
+
+BENCHMARKS: dict[str, Callable[[Path, bool], list[Result]]] = {
+    "estop": latency.run_estop,
+    "watchdog": latency.run_watchdog,
+    "link": link_bench.run_link,
+    "cpu": lambda _workdir, quick: link_bench.run_cpu(quick),
+    "cli": run_cli,
+    "waveforms": run_waveforms,
+}
+
+# (name, numerator, denominator), when both were measured; window_ratio_* are results (they have a target)
+RATIOS = [
+    ("wire_over_cpu_set_channel", "wire_set_channel_115200", "cpu_encode_write_set_channel"),
+    ("wire_over_cpu_ack", "wire_ack_115200", "cpu_read_decode_ack"),
+    ("estop_p99_saturated_over_idle_pty", "estop_link_saturated_pty_p99", "estop_link_idle_pty_p99"),
+    ("estop_p99_saturated_over_idle_tcp", "estop_link_saturated_tcp_p99", "estop_link_idle_tcp_p99"),
+    ("estop_p99_api_over_link_pty", "estop_api_idle_pty_p99", "estop_link_idle_pty_p99"),
+    ("estop_p99_api_over_link_tcp", "estop_api_idle_tcp_p99", "estop_link_idle_tcp_p99"),
+]
+
+
+def machine() -> dict[str, object]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def ratios(results: Sequence[Result]) -> dict[str, float]:
+    values = {r.name: r.value for r in results}
+    return {name: values[num] / values[den] for name, num, den in RATIOS if num in values and values[den]}
+
+
+def table(results: Sequence[Result], ratio_values: dict[str, float]) -> str:
+    width = max([len(r.name) for r in results] + [len(n) for n in ratio_values] + [4])
+    lines = [f"{'name':<{width}}  {'value':>12}  {'unit':<9}  {'target':<12}  ok", "-" * (width + 45)]
+    for r in results:
+        ok = "" if r.ok is None else ("yes" if r.ok else "NO")
+        lines.append(f"{r.name:<{width}}  {r.value:>12.4g}  {r.unit:<9}  {r.target:<12}  {ok}")
+    if ratio_values:
+        lines += ["", "ratios", "-" * (width + 14)]
+        lines += [f"{name:<{width}}  {value:>12.4g}" for name, value in ratio_values.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer trials (under ~40 s)")
+    parser.add_argument("--json", metavar="PATH", help="write machine info and results as JSON")
+    parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), metavar="NAME",
+                        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
+    args = parser.parse_args(argv)
+    results: list[Result] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="estim-bench-") as tmp:
+        for name in args.only or BENCHMARKS:
+            print(f"running {name} ...", flush=True)
+            results += BENCHMARKS[name](Path(tmp), args.quick)
+    ratio_values = ratios(results)
+    print(table(results, ratio_values))
+    print(f"\n{len(results)} figures in {time.perf_counter() - started:.1f} s")
+    if args.json:
+        report = {
+            "machine": machine(),
+            "quick": args.quick,
+            "results": {r.name: {k: v for k, v in asdict(r).items() if k != "name"} for r in results},
+            "ratios": ratio_values,
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
