@@ -20,12 +20,23 @@ EXIT_INTERRUPTED = 130
 COMMANDS = {
     "run": ("run", "run a stimulation session (default: the built-in simulated device)"),
     "sim": ("sim", "serve the simulated device on a pseudo-terminal or TCP port"),
+    "devices": ("devices", "list serial ports and USB devices that look like stimulators, and sim://"),
+    "titrate": ("titrate", "find a channel's sensory, motor and tolerance thresholds with the patient"),
+    "console": ("console", "full-screen treatment-room console: live channels, intensity keys, STOP"),
+    "check": ("check", "check a dosing program against every safety rule before a session (exit 0 / 2)"),
+    "record": ("record", "verify a treatment record's hash chain, or summarise and plot a session"),
 }
 
 EPILOG = """examples:
   estim run --channel 1 --frequency 2 --pulse-width 200 --amplitude 2 --seconds 20
   estim sim --listen pty
   estim sim --listen tcp:127.0.0.1:0 --set channels=2
+  estim devices
+  estim titrate --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm --out th.json
+  estim console --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm
+  estim check programs/low_rate_2hz.toml --thresholds th.json
+  estim record verify session.jsonl
+  estim record show session.jsonl --plot session.png
 """
 
 

@@ -97,19 +97,19 @@ def _run(args: argparse.Namespace) -> int:
     except (SafetyError, ValueError) as exc:
         return _refused(exc)
 
-    record = open_record(args.record)
-    record.append("session_plan", {"operator": args.operator, "argv": sys.argv[1:], "hold_s": hold_s})
-    print(f"record: {record.path}")
-    try:
-        stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
-                       patient=patient(args), record=record)
-    except SafetyError as exc:
-        return _refused(exc)
-    except fh.EstimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    with stim:
-        return _session(stim, setting, hold_s)
+    with open_record(args.record) as record:
+        record.append("session_plan", {"operator": args.operator, "argv": sys.argv[1:], "hold_s": hold_s})
+        print(f"record: {record.path}")
+        try:
+            stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
+                           patient=patient(args), record=record)
+        except SafetyError as exc:
+            return _refused(exc)
+        except fh.EstimError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        with stim:
+            return _session(stim, setting, hold_s)
 
 
 def _refused(exc: Exception) -> int:

@@ -1,0 +1,142 @@
+"""`estim check FILE`: the interlock's verdict on a whole program before anything is sent.
+
+Every rule the interlock applies during a session is run over every segment of every
+channel at once, so a problem at minute 40 is seen now, with its time, channel, value and
+limit. The verdict depends on the device's own limits (amplitude, phase, frequency, charge,
+step and slew): by default those of the simulated device as it ships (ICD section 7); with
+`--device URL` the connected device's IDENTITY is read (a handshake only, no output command).
+
+Exit codes: 0 the program passes every rule (warnings may remain); 2 refused, or the file
+or thresholds are unusable; 1 the device could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import EXIT_ERROR, EXIT_OK, EXIT_REFUSED
+
+EXAMPLES = """examples:
+  estim check programs/high_rate_100hz.toml --thresholds thresholds.json
+  estim check my_program.toml --thresholds thresholds.json --json
+  estim check my_program.toml --thresholds thresholds.json --device /dev/ttyUSB0
+
+thresholds: the JSON `estim titrate --out` writes, {"sensory": mA, "motor": mA, "tolerance": mA},
+used for every channel; or per channel, {"1": {"sensory": 1.2}, "2": {"sensory": 1.5}}.
+Programs whose intensities are in mA need no thresholds.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="estim check",
+        description="Check a dosing program (TOML or JSON) against every safety rule, for every segment and "
+                    "channel, before a session. Device limits: the simulated device's defaults unless --device "
+                    "names a device to read them from.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("program", type=Path, metavar="FILE", help="the program file")
+    parser.add_argument("--thresholds", type=Path, metavar="FILE",
+                        help="measured thresholds for threshold-relative intensities (see below)")
+    parser.add_argument("--device", metavar="URL",
+                        help="read the limits from this device's IDENTITY (sim://, /dev/ttyUSB0, socket://HOST:PORT)")
+    parser.add_argument("--implanted-device", action="store_true",
+                        help="the patient has a pacemaker, ICD or other implanted electronic device")
+    parser.add_argument("--pregnant", action="store_true", help="the patient is pregnant")
+    parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from safety import Patient, SafetyError
+
+    from ..errors import EstimError
+    from ..waveforms import Program, ProgramError
+    from ..waveforms.check import check
+
+    try:
+        program = Program.load(args.program)
+        if program.needed_thresholds:
+            program = program.resolve(_thresholds(args.thresholds, program))
+    except (ProgramError, _NoThresholds) as exc:
+        return _bad_input(str(exc))
+    except (OSError, ValueError) as exc:
+        return _bad_input(f"{args.program}: {exc}")
+    try:
+        device, source = _device_limits(args.device)
+    except SafetyError as exc:
+        return _bad_input(f"the device reports unusable limits: {exc}")
+    except EstimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    result = check(program, device, Patient(implanted_device=args.implanted_device, pregnant=args.pregnant))
+    if args.json:
+        print(json.dumps({"program": str(args.program), "device_limits": source, **result.as_dict()}, indent=2,
+                         default=str))
+    else:
+        print(f"program: {program.name} ({args.program}), {program.duration_s:g} s\nlimits: {source}")
+        print(result.table())
+    return EXIT_OK if result.ok else EXIT_REFUSED
+
+
+class _NoThresholds(ValueError):
+    """The program needs thresholds that were not given."""
+
+
+def _bad_input(message: str) -> int:
+    print(f"refused: {message}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def _thresholds(path: Path | None, program: Any) -> dict[int, dict[str, float]]:
+    """Per-channel thresholds from a titration file (flat: every channel) or a per-channel map."""
+    needs = ", ".join(f"{kind} on channel {ch}" for ch, kind in sorted(program.needed_thresholds))
+    if path is None:
+        raise _NoThresholds(f"{program.name!r} sets intensities relative to thresholds ({needs}); "
+                            "give --thresholds FILE (e.g. from `estim titrate --out FILE`)")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise _NoThresholds(f"{path}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise _NoThresholds(f"{path}: expected a JSON object of thresholds in mA")
+
+    def marks(d: Any) -> dict[str, float]:
+        if not isinstance(d, dict):
+            raise _NoThresholds(f"{path}: expected {{\"sensory\": mA, ...}}, got {d!r}")
+        return {k: v for k, v in d.items() if v is not None}
+
+    if all(key.isdigit() for key in data):
+        return {int(ch): marks(d) for ch, d in data.items()}
+    return {ch: marks(data) for ch in program.needles}
+
+
+def _device_limits(url: str | None) -> tuple[Any, str]:
+    """(DeviceLimits, where they came from)."""
+    from .. import units
+    from ..icd import Identity
+
+    if url is None:
+        from ..sim import SimConfig
+
+        cfg = SimConfig()
+        identity = Identity(cfg.protocol_version, cfg.fw_major, cfg.fw_minor, cfg.channels, cfg.serial,
+                            cfg.max_amplitude_ua, cfg.max_phase_us, cfg.min_frequency_mhz, cfg.max_frequency_mhz,
+                            cfg.max_phase_charge_nc, cfg.max_step_ua, cfg.max_slew_ua_per_s, cfg.compliance_mv,
+                            cfg.watchdog_ms, cfg.telemetry_hz, 0)
+        return units.device_limits(identity), "the simulated device's defaults (use --device URL for a real one)"
+    from ..drivers import open_transport
+    from ..link import Link
+
+    link = Link(open_transport(url))
+    try:
+        identity = link.open(2.0)
+    finally:
+        link.close()
+    return units.device_limits(identity), f"read from {url} ({identity.serial})"

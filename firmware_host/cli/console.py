@@ -1,0 +1,127 @@
+"""`estim console`: the full-screen treatment-room console for one supervised session.
+
+Exit codes: 0 the session ended (outputs ramped down and off); 2 refused or bad input before
+anything was sent; 3 a device fault, lost link or the operator's STOP ended it (outputs off);
+130 Ctrl-C (e-stop); 1 the device could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED
+from .options import SENSITIVITY, add_session_options, open_record, parse_needle, parse_sites, patient
+
+EXAMPLES = """keys:
+  ↑ or +   raise the selected channel one step (ramps at the prescribed rate)
+  ↓ or -   lower it one step (at once)
+  1-8 ← →  select a channel
+  f        patient: "too strong"   — drops the channel by the feedback step at once
+  c        patient: "can't feel it" — offers one step more within the prescription (y / n)
+  q        end the session: ramp everything down, outputs off
+  space, Esc, or the STOP button: e-stop everything at once
+
+examples:
+  estim console --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm
+  estim console --device /dev/ttyUSB0 --channel 1 --sites left:forearm,left:forearm \\
+                --channel 2 --sites right:forearm,right:forearm \\
+                --frequency 100 --pulse-width 200 --max-amplitude 6 --minutes 20 --sensitivity hyper
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="estim console",
+        description="Full-screen console for the treatment room: live channel panels, intensity keys, "
+                    "patient feedback, session timer and an always-visible STOP.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        conflict_handler="resolve",
+    )
+    parser.add_argument("--channel", type=int, action="append", required=True,
+                        help="a channel to use (1-based); repeat for more, each with its own --sites")
+    parser.add_argument("--frequency", type=float, required=True, metavar="HZ", help="pulse rate in Hz")
+    parser.add_argument("--pulse-width", type=float, required=True, metavar="US", help="phase width in µs")
+    parser.add_argument("--shape", choices=["biphasic", "alternating", "monophasic"], default="biphasic")
+    parser.add_argument("--max-amplitude", type=float, default=10.0, metavar="MA",
+                        help="the prescription's cap per channel in mA (default 10; scaled by the sensitivity "
+                             "profile: hyper x0.6, typical x0.85, hypo x1.0)")
+    parser.add_argument("--ramp", type=float, default=1.0, metavar="MA_PER_S",
+                        help="ramp rate in mA/s (default 1.0; hyper halves it)")
+    parser.add_argument("--minutes", type=float, default=20.0,
+                        help="session time (default 20); intensities ramp down to 0 by its end")
+    parser.add_argument("--step", type=float, default=0.2, metavar="MA", help="one raise or lower (default 0.2 mA)")
+    parser.add_argument("--feedback-step", type=float, default=0.5, metavar="MA",
+                        help='how much "too strong" drops at once (default 0.5 mA)')
+    add_session_options(parser)
+    parser.add_argument("--sites", action="append", required=True, metavar="SIDE:REGION,SIDE:REGION",
+                        help="the two needle sites of each --channel, in the same order")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _console(args)
+    except KeyboardInterrupt:
+        print("stopped: Ctrl-C — output off (e-stop)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _console(args: argparse.Namespace) -> int:
+    import firmware_host as fh
+    from safety import ChannelSetting, Prescription, Refusal, SafetyError, Shape
+
+    from ..console import ConsoleApp, ConsoleSettings
+
+    shapes = {"biphasic": Shape.BIPHASIC, "alternating": Shape.BIPHASIC_ALTERNATING, "monophasic": Shape.MONOPHASIC}
+    try:
+        if len(args.sites) != len(args.channel) or len(set(args.channel)) != len(args.channel):
+            raise Refusal("setup.sites", f"give each channel once with its own --sites: {len(args.channel)} "
+                          f"--channel and {len(args.sites)} --sites", value=len(args.sites),
+                          limit=len(args.channel))
+        for name in ("step", "feedback_step"):
+            if not getattr(args, name) > 0:
+                raise Refusal("setup.step", f"--{name.replace('_', '-')} must be a positive number of mA",
+                              value=getattr(args, name), limit="> 0")
+        waveforms = [ChannelSetting(ch, shapes[args.shape], args.frequency, args.pulse_width, 0.0)
+                     for ch in args.channel]
+        prescription = Prescription(
+            max_amplitude_ma={ch: args.max_amplitude for ch in args.channel},
+            max_session_minutes=args.minutes,
+            ramp_ma_per_s=args.ramp,
+            frequency_hz=(args.frequency, args.frequency),
+            pulse_width_us=(args.pulse_width, args.pulse_width),
+            sensitivity=SENSITIVITY[args.sensitivity],
+        )
+        placements = {ch: parse_sites(sites) for ch, sites in zip(args.channel, args.sites)}
+        needles = {ch: parse_needle(args.needle) for ch in args.channel}
+    except (SafetyError, ValueError) as exc:
+        print(f"refused: {exc}\nnothing was sent to the device.", file=sys.stderr)
+        return EXIT_REFUSED
+
+    record = open_record(args.record)
+    record.append("session_plan", {"operator": args.operator, "argv": sys.argv[1:], "console": True})
+    try:
+        stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
+                       patient=patient(args), record=record)
+    except SafetyError as exc:
+        print(f"refused: {exc}\nnothing was sent to the device.", file=sys.stderr)
+        return EXIT_REFUSED
+    except fh.EstimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        with stim:
+            ConsoleApp(stim, waveforms, ConsoleSettings(args.step, args.feedback_step, args.step),
+                       operator=args.operator).run()
+            tripped = stim.tripped
+    finally:
+        record.close()
+    print(f"record: {record.path}")
+    if tripped:
+        print(f"stopped: {tripped}", file=sys.stderr)
+        return EXIT_DEVICE_FAULT
+    print("session ended: every output off.")
+    return EXIT_OK

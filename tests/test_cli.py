@@ -1,0 +1,273 @@
+"""End-to-end tests of `estim` subcommands, run as a subprocess against the simulator process
+on a pseudo-terminal; exit codes, printed output, records and the device's own trace."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import REPO, SimProcess, start_sim, stop_sim, subprocess_env
+
+pytestmark = pytest.mark.timeout(40)
+
+SITES = ["--sites", "left:forearm,left:forearm"]
+THRESHOLDS = {"sensory": 1.0, "motor": 2.0, "tolerance": 4.0}
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[SimProcess]:
+    process = start_sim("pty", tmp_path / "device-trace.jsonl")
+    yield process
+    stop_sim(process)
+
+
+def estim(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "firmware_host", *args], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=timeout)
+
+
+def spawn(*args: str, stdin: int | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "firmware_host", *args], stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_args(sim: SimProcess, record: Path, *extra: str, seconds: str = "1") -> list[str]:
+    return ["run", "--device", sim.url, "--channel", "1", "--frequency", "2", "--pulse-width", "200",
+            "--amplitude", "1", "--ramp", "3", "--seconds", seconds, *SITES, "--record", str(record), *extra]
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def holding(record: Path) -> bool:
+    """The run has ramped up and is holding: telemetry shows the full 1 mA on channel 1."""
+    return record.exists() and any(r["kind"] == "telemetry" and r["data"]["amplitude_ua"] == 1000
+                                   for r in records(record))
+
+
+# --- help -----------------------------------------------------------------------------
+
+
+def test_help_lists_every_command_and_each_has_examples() -> None:
+    top = estim("--help")
+    assert top.returncode == 0
+    for name in ("run", "devices", "titrate", "console", "record", "check"):
+        assert name in top.stdout
+        sub = estim(name, "--help")
+        assert sub.returncode == 0 and "examples:" in sub.stdout, name
+
+
+def test_devices_lists_the_simulator() -> None:
+    table = estim("devices")
+    assert table.returncode == 0 and "sim://" in table.stdout
+    listed = json.loads(estim("devices", "--json").stdout)
+    assert any(d["url"] == "sim://" for d in listed)
+
+
+# --- run ------------------------------------------------------------------------------
+
+
+def test_run_completes_and_record_verifies_and_shows(sim: SimProcess, tmp_path: Path) -> None:
+    record = tmp_path / "session.jsonl"
+    done = estim(*run_args(sim, record))
+    assert done.returncode == 0, done.stderr
+    assert "session complete" in done.stdout
+
+    verify = estim("record", "verify", str(record))
+    assert verify.returncode == 0 and "verifies" in verify.stdout
+
+    png = tmp_path / "plot.png"
+    show = estim("record", "show", str(record), "--plot", str(png))
+    assert show.returncode == 0, show.stderr
+    assert "SIM-0001" in show.stdout and "output as delivered" in show.stdout
+    assert "SetChannel" in show.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads(estim("record", "show", str(record), "--json").stdout)
+    assert summary["output"][0]["channel"] == 1 and summary["output"][0]["peak_ma"] == pytest.approx(1.0)
+    assert summary["faults"] == [] and summary["refusals"] == []
+
+    # tampering with one value breaks the chain at that line
+    lines = record.read_text().splitlines()
+    lines[5] = lines[5].replace('"mono":', '"mono":1', 1)
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("\n".join(lines) + "\n")
+    bad = estim("record", "verify", str(tampered))
+    assert bad.returncode == 2
+    assert "line 6" in bad.stdout and "hash does not match" in bad.stdout
+    assert json.loads(estim("record", "verify", str(tampered), "--json").stdout)["first_bad_line"] == 6
+
+    # a process killed mid-write leaves a partial last line: reported as truncated, the rest verifies
+    truncated = tmp_path / "truncated.jsonl"
+    truncated.write_text(record.read_text() + lines[3][:40])
+    cut = estim("record", "verify", str(truncated))
+    assert cut.returncode == 0 and "truncated" in cut.stdout
+
+
+def test_run_refuses_monophasic_on_needles_before_sending(sim: SimProcess, tmp_path: Path) -> None:
+    record = tmp_path / "refused.jsonl"
+    done = estim(*run_args(sim, record, "--shape", "monophasic"))
+    assert done.returncode == 2
+    assert "refused" in done.stderr and "nothing was sent" in done.stderr
+    assert not any(r["kind"] in ("approved", "consumed") for r in records(record))
+    assert sim.events() == []
+
+
+def test_run_refuses_amplitude_above_the_cap(sim: SimProcess, tmp_path: Path) -> None:
+    record = tmp_path / "capped.jsonl"
+    done = estim(*run_args(sim, record, "--max-amplitude", "0.5"))
+    assert done.returncode == 2
+    assert "refused" in done.stderr and "mA" in done.stderr
+    assert not any(r["kind"] == "consumed" for r in records(record))
+    assert sim.events() == []
+
+
+def test_run_exits_3_when_the_device_stops_answering(sim: SimProcess, tmp_path: Path) -> None:
+    record = tmp_path / "fault.jsonl"
+    proc = spawn(*run_args(sim, record, seconds="20"))
+    wait_for(lambda: holding(record))
+    sim.pause()  # no telemetry: the supervisor stops the session
+    try:
+        out, err = proc.communicate(timeout=15)
+    finally:
+        sim.resume()
+    assert proc.returncode == 3, err
+    assert "stopped:" in err and ("telemetry" in err or "link lost" in err)
+
+
+@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_run_signal_during_hold_estops(sim: SimProcess, tmp_path: Path, sig: int, code: int, word: str) -> None:
+    record = tmp_path / "signal.jsonl"
+    proc = spawn(*run_args(sim, record, seconds="20"))
+    wait_for(lambda: holding(record))
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == code
+    assert word in err and "e-stop" in err
+    off = sim.wait_event(lambda e: e["kind"] == "output_off")
+    assert off["reason"] == "estop" and off["mask"] == 1
+
+
+# --- titrate --------------------------------------------------------------------------
+
+
+def titrate_args(sim: SimProcess, record: Path, *extra: str) -> list[str]:
+    return ["titrate", "--device", sim.url, "--channel", "1", "--frequency", "2", "--pulse-width", "200",
+            "--ramp", "2", *SITES, "--record", str(record), *extra]
+
+
+def test_titrate_with_fed_keys_writes_thresholds(sim: SimProcess, tmp_path: Path) -> None:
+    record, out = tmp_path / "titration.jsonl", tmp_path / "thresholds.json"
+    proc = spawn(*titrate_args(sim, record, "--out", str(out), "--json"), stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    wait_for(lambda: record.exists() and any(r["kind"] == "ack" for r in records(record)))
+    for key, pause in (("s", 0.4), ("m", 0.4), ("t", 0.4)):
+        time.sleep(pause)
+        proc.stdin.write(key + "\n")
+        proc.stdin.flush()
+    stdout, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
+    marks = json.loads(out.read_text())
+    assert set(marks) == {"sensory", "motor", "tolerance"}
+    assert 0 < marks["sensory"] < marks["motor"] < marks["tolerance"] <= 10
+    assert json.loads(stdout.strip().splitlines()[-1]) == {"channel": 1, **marks}
+    kept = [r["data"] for r in records(record) if r["kind"] == "thresholds"]
+    assert kept and kept[-1]["tolerance"] == marks["tolerance"]
+    assert estim("record", "verify", str(record)).returncode == 0
+    assert "thresholds: channel 1" in estim("record", "show", str(record)).stdout
+    assert not [e for e in sim.events() if e["kind"] == "output_off" and e["reason"] != "command"]
+
+
+def test_titrate_other_key_is_an_estop(sim: SimProcess, tmp_path: Path) -> None:
+    record = tmp_path / "stopped.jsonl"
+    proc = spawn(*titrate_args(sim, record), stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    wait_for(lambda: record.exists() and any(r["kind"] == "telemetry" and r["data"]["amplitude_ua"] > 0
+                                             for r in records(record)))
+    proc.stdin.write("x\n")
+    proc.stdin.flush()
+    _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 130 and "e-stop" in stderr
+    assert sim.wait_event(lambda e: e["kind"] == "output_off")["reason"] == "estop"
+
+
+# --- check ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("program", sorted((REPO / "programs").glob("*.toml")), ids=lambda p: p.stem)
+def test_check_passes_shipped_programs(program: Path, tmp_path: Path) -> None:
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps(THRESHOLDS))
+    done = estim("check", str(program), "--thresholds", str(thresholds))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "program passes every rule" in done.stdout
+
+
+BAD_PROGRAM = """
+name = "too dense for a thin needle"
+mechanism = "peripheral_analgesia"
+
+[prescription]
+max_minutes = 10
+ramp_rate_ma_per_s = 0.5
+sensitivity = "typical"
+
+[prescription.max_amplitude_ma]
+1 = 9.0
+
+[needles.1]
+diameter_mm = 0.16
+length_mm = 5
+site_a = { region = "forearm", side = "left" }
+site_b = { region = "forearm", side = "left" }
+
+[[segments]]
+duration_s = 60
+
+[segments.channels.1]
+pattern = "continuous"
+frequency_hz = 2
+pulse_width_us = 800
+intensity = 9.0
+"""
+
+
+def test_check_refuses_a_bad_program_naming_rule_channel_value(tmp_path: Path) -> None:
+    program = tmp_path / "bad.toml"
+    program.write_text(BAD_PROGRAM)
+    done = estim("check", str(program))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "program refused" in done.stdout
+    assert "shannon_k" in done.stdout
+    verdict = json.loads(estim("check", str(program), "--json").stdout)
+    assert verdict["ok"] is False
+    finding = next(v for v in verdict["violations"] if "shannon_k" in v["rule"])
+    assert finding["channel"] == 1 and finding["value"] > 1.85
+
+
+def test_check_without_needed_thresholds_says_what_to_do() -> None:
+    done = estim("check", str(REPO / "programs" / "low_rate_2hz.toml"))
+    assert done.returncode == 2
+    assert "--thresholds" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_input_is_a_calm_message(tmp_path: Path) -> None:
+    missing = estim("record", "verify", str(tmp_path / "nope.jsonl"))
+    assert missing.returncode == 2 and "no such record" in missing.stderr
+    sites = estim("titrate", "--channel", "1", "--frequency", "2", "--pulse-width", "200",
+                  "--sites", "left:elbowish", "--record", str(tmp_path / "r.jsonl"))
+    assert sites.returncode == 2 and "Traceback" not in sites.stderr

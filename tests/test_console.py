@@ -1,0 +1,156 @@
+"""The treatment-room console, headless (Textual's pilot) against the built-in simulated device:
+key presses must lead to the right commands on the link and the right device state."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+
+import pytest
+
+import firmware_host as fh
+from firmware_host.console import ConsoleApp, ConsoleSettings
+from safety import ChannelSetting, Shape, TreatmentRecord
+
+from support import forearm_sites, prescription
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def stim(tmp_path: Path) -> Iterator[fh.Stimulator]:
+    record = TreatmentRecord(tmp_path / "console.jsonl")
+    with fh.open("sim://", prescription=prescription(max_ma=3.0, ramp=2.0), placements=forearm_sites(1, 2),
+                 record=record) as session:
+        yield session
+    record.close()
+
+
+def synchronous(test: Callable[..., Coroutine]) -> Callable[..., None]:
+    """Run an async test on its own event loop (the suite has no asyncio plugin)."""
+    @functools.wraps(test)
+    def run(*args: object, **kwargs: object) -> None:
+        asyncio.run(test(*args, **kwargs))
+    return run
+
+
+def app_for(stim: fh.Stimulator) -> ConsoleApp:
+    waves = [ChannelSetting(ch, Shape.BIPHASIC, 2, 200, 0) for ch in (1, 2)]
+    return ConsoleApp(stim, waves, ConsoleSettings(step_ma=0.4, feedback_step_ma=0.3, offer_step_ma=0.2))
+
+
+async def until(pilot, predicate: Callable[[], bool], timeout: float = 8.0) -> None:  # noqa: ANN001
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await pilot.pause(0.05)
+
+
+def applied_ma(stim: fh.Stimulator, channel: int) -> float:
+    setting, _ = stim.interlock.applied(channel)
+    return setting.amplitude_ma if setting else 0.0
+
+
+def kinds(stim: fh.Stimulator) -> list[dict]:
+    assert stim.record is not None
+    return [json.loads(line) for line in stim.record.path.read_text().splitlines()]
+
+
+@synchronous
+async def test_raise_ramps_the_selected_channel_and_telemetry_follows(stim: fh.Stimulator) -> None:
+    app = app_for(stim)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.press("2", "up", "up")
+        await until(pilot, lambda: applied_ma(stim, 2) == pytest.approx(0.8))
+        assert stim.interlock.applied(2)[1] is True
+        assert applied_ma(stim, 1) == 0.0 and stim.interlock.applied(1)[1] is False
+        await until(pilot, lambda: stim.readings[2].amplitude_ma == pytest.approx(0.8) and stim.readings[2].enabled)
+        await pilot.press("down")
+        await until(pilot, lambda: applied_ma(stim, 2) == pytest.approx(0.4))
+    notes = [r["data"] for r in kinds(stim) if r["kind"] == "intensity"]
+    assert [(n["channel"], n["action"], n["target_ma"]) for n in notes] == [
+        (2, "raise", 0.4), (2, "raise", 0.8), (2, "lower", 0.4)]
+
+
+@synchronous
+async def test_raise_stops_at_the_prescription_cap(stim: fh.Stimulator) -> None:
+    app = app_for(stim)
+    cap = stim.interlock.limits(1).max_amplitude_ma
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.press(*["plus"] * 12)
+        await until(pilot, lambda: applied_ma(stim, 1) == pytest.approx(cap), timeout=8)
+        assert app.controls[1].target_ma == pytest.approx(cap)
+
+
+@synchronous
+async def test_space_is_an_estop(stim: fh.Stimulator) -> None:
+    app = app_for(stim)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.press("up")
+        await until(pilot, lambda: applied_ma(stim, 1) > 0)
+        await pilot.press("space")
+        await pilot.pause(0.1)
+        assert stim.tripped == "operator STOP (console)"
+        status = stim.status()
+        assert status.enabled == frozenset() and "ESTOP" in status.latched_faults
+        await pilot.press("up")  # nothing more is sent after a STOP
+        await pilot.pause(0.2)
+        assert applied_ma(stim, 1) == 0.0
+        assert "STOPPED" in str(app.query_one("#timer").render())
+
+
+@synchronous
+async def test_escape_is_an_estop_too(stim: fh.Stimulator) -> None:
+    async with app_for(stim).run_test(size=(140, 44)) as pilot:
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        assert stim.tripped and stim.status().enabled == frozenset()
+
+
+@synchronous
+async def test_patient_feedback_lowers_at_once_and_offers_a_raise(stim: fh.Stimulator) -> None:
+    app = app_for(stim)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.press("up", "up")
+        await until(pilot, lambda: applied_ma(stim, 1) == pytest.approx(0.8))
+        await pilot.press("f")  # too strong: down by the feedback step, no waiting
+        assert applied_ma(stim, 1) == pytest.approx(0.5)
+        await pilot.press("c")  # can't feel it: an offer, nothing sent until accepted
+        assert app.offer == (1, pytest.approx(0.7)) and applied_ma(stim, 1) == pytest.approx(0.5)
+        await pilot.press("y")
+        await until(pilot, lambda: applied_ma(stim, 1) == pytest.approx(0.7))
+        await pilot.press("c", "n")
+        await pilot.pause(0.3)
+        assert applied_ma(stim, 1) == pytest.approx(0.7) and app.offer is None
+    feedback = [r["data"]["outcome"] for r in kinds(stim) if r["kind"] == "patient_feedback"]
+    assert feedback == ["lowered to 0.5 mA", "offered 0.7 mA", "accepted raise to 0.7 mA", "offered 0.9 mA",
+                        "declined raise to 0.9 mA"]
+
+
+@synchronous
+async def test_finish_ramps_down_and_turns_outputs_off(stim: fh.Stimulator) -> None:
+    app = app_for(stim)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.press("up")
+        await until(pilot, lambda: applied_ma(stim, 1) == pytest.approx(0.4))
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running)
+    assert stim.tripped is None
+    assert applied_ma(stim, 1) == 0.0 and stim.status().enabled == frozenset()
+
+
+@synchronous
+async def test_screen_shows_prescription_timer_and_stop(stim: fh.Stimulator) -> None:
+    app = app_for(stim)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.pause(0.3)
+        info = str(app.query_one("#info").render())
+        assert "sensitivity: hyposensitive" in info and "ch1 ≤ 3 mA" in info
+        assert "session time left" in str(app.query_one("#timer").render())
+        assert "STOP" in str(app.query_one("#stop").render())
+        svg = app.export_screenshot().replace("&#160;", " ")
+        assert "channel 1" in svg and "channel 2" in svg
