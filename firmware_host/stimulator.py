@@ -218,7 +218,12 @@ class Stimulator:
         return acked
 
     def clear_faults(self, operator: str) -> None:
-        """A person clears a stop (and the device's latched faults) with every output off."""
+        """A person clears a stop (and the device's latched faults) with every output off.
+
+        Events that arrived before the clear (the FAULT that follows every ESTOP, say) are
+        supervised first, so they cannot trip the session again right after it was cleared.
+        """
+        self._drain_events()
         self._execute(self.interlock.approve_clear_faults(operator))
 
     def safe_off(self) -> None:
@@ -285,6 +290,14 @@ class Stimulator:
         self.interlock.note_acknowledged(approved)
         return reply
 
+    def _drain_events(self, timeout: float = 1.0) -> None:
+        """Wait until the supervisor has handled every event received so far."""
+        if threading.current_thread() is self._worker:
+            return
+        done = threading.Event()
+        self._events.put(done)
+        done.wait(timeout)
+
     def _supervise(self) -> None:
         period = 1.0 / max(self.identity.telemetry_hz, 1)
         while not self._closed.is_set():
@@ -316,6 +329,8 @@ class Stimulator:
             self._log("link_lost", {"reason": str(event.reason)})
             self.interlock.stop(f"link lost: {event.reason}")
             self._deliver(event)
+        elif isinstance(event, threading.Event):  # a barrier from _drain_events
+            event.set()
         if self._link.alive and self.interlock.tripped is None:
             actions += self.supervisor.poll()
             for approved in self.interlock.session_tick():

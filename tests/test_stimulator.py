@@ -275,3 +275,14 @@ def test_record_survives_sigkill_of_the_host(sim_pty: SimProcess, tmp_path: Path
     assert text.count('"kind":"ack"') == text.count('"kind":"approved"') >= 5
     assert '"kind":"telemetry"' in text
     sim_pty.wait_event(lambda e: e["kind"] == "output_off" and e.get("reason") == "watchdog")
+
+
+def test_clear_right_after_estop_is_not_undone_by_the_estop_fault() -> None:
+    with session("sim://") as stim:
+        for _ in range(5):  # at machine speed: stop, clear, start again
+            start(stim, 1, 0.2)
+            assert stim.estop()
+            stim.clear_faults("JD")
+            assert stim.tripped is None
+        time.sleep(0.3)  # the FAULT that followed each ESTOP has been supervised by now
+        assert stim.tripped is None

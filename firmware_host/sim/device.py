@@ -370,6 +370,7 @@ class SimulatedDevice:
         self._next_telemetry = now + 1 / self.config.telemetry_hz
         for ch in self._channels:
             ch.charge_nc = Fraction(0)
+            ch.compliance_flag = False  # a trip before this session is not news to its host
         cfg = self.config
         reply = self._frame(seq, Identity(
             cfg.protocol_version, cfg.fw_major, cfg.fw_minor, cfg.channels, cfg.serial,

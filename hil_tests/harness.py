@@ -1,0 +1,291 @@
+"""What the HIL suite needs around the product: the simulator as its own process, the device
+trace, sessions (optionally through the fault-injecting transport), a raw ICD client and the
+one deliberately unguarded command path.
+
+Nothing here imports tests/support.py: the suite must run against real hardware from a
+checkout without the unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firmware_host import icd, units
+from firmware_host.drivers import Transport, open_transport
+from firmware_host.link import Link, LinkLost
+from firmware_host.stimulator import DeviceFault, Notice, Stimulator
+from safety import ChannelPlacement, ChannelReading, ChannelSetting, NeedleSite, Patient, Prescription, Region, SessionSetup, Side
+
+REPO = Path(__file__).resolve().parents[1]
+OPERATOR = "hil-suite"
+
+
+# --- the simulator as a separate process ---------------------------------------------
+
+@dataclass
+class SimProcess:
+    """`python -m firmware_host sim --listen pty`: the device on its own process and clock."""
+
+    url: str
+    proc: subprocess.Popen[str]
+    trace: Path
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.trace.exists():
+            return []
+        return [json.loads(line) for line in self.trace.read_text().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for child Pythons: this checkout importable whatever the cwd."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_sim(trace: Path, *settings: str) -> SimProcess:
+    args = [sys.executable, "-m", "firmware_host", "sim", "--listen", "pty", "--trace", str(trace)]
+    for item in settings:
+        args += ["--set", item]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    assert proc.stdout is not None
+    first = proc.stdout.readline().strip()
+    if not first:
+        proc.kill()
+        raise RuntimeError(f"the simulator printed nothing: {proc.stderr.read() if proc.stderr else ''}")
+    return SimProcess(first, proc, trace)
+
+
+class Trace:
+    """The device's event trace (simulator only): JSON lines stamped with CLOCK_MONOTONIC,
+    which this process shares, so host and device instants compare directly."""
+
+    def __init__(self, sim: SimProcess) -> None:
+        self._sim = sim
+        self._offset = 0
+
+    def mark(self) -> None:
+        """Only events after this call count for `wait`."""
+        self._offset = len(self._sim.events())
+
+    def events_after(self, t: float) -> list[dict[str, Any]]:
+        return [e for e in self._sim.events()[self._offset:] if e["t"] >= t]
+
+    def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 3.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self._sim.events()[self._offset:]:
+                if predicate(event):
+                    return event
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no matching device event within {timeout} s")
+            time.sleep(0.002)
+
+
+def output_off(reason: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e["kind"] == "output_off" and e.get("reason") == reason
+
+
+# --- sessions --------------------------------------------------------------------------
+
+def forearm(*channels: int) -> dict[int, ChannelPlacement]:
+    site = NeedleSite(Region.FOREARM, Side.LEFT)
+    return {ch: ChannelPlacement(site, site) for ch in channels}
+
+
+def prescription(max_ma: float = 10.0) -> Prescription:
+    """Wide enough for every preset; the effective ramp is then the device's (80 % of slew)."""
+    return Prescription(max_amplitude_ma=max_ma, ramp_ma_per_s=4.0, frequency_hz=(1, 200),
+                        pulse_width_us=(50, 600), sensitivity="hyposensitive")
+
+
+def open_session(url: str, channels: tuple[int, ...] = (1, 2, 3, 4),
+                 wrap: Callable[[Transport], Transport] | None = None, **link_options: Any) -> Stimulator:
+    """`firmware_host.open` with an optional transport wrapper (the fault proxy), starting
+    clean: faults a previous test latched are cleared, as an operator would."""
+    transport = open_transport(url)
+    link = Link(wrap(transport) if wrap else transport, **link_options)
+    try:
+        identity = link.open(2.0)
+        setup = SessionSetup(device=units.device_limits(identity), prescription=prescription(),
+                             placements=forearm(*channels), needles={}, patient=Patient())
+        stim = Stimulator(link, setup)
+    except BaseException:
+        link.close()
+        raise
+    if stim.tripped is not None:
+        stim.clear_faults(OPERATOR)
+    return stim
+
+
+@dataclass
+class Observed:
+    """Everything a session delivered, stamped with host receipt time."""
+
+    readings: list[tuple[float, ChannelReading]] = field(default_factory=list)
+    faults: list[tuple[float, DeviceFault]] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    lost: list[LinkLost] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def __call__(self, event: object) -> None:
+        now = time.monotonic()
+        with self.changed:
+            if isinstance(event, ChannelReading):
+                self.readings.append((now, event))
+            elif isinstance(event, DeviceFault):
+                self.faults.append((now, event))
+            elif isinstance(event, Notice):
+                self.notices.append(event)
+            elif isinstance(event, LinkLost):
+                self.lost.append(event)
+            self.changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(predicate, timeout)
+
+    def channel(self, channel: int, since: float = float("-inf")) -> list[tuple[float, ChannelReading]]:
+        with self.changed:
+            return [(t, r) for t, r in self.readings if r.channel == channel and t >= since]
+
+
+@contextmanager
+def observed(stim: Stimulator) -> Iterator[Observed]:
+    seen = Observed()
+    unsubscribe = stim.subscribe(seen)
+    try:
+        yield seen
+    finally:
+        unsubscribe()
+
+
+def unguarded(link: Link, message: icd.Message) -> Future[icd.Message]:
+    """Queue a raw message past the interlock, through the link's private `_enqueue`.
+
+    The product refuses unsafe commands before the device sees them, so checking the
+    device's own NAK rules needs a host that misbehaves on purpose: only this suite (and
+    the unit tests) do this; product code has no such path.
+    """
+    return link._enqueue(message)  # noqa: SLF001
+
+
+def ask(link: Link, message: icd.Message) -> icd.Message:
+    return link.wait(unguarded(link, message), type(message).__name__)
+
+
+# --- a raw ICD client --------------------------------------------------------------------
+
+class RawClient:
+    """Frames with sequence numbers of our choosing and no retransmission: for the rules a
+    correct Link never exercises (OUT_OF_ORDER, replay of stored replies, NO_SESSION)."""
+
+    def __init__(self, url: str) -> None:
+        self.transport = open_transport(url)
+        self.transport.discard_input()
+        self._decoder = icd.FrameDecoder()
+        self._backlog: list[icd.RawPacket] = []
+
+    def send(self, seq: int, message: icd.Message) -> None:
+        self.transport.write(icd.encode_frame(seq, message))
+
+    def reply(self, seq: int, timeout: float = 1.0) -> icd.Message:
+        """The next reply carrying `seq` (TELEMETRY and FAULT are skipped)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._backlog:
+                self._backlog = self._decoder.feed(self.transport.read(0.02))
+                continue
+            raw = self._backlog.pop(0)
+            message = raw.message()
+            if raw.seq == seq and not isinstance(message, (icd.Telemetry, icd.Fault)):
+                return message
+        raise AssertionError(f"no reply with seq {seq} within {timeout} s")
+
+    def command(self, seq: int, message: icd.Message) -> icd.Message:
+        self.send(seq, message)
+        return self.reply(seq)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+# --- a controller in another process, to be killed -----------------------------------------
+
+HOST_SCRIPT = """
+import sys, time
+from hil_tests.harness import open_session
+stim = open_session(sys.argv[1], (1,))
+stim.configure(1, frequency_hz=50, pulse_width_us=200)
+stim.enable(1)
+stim.ramp(1, 1.0)
+print("stimulating", flush=True)
+time.sleep(60)
+"""
+
+
+def start_host_process(url: str) -> subprocess.Popen[str]:
+    """A controller stimulating on channel 1 in its own process (returns once it stimulates)."""
+    host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=REPO)
+    assert host.stdout is not None
+    line = host.stdout.readline().strip()
+    if line != "stimulating":
+        host.kill()
+        raise AssertionError(f"the host process did not start stimulating: {host.stderr.read() if host.stderr else ''}")
+    return host
+
+
+# --- applied timeline against what was programmed ----------------------------------------
+
+Scheduled = tuple[float, ChannelSetting]
+
+
+def in_effect(schedule: list[Scheduled], start: float, end: float) -> list[ChannelSetting]:
+    """Settings of one channel in effect at any instant of [start, end] (schedule time-ordered)."""
+    before = [s for t, s in schedule if t <= start][-1:]
+    return before + [s for t, s in schedule if start < t <= end]
+
+
+def matches(reading: ChannelReading, setting: ChannelSetting) -> bool:
+    """Telemetry shows `setting` (amplitude to the µA, frequency to 0.1 %, phase to the µs)."""
+    return (abs(reading.amplitude_ma - setting.amplitude_ma) <= 0.0011
+            and abs(reading.frequency_hz - setting.frequency_hz) <= 1e-3 * setting.frequency_hz + 1e-3
+            and abs(reading.pulse_width_us - setting.pulse_width_us) <= 1.0)
+
+
+def timeline_mismatches(readings: list[tuple[float, ChannelReading]], schedules: dict[int, list[Scheduled]],
+                        window_s: float) -> list[str]:
+    """Readings (host receipt time) of enabled channels that no scheduled setting in effect
+    within ±`window_s` explains, described for the failure message."""
+    problems = []
+    for t, reading in readings:
+        schedule = schedules.get(reading.channel)
+        if not schedule or not reading.enabled or t < schedule[0][0]:
+            continue
+        candidates = in_effect(schedule, t - window_s, t + window_s)
+        if not any(matches(reading, s) for s in candidates):
+            problems.append(f"ch{reading.channel} at +{t - schedule[0][0]:.3f} s: {reading.amplitude_ma} mA "
+                            f"{reading.frequency_hz} Hz {reading.pulse_width_us} us; expected one of "
+                            f"{[(s.amplitude_ma, s.frequency_hz, s.pulse_width_us) for s in candidates]}")
+    return problems
