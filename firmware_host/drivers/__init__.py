@@ -23,7 +23,9 @@ def open_transport(url: str) -> Transport:
     if scheme == "sim":
         return _open_sim(url)
     if scheme == "usb":
-        raise TransportError(f"{url}: the USB transport is not available in this version")
+        from .usb import UsbTransport
+
+        return UsbTransport(url)
     from .serial_port import SerialTransport
 
     return SerialTransport(url)
