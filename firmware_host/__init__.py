@@ -20,7 +20,7 @@ _EXPORTS = {
         "DeviceBusy", "DeviceNotFound", "DeviceRebooted", "DeviceRefused", "EstimError", "HandshakeFailed",
         "LinkError", "LinkTimeout", "ProtocolMismatch", "TransportClosed", "TransportError",
     )},
-    **{name: "stimulator" for name in ("DeviceFault", "DeviceStatus", "Notice", "Stimulator", "open")},
+    **{name: "stimulator" for name in ("DeviceFault", "DeviceStatus", "Notice", "Stimulator", "connect", "open")},
 }
 
 __all__ = sorted(_EXPORTS)

@@ -388,6 +388,17 @@ def _plain(obj: Any) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
+def connect(url: str = "sim://", handshake_timeout: float = 2.0) -> Link:
+    """Open the byte path at `url` and handshake; nothing else is written before IDENTITY."""
+    link = Link(open_transport(url))
+    try:
+        link.open(handshake_timeout)
+    except BaseException:
+        link.close()
+        raise
+    return link
+
+
 def open(  # noqa: A001 - the natural name for the public entry point
     url: str = "sim://",
     *,
@@ -403,12 +414,10 @@ def open(  # noqa: A001 - the natural name for the public entry point
     Nothing is written to the device before the handshake succeeded; a safety refusal of
     the session set-up (placement, contraindication, prescription) closes the link again.
     """
-    transport = open_transport(url)
-    link = Link(transport)
+    link = connect(url, handshake_timeout)
     try:
-        identity = link.open(handshake_timeout)
         setup = SessionSetup(
-            device=units.device_limits(identity),
+            device=units.device_limits(link.identity),
             prescription=prescription,
             placements=dict(placements),
             needles=dict(needles or {}),
@@ -418,4 +427,3 @@ def open(  # noqa: A001 - the natural name for the public entry point
     except BaseException:
         link.close()
         raise
-

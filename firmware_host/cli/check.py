@@ -120,16 +120,11 @@ def _thresholds(path: Path | None, program: Any) -> dict[int, dict[str, float]]:
 def _device_limits(url: str | None) -> tuple[Any, str]:
     """(DeviceLimits, where they came from)."""
     from .. import units
-    from ..icd import Identity
 
     if url is None:
         from ..sim import SimConfig
 
-        cfg = SimConfig()
-        identity = Identity(cfg.protocol_version, cfg.fw_major, cfg.fw_minor, cfg.channels, cfg.serial,
-                            cfg.max_amplitude_ua, cfg.max_phase_us, cfg.min_frequency_mhz, cfg.max_frequency_mhz,
-                            cfg.max_phase_charge_nc, cfg.max_step_ua, cfg.max_slew_ua_per_s, cfg.compliance_mv,
-                            cfg.watchdog_ms, cfg.telemetry_hz, 0)
+        identity = SimConfig().identity()
         return units.device_limits(identity), "the simulated device's defaults (use --device URL for a real one)"
     from ..drivers import open_transport
     from ..link import Link

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from firmware_host.icd import OPEN_CIRCUIT_OHM, PROTOCOL_VERSION
+from firmware_host.icd import OPEN_CIRCUIT_OHM, PROTOCOL_VERSION, Identity
 
 _U8, _U16, _U32 = 0xFF, 0xFFFF, 0xFFFFFFFF
 
@@ -67,6 +67,15 @@ class SimConfig:
             )
         if not self.serial.isascii() or len(self.serial) > 12:
             raise ValueError(f"simulator setting 'serial': {self.serial!r} is not ASCII of at most 12 characters")
+
+    def identity(self, latched_faults: int = 0) -> Identity:
+        """The IDENTITY this hardware reports (also what `estim check` assumes by default)."""
+        return Identity(
+            self.protocol_version, self.fw_major, self.fw_minor, self.channels, self.serial,
+            self.max_amplitude_ua, self.max_phase_us, self.min_frequency_mhz, self.max_frequency_mhz,
+            self.max_phase_charge_nc, self.max_step_ua, self.max_slew_ua_per_s, self.compliance_mv,
+            self.watchdog_ms, self.telemetry_hz, latched_faults,
+        )
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, str]) -> SimConfig:

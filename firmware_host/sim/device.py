@@ -71,7 +71,6 @@ from firmware_host.icd import (
     GetStatus,
     Heartbeat,
     Hello,
-    Identity,
     Message,
     MsgType,
     Nak,
@@ -371,13 +370,7 @@ class SimulatedDevice:
         for ch in self._channels:
             ch.charge_nc = Fraction(0)
             ch.compliance_flag = False  # a trip before this session is not news to its host
-        cfg = self.config
-        reply = self._frame(seq, Identity(
-            cfg.protocol_version, cfg.fw_major, cfg.fw_minor, cfg.channels, cfg.serial,
-            cfg.max_amplitude_ua, cfg.max_phase_us, cfg.min_frequency_mhz, cfg.max_frequency_mhz,
-            cfg.max_phase_charge_nc, cfg.max_step_ua, cfg.max_slew_ua_per_s, cfg.compliance_mv,
-            cfg.watchdog_ms, cfg.telemetry_hz, self._latched,
-        ))
+        reply = self._frame(seq, self.config.identity(self._latched))
         self._replies[seq] = reply
         return reply
 
