@@ -63,8 +63,8 @@ def main(argv: list[str]) -> int:
     try:
         program = Program.load(args.program)
         if program.needed_thresholds:
-            program = program.resolve(_thresholds(args.thresholds, program))
-    except (ProgramError, _NoThresholds) as exc:
+            program = program.resolve(load_thresholds(args.thresholds, program))
+    except (ProgramError, ThresholdsError) as exc:
         return _bad_input(str(exc))
     except (OSError, ValueError) as exc:
         return _bad_input(f"{args.program}: {exc}")
@@ -85,36 +85,9 @@ def main(argv: list[str]) -> int:
     return EXIT_OK if result.ok else EXIT_REFUSED
 
 
-class _NoThresholds(ValueError):
-    """The program needs thresholds that were not given."""
-
-
 def _bad_input(message: str) -> int:
     print(f"refused: {message}", file=sys.stderr)
     return EXIT_REFUSED
-
-
-def _thresholds(path: Path | None, program: Any) -> dict[int, dict[str, float]]:
-    """Per-channel thresholds from a titration file (flat: every channel) or a per-channel map."""
-    needs = ", ".join(f"{kind} on channel {ch}" for ch, kind in sorted(program.needed_thresholds))
-    if path is None:
-        raise _NoThresholds(f"{program.name!r} sets intensities relative to thresholds ({needs}); "
-                            "give --thresholds FILE (e.g. from `estim titrate --out FILE`)")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise _NoThresholds(f"{path}: not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise _NoThresholds(f"{path}: expected a JSON object of thresholds in mA")
-
-    def marks(d: Any) -> dict[str, float]:
-        if not isinstance(d, dict):
-            raise _NoThresholds(f"{path}: expected {{\"sensory\": mA, ...}}, got {d!r}")
-        return {k: v for k, v in d.items() if v is not None}
-
-    if all(key.isdigit() for key in data):
-        return {int(ch): marks(d) for ch, d in data.items()}
-    return {ch: marks(data) for ch in program.needles}
 
 
 def _device_limits(url: str | None) -> tuple[Any, str]:

@@ -4,9 +4,11 @@ into the safety layer's set-up (sites, needles, patient, sensitivity, record pat
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from safety import ChannelPlacement, Needle, NeedleSite, Patient, Refusal, Region, Sensitivity, Side, TreatmentRecord
 
@@ -16,10 +18,10 @@ SITES_HELP = (
 )
 
 
-def add_session_options(parser: argparse.ArgumentParser) -> None:
+def add_session_options(parser: argparse.ArgumentParser, sites_required: bool = True) -> None:
     parser.add_argument("--device", default="sim://", metavar="URL",
                         help="device URL: sim:// (built-in simulated device), /dev/ttyUSB0, socket://HOST:PORT")
-    parser.add_argument("--sites", required=True, metavar="SIDE:REGION,SIDE:REGION", help=SITES_HELP)
+    parser.add_argument("--sites", required=sites_required, metavar="SIDE:REGION,SIDE:REGION", help=SITES_HELP)
     parser.add_argument("--needle", default="0.25x15", metavar="DIAMETER_MMxLENGTH_MM",
                         help="needle diameter and inserted length in mm (default 0.25x15)")
     parser.add_argument("--sensitivity", choices=["hyper", "typical", "hypo"], default="typical",
@@ -76,3 +78,30 @@ def open_record(path: Path | None) -> TreatmentRecord:
         path = base / "estim" / "records" / time.strftime("session-%Y%m%d-%H%M%S.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
     return TreatmentRecord(path)
+
+
+class ThresholdsError(ValueError):
+    """The program needs thresholds that were not given."""
+
+
+def load_thresholds(path: Path | None, program: Any) -> dict[int, dict[str, float]]:
+    """Per-channel thresholds from a titration file (flat: every channel) or a per-channel map."""
+    needs = ", ".join(f"{kind} on channel {ch}" for ch, kind in sorted(program.needed_thresholds))
+    if path is None:
+        raise ThresholdsError(f"{program.name!r} sets intensities relative to thresholds ({needs}); "
+                            "give --thresholds FILE (e.g. from `estim titrate --out FILE`)")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ThresholdsError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ThresholdsError(f"{path}: expected a JSON object of thresholds in mA")
+
+    def marks(d: Any) -> dict[str, float]:
+        if not isinstance(d, dict):
+            raise ThresholdsError(f"{path}: expected {{\"sensory\": mA, ...}}, got {d!r}")
+        return {k: v for k, v in d.items() if v is not None}
+
+    if all(key.isdigit() for key in data):
+        return {int(ch): marks(d) for ch, d in data.items()}
+    return {ch: marks(data) for ch in program.needles}

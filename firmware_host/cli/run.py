@@ -1,4 +1,5 @@
-"""`estim run`: one supervised session — ramp up, hold, ramp down — with a live progress line.
+"""`estim run`: one supervised session with a live progress line — direct parameters (ramp
+up, hold, ramp down), a dosing program file, or a preset for a target mechanism.
 
 Exit codes: 0 completed (ramped down, every output off); 2 refused by a safety rule or bad
 input, before any stimulation command was sent; 3 a device fault or lost link stopped the
@@ -11,16 +12,22 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED
-from .options import SENSITIVITY, add_session_options, open_record, parse_needle, parse_sites, patient
+from ..waveforms.program import Mechanism
+from .options import (SENSITIVITY, ThresholdsError, add_session_options, load_thresholds, open_record, parse_needle,
+                      parse_sites, patient)
 
 EXIT_TERMINATED = 143
 
 EXAMPLES = """examples:
   estim run --channel 1 --frequency 2 --pulse-width 200 --amplitude 2 --seconds 20 \\
             --sites left:forearm,left:forearm
+  estim run --program programs/dense_disperse_2_100hz.toml --thresholds thresholds.json
+  estim run --preset segmental --channel 1 --sites left:forearm,left:forearm \\
+            --thresholds thresholds.json --sensitivity hyper --minutes 20
   estim run --device /dev/ttyUSB0 --channel 2 --frequency 100 --pulse-width 200 --amplitude 3 \\
             --minutes 20 --sites right:lower_leg,right:lower_leg --sensitivity hyper
 """
@@ -38,28 +45,45 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--channel", type=int, required=True, help="channel number as printed on the device (1-based)")
-    parser.add_argument("--frequency", type=float, required=True, metavar="HZ", help="pulse rate in Hz")
-    parser.add_argument("--pulse-width", type=float, required=True, metavar="US", help="phase width in µs")
-    parser.add_argument("--amplitude", type=float, required=True, metavar="MA", help="intensity in mA")
-    duration = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--program", type=Path, metavar="FILE", help="a dosing program (TOML or JSON)")
+    source.add_argument("--preset", metavar="NAME",
+                        help="a preset for a target mechanism: " + ", ".join(m.value for m in Mechanism))
+    parser.add_argument("--thresholds", type=Path, metavar="FILE",
+                        help="thresholds measured by `estim titrate --out FILE`, for threshold-relative "
+                             "programs and presets")
+    parser.add_argument("--channel", type=int, help="channel number as printed on the device (1-based)")
+    parser.add_argument("--frequency", type=float, metavar="HZ", help="pulse rate in Hz")
+    parser.add_argument("--pulse-width", type=float, metavar="US", help="phase width in µs")
+    parser.add_argument("--amplitude", type=float, metavar="MA", help="intensity in mA")
+    duration = parser.add_mutually_exclusive_group()
     duration.add_argument("--seconds", type=float, help="time at the set intensity (ramps come on top)")
-    duration.add_argument("--minutes", type=float, help="time at the set intensity (ramps come on top)")
+    duration.add_argument("--minutes", type=float,
+                          help="time at the set intensity (ramps come on top); with --preset, its length")
     parser.add_argument("--shape", choices=["biphasic", "alternating", "monophasic"], default="biphasic")
     parser.add_argument("--max-amplitude", type=float, default=10.0, metavar="MA",
                         help="the prescription's cap in mA (default 10; the sensitivity profile scales it: "
                              "hyper x0.6, typical x0.85, hypo x1.0)")
     parser.add_argument("--ramp", type=float, default=1.0, metavar="MA_PER_S",
                         help="ramp rate in mA/s (default 1.0; the sensitivity profile may lower it)")
-    add_session_options(parser)
+    add_session_options(parser, sites_required=False)
     return parser
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.program is None:
+        needed = ["--channel", "--sites"] + ([] if args.preset else
+                                             ["--frequency", "--pulse-width", "--amplitude", "--seconds"])
+        missing = [flag for flag in needed if getattr(args, flag[2:].replace("-", "_")) is None
+                   and not (flag == "--seconds" and args.minutes is not None)]
+        if missing:
+            parser.error("give --program FILE, --preset NAME, or direct parameters; missing: "
+                         + ", ".join(m if m != "--seconds" else "--seconds/--minutes" for m in missing))
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return _run(args)
+        return _run_program(args) if args.program or args.preset else _run(args)
     except KeyboardInterrupt:
         print("\nstopped: Ctrl-C — output off (e-stop)", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -179,3 +203,79 @@ def _progress(stim, channel: int, remaining_s: float | None) -> None:  # noqa: A
                 f"{reading.pulse_width_us:g} µs  load {load}  charge {reading.charge_total_uc:.0f} µC")
     end = "\r" if sys.stdout.isatty() else "\n"
     print(line.ljust(100), end=end, flush=True)
+
+
+def _run_program(args: argparse.Namespace) -> int:
+    """A program file or a preset: checked whole against every rule before anything is sent,
+    then streamed on time by the engine."""
+    import firmware_host as fh
+    from safety import SafetyError
+
+    from ..stimulator import Stimulator
+    from ..units import device_limits
+    from ..waveforms import ProgramError, preset_program
+    from ..waveforms.check import check
+    from ..waveforms.engine import run_program
+    from ..waveforms.program import Needle as NeedleSpec
+    from ..waveforms.program import Program, Site
+
+    try:
+        if args.program is not None:
+            program = Program.load(args.program)
+        else:
+            placement, needle = parse_sites(args.sites), parse_needle(args.needle)
+            spec = NeedleSpec(diameter_mm=needle.diameter_mm, length_mm=needle.length_mm,
+                              site_a=Site(region=placement.a.region, side=placement.a.side),
+                              site_b=Site(region=placement.b.region, side=placement.b.side))
+            program = preset_program(args.preset, {args.channel: spec}, SENSITIVITY[args.sensitivity], args.minutes)
+        if program.needed_thresholds:
+            program = program.resolve(load_thresholds(args.thresholds, program))
+    except (ProgramError, ThresholdsError, SafetyError) as exc:
+        return _refused(exc)
+    except (OSError, ValueError) as exc:
+        return _refused(ValueError(f"{args.program or args.preset}: {exc}"))
+
+    with open_record(args.record) as record:
+        record.append("session_plan", {"operator": args.operator, "argv": sys.argv[1:], "program": program.name,
+                                       "mechanism": str(program.mechanism), "duration_s": program.duration_s})
+        print(f"record: {record.path}")
+        try:
+            link = fh.connect(args.device)
+        except fh.EstimError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        try:
+            limits = device_limits(link.identity)
+            verdict = check(program, limits, patient(args))
+            if not verdict.ok:
+                print(verdict.table(), file=sys.stderr)
+                link.close()
+                return _refused(ValueError(f"{program.name!r} breaks the rules above"))
+            stim = Stimulator(link, program.session_setup(limits, patient(args)), record=record)
+        except SafetyError as exc:
+            link.close()
+            return _refused(exc)
+        except BaseException:
+            link.close()
+            raise
+        with stim:
+            if stim.tripped:
+                print(f"refused: {stim.tripped}; clear the device's faults before a session", file=sys.stderr)
+                return EXIT_DEVICE_FAULT
+            print(f"plan: {program.name} ({program.mechanism}), {program.duration_s / 60:.1f} min on channel(s) "
+                  + ", ".join(str(ch) for ch in sorted(program.needles)) + "; ramps are part of the program")
+            last = [0.0]
+
+            def progress(update) -> None:  # noqa: ANN001 - engine.Update
+                if update.sent_s - last[0] >= 1.0:
+                    last[0] = update.sent_s
+                    _progress(stim, update.setting.channel, program.duration_s - update.planned_s)
+
+            report = run_program(stim, program, on_update=progress)
+            print()
+            if not report.completed:
+                print(f"stopped: {report.stop_reason}", file=sys.stderr)
+                return EXIT_DEVICE_FAULT
+            print(f"program complete: every output off. {report.sent} updates sent, send lateness "
+                  f"p50 {report.late_p50_s * 1e3:.1f} ms / p99 {report.late_p99_s * 1e3:.1f} ms")
+            return EXIT_OK
