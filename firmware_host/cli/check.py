@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import EXIT_ERROR, EXIT_OK, EXIT_REFUSED
+from .options import ThresholdsError, load_thresholds
 
 EXAMPLES = """examples:
   estim check programs/high_rate_100hz.toml --thresholds thresholds.json
