@@ -271,3 +271,28 @@ def test_bad_input_is_a_calm_message(tmp_path: Path) -> None:
     sites = estim("titrate", "--channel", "1", "--frequency", "2", "--pulse-width", "200",
                   "--sites", "left:elbowish", "--record", str(tmp_path / "r.jsonl"))
     assert sites.returncode == 2 and "Traceback" not in sites.stderr
+
+
+def test_run_preset_streams_the_program_and_ends_safe(sim: SimProcess, tmp_path: Path) -> None:
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps(THRESHOLDS))
+    record = tmp_path / "preset.jsonl"
+    done = estim("run", "--device", sim.url, "--preset", "segmental_inhibition", "--channel", "1", *SITES,
+                 "--thresholds", str(thresholds), "--minutes", "0.1", "--record", str(record), timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "program complete: every output off" in done.stdout
+    assert estim("record", "verify", str(record)).returncode == 0
+    delivered = [r["data"]["amplitude_ua"] for r in records(record) if r["kind"] == "telemetry"]
+    assert max(delivered) > 0 and delivered[-1] == 0
+
+
+def test_run_program_that_breaks_a_rule_sends_nothing(sim: SimProcess, tmp_path: Path) -> None:
+    program = tmp_path / "bad.toml"
+    program.write_text(BAD_PROGRAM)
+    record = tmp_path / "bad.jsonl"
+    done = estim("run", "--device", sim.url, "--program", str(program), "--record", str(record))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "shannon_k" in done.stderr and "Traceback" not in done.stderr
+    kinds = {r["kind"] for r in records(record)}
+    assert "approved" not in kinds and "consumed" not in kinds
+    assert not [e for e in sim.events() if e["kind"] == "output_off" and e.get("reason") != "hello"]
