@@ -18,11 +18,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import firmware_host
+from firmware_host.sim.process import SimProcess, child_env
 from firmware_host.stimulator import DeviceFault
 from safety import ChannelPlacement, ChannelReading, NeedleSite, Prescription, Region, Side
 
 from .hostproc import STAMP
-from .harness import TRANSPORTS, Simulator, Streamer, arm, opened_link, simulator, subprocess_env
+from .harness import TRANSPORTS, Streamer, arm, opened_link, simulator
 from .stats import Result, spread
 
 ESTOP_P99_MS = 2.0
@@ -44,7 +45,7 @@ def run_estop(workdir: Path, quick: bool) -> list[Result]:
     return results
 
 
-def _link_estop_trials(sim: Simulator, trials: int, saturated: bool) -> list[float]:
+def _link_estop_trials(sim: SimProcess, trials: int, saturated: bool) -> list[float]:
     samples = []
     with opened_link(sim.url) as link:
         with Streamer(link, channel=1) if saturated else nullcontext():
@@ -54,7 +55,7 @@ def _link_estop_trials(sim: Simulator, trials: int, saturated: bool) -> list[flo
     return samples
 
 
-def _api_estop_trials(sim: Simulator, trials: int) -> list[float]:
+def _api_estop_trials(sim: SimProcess, trials: int) -> list[float]:
     """Through the public API: the interlock trips, then the link writes ESTOP.
 
     The supervisor stops again on any reading that still shows the last stop, and on the
@@ -86,7 +87,7 @@ def _next_event(events: queue.SimpleQueue[object], predicate: Callable[[object],
         pass
 
 
-def _timed_estop(sim: Simulator, estop: Callable[[], bool]) -> float:
+def _timed_estop(sim: SimProcess, estop: Callable[[], bool]) -> float:
     """Seconds from just before `estop()` to the device turning the output off.
 
     estop()'s result is not checked: the trace proves the stop, and the API's estop()
@@ -109,7 +110,7 @@ def run_watchdog(workdir: Path, quick: bool) -> list[Result]:
     return results
 
 
-def _watchdog_trials(sim: Simulator, workdir: Path, trials: int) -> tuple[list[float], list[float]]:
+def _watchdog_trials(sim: SimProcess, workdir: Path, trials: int) -> tuple[list[float], list[float]]:
     """Kill-to-off latencies, and overshoots past watchdog_ms counted from the host's last frame.
 
     The next host is started while the device still waits out the watchdog, so its import
@@ -142,7 +143,7 @@ def _watchdog_trials(sim: Simulator, workdir: Path, trials: int) -> tuple[list[f
 
 def _spawn_host(url: str, stamp_path: Path) -> subprocess.Popen[str]:
     args = [sys.executable, "-m", "bench.hostproc", url, str(stamp_path)]
-    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env())
 
 
 def _host_ready(host: subprocess.Popen[str]) -> int:

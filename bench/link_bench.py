@@ -10,8 +10,9 @@ from pathlib import Path
 
 from firmware_host import icd
 from firmware_host.drivers.serial_port import DEFAULT_BAUD, SerialTransport
+from hil_tests.harness import ask, wave
 
-from .harness import TRANSPORTS, Streamer, ask, opened_link, simulator, wave
+from .harness import TRANSPORTS, Streamer, opened_link, simulator
 from .stats import Result, spread
 
 WINDOW_RATIO_TARGET = 4.0

@@ -28,8 +28,8 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the checkout import
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import latency, link_bench
-from bench.harness import subprocess_env
 from bench.stats import Result
+from firmware_host.sim.process import child_env
 
 CLI_RUNS = 10
 
@@ -40,7 +40,7 @@ def run_cli(workdir: Path, quick: bool) -> list[Result]:
     times = []
     for _ in range(CLI_RUNS):
         start = time.perf_counter()
-        subprocess.run([str(estim), "--help"], check=True, capture_output=True, env=subprocess_env())
+        subprocess.run([str(estim), "--help"], check=True, capture_output=True, env=child_env())
         times.append(time.perf_counter() - start)
     return [Result("cli_help_startup", statistics.median(times) * 1e3, "ms")]
 

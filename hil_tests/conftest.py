@@ -16,8 +16,9 @@ import pytest
 from firmware_host import errors, icd
 from firmware_host.drivers import open_transport
 from firmware_host.link import Link
+from firmware_host.sim.process import SimProcess, Trace, spawn_sim
 from firmware_host.stimulator import Stimulator
-from hil_tests.harness import SimProcess, Trace, ask, open_session, start_sim
+from hil_tests.harness import ask, open_session
 from hil_tests.record import HilRecord, Measurement, TestEntry, limits_text, utc_now
 from hil_tests.report import write_report
 
@@ -152,7 +153,7 @@ class DeviceUnderTest:
         """The device-side event trace (only the simulator has one), marked at now."""
         if self.sim is None:
             return None
-        trace = Trace(self.sim)
+        trace = Trace(self.sim.trace_path)
         trace.mark()
         return trace
 
@@ -176,7 +177,7 @@ def dut(request: pytest.FixtureRequest) -> Iterator[DeviceUnderTest]:
     sim = None
     if url is None:
         record.path.parent.mkdir(parents=True, exist_ok=True)
-        sim = start_sim(record.path.with_name(record.path.stem + "-device-trace.jsonl"))
+        sim = spawn_sim("pty", trace_path=record.path.with_name(record.path.stem + "-device-trace.jsonl"))
         url = sim.url
     try:
         link = Link(open_transport(url))

@@ -1,6 +1,7 @@
-"""What the HIL suite needs around the product: the simulator as its own process, the device
-trace, sessions (optionally through the fault-injecting transport), a raw ICD client and the
-one deliberately unguarded command path.
+"""What the HIL suite needs around the product: sessions (optionally through the
+fault-injecting transport), a raw ICD client and the one deliberately unguarded command
+path (`unguarded`, `ask`, `wave`: the unit tests and benchmarks play a faulty host through
+these too). The simulator as its own process and its trace are `firmware_host.sim.process`.
 
 Nothing here imports tests/support.py: the suite must run against real hardware from a
 checkout without the unit tests.
@@ -8,9 +9,6 @@ checkout without the unit tests.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -25,85 +23,12 @@ from typing import Any
 from firmware_host import icd, units
 from firmware_host.drivers import Transport, open_transport
 from firmware_host.link import Link, LinkLost
+from firmware_host.sim.process import child_env
 from firmware_host.stimulator import DeviceFault, Notice, Stimulator
 from safety import ChannelPlacement, ChannelReading, ChannelSetting, NeedleSite, Patient, Prescription, Region, SessionSetup, Side
 
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR = "hil-suite"
-
-
-# --- the simulator as a separate process ---------------------------------------------
-
-@dataclass
-class SimProcess:
-    """`python -m firmware_host sim --listen pty`: the device on its own process and clock."""
-
-    url: str
-    proc: subprocess.Popen[str]
-    trace: Path
-
-    def events(self) -> list[dict[str, Any]]:
-        if not self.trace.exists():
-            return []
-        return [json.loads(line) for line in self.trace.read_text().splitlines() if line.strip()]
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def subprocess_env() -> dict[str, str]:
-    """The environment for child Pythons: this checkout importable whatever the cwd."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
-def start_sim(trace: Path, *settings: str) -> SimProcess:
-    args = [sys.executable, "-m", "firmware_host", "sim", "--listen", "pty", "--trace", str(trace)]
-    for item in settings:
-        args += ["--set", item]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
-    assert proc.stdout is not None
-    first = proc.stdout.readline().strip()
-    if not first:
-        proc.kill()
-        raise RuntimeError(f"the simulator printed nothing: {proc.stderr.read() if proc.stderr else ''}")
-    return SimProcess(first, proc, trace)
-
-
-class Trace:
-    """The device's event trace (simulator only): JSON lines stamped with CLOCK_MONOTONIC,
-    which this process shares, so host and device instants compare directly."""
-
-    def __init__(self, sim: SimProcess) -> None:
-        self._sim = sim
-        self._offset = 0
-
-    def mark(self) -> None:
-        """Only events after this call count for `wait`."""
-        self._offset = len(self._sim.events())
-
-    def events_after(self, t: float) -> list[dict[str, Any]]:
-        return [e for e in self._sim.events()[self._offset:] if e["t"] >= t]
-
-    def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 3.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self._sim.events()[self._offset:]:
-                if predicate(event):
-                    return event
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"no matching device event within {timeout} s")
-            time.sleep(0.002)
-
-
-def output_off(reason: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda e: e["kind"] == "output_off" and e.get("reason") == reason
 
 
 # --- sessions --------------------------------------------------------------------------
@@ -180,18 +105,47 @@ def observed(stim: Stimulator) -> Iterator[Observed]:
         unsubscribe()
 
 
+# --- playing a faulty host -----------------------------------------------------------------
+
 def unguarded(link: Link, message: icd.Message) -> Future[icd.Message]:
     """Queue a raw message past the interlock, through the link's private `_enqueue`.
 
     The product refuses unsafe commands before the device sees them, so checking the
-    device's own NAK rules needs a host that misbehaves on purpose: only this suite (and
-    the unit tests) do this; product code has no such path.
+    device's own NAK rules (or measuring the bare link) needs a host that misbehaves on
+    purpose: only this suite, the unit tests and the benchmarks do this, all through here;
+    product code has no such path.
     """
     return link._enqueue(message)  # noqa: SLF001
 
 
-def ask(link: Link, message: icd.Message) -> icd.Message:
-    return link.wait(unguarded(link, message), type(message).__name__)
+def ask(link: Link, message: icd.Message, timeout: float = 2.0) -> icd.Message:
+    """Send `message` unguarded and wait for its reply (raises on NAK or timeout)."""
+    return link.wait(unguarded(link, message), type(message).__name__, timeout)
+
+
+def wave(channel: int = 0, frequency_mhz: int = 100_000, amplitude_ua: int = 0, phase_us: int = 200,
+         burst_pulses: int = 0, burst_rate_mhz: int = 0) -> icd.SetChannel:
+    """A biphasic SET_CHANNEL (100 Hz, 200 us phase, 0 uA unless told), as raw as the device takes it."""
+    return icd.SetChannel(channel, icd.Shape.BIPHASIC, 1, burst_pulses, frequency_mhz, burst_rate_mhz, phase_us, 0,
+                          amplitude_ua)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownCommand(icd.Message):
+    """A message type ICD v1 does not define."""
+
+    TYPE = 0x42  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class ShortSetChannel(icd.Message):
+    """SET_CHANNEL with a 3-byte body instead of 20."""
+
+    TYPE = icd.MsgType.SET_CHANNEL
+    LAYOUT = icd._layout("BBB")  # noqa: SLF001
+    channel: int = 0
+    shape: int = 0
+    asym_ratio: int = 1
 
 
 # --- a raw ICD client --------------------------------------------------------------------
@@ -247,7 +201,7 @@ time.sleep(60)
 def start_host_process(url: str) -> subprocess.Popen[str]:
     """A controller stimulating on channel 1 in its own process (returns once it stimulates)."""
     host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, url], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=REPO)
+                            stderr=subprocess.PIPE, text=True, env=child_env(), cwd=REPO)
     assert host.stdout is not None
     line = host.stdout.readline().strip()
     if line != "stimulating":

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from firmware_host import errors, icd
+from firmware_host.sim.process import output_off
 from firmware_host.stimulator import Stimulator
 from hil_tests.conftest import DeviceUnderTest, Measure
-from hil_tests.harness import Observed, observed, open_session, output_off
+from hil_tests.harness import Observed, observed, open_session
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -49,7 +50,7 @@ def test_load_trip(stimulating: Stimulator, dut: DeviceUnderTest, measure: Measu
             # session's supervisor see it rather than the next session's
             assert seen.wait_for(lambda: bool(seen.channel(1, since=received)), 1.0)
         if trace is not None:
-            off = trace.wait(output_off("fault"))
+            off = trace.wait_event(output_off("fault"), timeout=3.0)
             measure(f"{code.lower()}_device_latency", (off["t"] - sent) * 1000, "ms", timing=True)
         measure(f"{code.lower()}_host_notified", (received - sent) * 1000, "ms", timing=True)
         status = stim.status()
@@ -86,7 +87,7 @@ def test_reboot_mid_session_is_detected(stimulating: Stimulator, dut: DeviceUnde
     assert stim.tripped is not None, "the session must stop after a reboot"
     measure("reboot_detection", (detected - rebooted) * 1000, "ms", high=dut.identity.watchdog_ms, timing=True)
     if trace is not None:
-        trace.wait(output_off("reboot"))
+        trace.wait_event(output_off("reboot"), timeout=3.0)
     stim.close()
     with open_session(dut.url) as fresh:  # the next session starts normally
         assert not fresh.status().enabled

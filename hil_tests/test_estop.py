@@ -19,8 +19,9 @@ import pytest
 
 from firmware_host import icd
 from firmware_host.link import Link
+from firmware_host.sim.process import output_off
 from hil_tests.conftest import DeviceUnderTest, Measure
-from hil_tests.harness import ask, output_off
+from hil_tests.harness import ask
 
 pytestmark = pytest.mark.timeout(60)
 

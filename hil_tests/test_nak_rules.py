@@ -5,39 +5,21 @@ unguarded helper (or the raw client, for sequence numbers a correct link never u
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from firmware_host import errors, icd
 from firmware_host.link import Link
+from hil_tests import harness
 from hil_tests.conftest import DeviceUnderTest
-from hil_tests.harness import RawClient, ask
+from hil_tests.harness import RawClient, ShortSetChannel, UnknownCommand, ask
 
 pytestmark = pytest.mark.timeout(20)
 
 
-@dataclass(frozen=True, slots=True)
-class UnknownCommand(icd.Message):
-    TYPE = 0x42  # type: ignore[assignment]
-
-
-@dataclass(frozen=True, slots=True)
-class ShortSetChannel(icd.Message):
-    """SET_CHANNEL with a 3-byte body instead of 20."""
-
-    TYPE = icd.MsgType.SET_CHANNEL
-    LAYOUT = icd._layout("BBB")  # noqa: SLF001
-    channel: int = 0
-    shape: int = 0
-    asym_ratio: int = 1
-
-
-def wave(amplitude_ua: int = 0, phase_us: int = 200, frequency_mhz: int = 10_000,
-         burst_pulses: int = 0, burst_rate_mhz: int = 0) -> icd.SetChannel:
-    """A channel-0 waveform (10 Hz, 200 us unless told)."""
-    return icd.SetChannel(0, icd.Shape.BIPHASIC, 1, burst_pulses, frequency_mhz, burst_rate_mhz, phase_us, 0,
-                          amplitude_ua)
+def wave(**fields: int) -> icd.SetChannel:
+    """A channel-0 waveform at 10 Hz (200 us unless told)."""
+    return harness.wave(**{"frequency_mhz": 10_000, **fields})
 
 
 def refused(link: Link, message: icd.Message) -> int:

@@ -12,8 +12,9 @@ from firmware_host import icd
 from firmware_host.drivers import Transport, open_transport
 from firmware_host.drivers.faulty import FaultyTransport
 from firmware_host.link import Link
+from firmware_host.sim.process import output_off
 from hil_tests.conftest import DeviceUnderTest, Measure
-from hil_tests.harness import open_session, output_off, start_host_process
+from hil_tests.harness import open_session, start_host_process
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -44,7 +45,7 @@ def test_watchdog_after_host_process_killed(dut: DeviceUnderTest, measure: Measu
         killed = time.monotonic()
         host.wait(5)
         if trace is not None:
-            fired = trace.wait(output_off("watchdog"), timeout=watchdog_ms / 1000 + 2)
+            fired = trace.wait_event(output_off("watchdog"), timeout=watchdog_ms / 1000 + 2)
             measure("watchdog_latency_after_kill", (fired["t"] - killed) * 1000, "ms",
                     high=watchdog_ms + MARGIN_MS)
         else:
@@ -74,7 +75,7 @@ def test_blackout_leaves_the_device_safe_within_the_watchdog(dut: DeviceUnderTes
         proxies[0].set_blackout(True)
         blackout = time.monotonic()
         if trace is not None:
-            fired = trace.wait(output_off("watchdog"), timeout=watchdog_ms / 1000 + 2)
+            fired = trace.wait_event(output_off("watchdog"), timeout=watchdog_ms / 1000 + 2)
             measure("watchdog_latency_after_blackout", (fired["t"] - blackout) * 1000, "ms",
                     high=watchdog_ms + MARGIN_MS)
         else:

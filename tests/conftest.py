@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from support import SimProcess, start_sim, stop_sim
+from firmware_host.sim.process import SimProcess, spawn_sim
 
 
 @pytest.fixture(params=["pty", "tcp"])
 def sim_process(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimProcess]:
     """The simulator as its own process, over a pseudo-terminal and over TCP loopback."""
     listen = "pty" if request.param == "pty" else "tcp:127.0.0.1:0"
-    sim = start_sim(listen, tmp_path / "device-trace.jsonl")
-    yield sim
-    stop_sim(sim)
+    with spawn_sim(listen, trace_path=tmp_path / "device-trace.jsonl") as sim:
+        yield sim

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO, SimProcess, start_sim, stop_sim, subprocess_env
+from firmware_host.sim.process import SimProcess, child_env, spawn_sim
+from support import REPO
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -23,19 +24,18 @@ THRESHOLDS = {"sensory": 1.0, "motor": 2.0, "tolerance": 4.0}
 
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator[SimProcess]:
-    process = start_sim("pty", tmp_path / "device-trace.jsonl")
-    yield process
-    stop_sim(process)
+    with spawn_sim("pty", trace_path=tmp_path / "device-trace.jsonl") as process:
+        yield process
 
 
 def estim(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "firmware_host", *args], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=timeout)
+                          env=child_env(), timeout=timeout)
 
 
 def spawn(*args: str, stdin: int | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "firmware_host", *args], stdin=stdin,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
 
 
 def records(path: Path) -> list[dict]:

@@ -13,7 +13,6 @@ import sys
 import textwrap
 import threading
 import time
-from dataclasses import dataclass
 
 import pytest
 
@@ -22,8 +21,9 @@ from firmware_host.drivers import open_transport
 from firmware_host.drivers.faulty import FaultPlan, FaultyTransport
 from firmware_host.drivers.socket_pair import SocketTransport
 from firmware_host.link import Link, LinkLost
+from firmware_host.sim.process import SimProcess, child_env, spawn_sim
 
-from support import SimProcess, start_sim, stop_sim, subprocess_env, unguarded
+from hil_tests.harness import ShortSetChannel, UnknownCommand, ask, unguarded, wave
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -32,28 +32,6 @@ def opened(url: str, **link_options) -> Link:
     link = Link(open_transport(url), **link_options)
     link.open()
     return link
-
-
-def wave(channel: int = 0, amplitude_ua: int = 0, phase_us: int = 200, frequency_mhz: int = 100_000) -> icd.SetChannel:
-    return icd.SetChannel(channel, icd.Shape.BIPHASIC, 1, 0, frequency_mhz, 0, phase_us, 0, amplitude_ua)
-
-
-def ask(link: Link, message: icd.Message) -> icd.Message:
-    return link.wait(unguarded(link, message), type(message).__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class UnknownCommand(icd.Message):
-    TYPE = 0x42  # type: ignore[assignment]
-
-
-@dataclass(frozen=True, slots=True)
-class ShortSetChannel(icd.Message):
-    TYPE = icd.MsgType.SET_CHANNEL
-    LAYOUT = icd._layout("BBB")  # noqa: SLF001
-    a: int = 0
-    b: int = 0
-    c: int = 0
 
 
 def test_handshake_reports_identity(sim_process: SimProcess) -> None:
@@ -68,13 +46,11 @@ def test_handshake_reports_identity(sim_process: SimProcess) -> None:
 
 
 def test_overridden_device_limits_arrive_in_identity(tmp_path) -> None:
-    sim = start_sim("pty", tmp_path / "t.jsonl", "channels=2", "watchdog_ms=500", "max_step_ua=500")
-    try:
+    with spawn_sim("pty", trace_path=tmp_path / "t.jsonl",
+                   settings=("channels=2", "watchdog_ms=500", "max_step_ua=500")) as sim:
         link = opened(sim.url)
         assert (link.identity.channels, link.identity.watchdog_ms, link.identity.max_step_ua) == (2, 500, 500)
         link.close()
-    finally:
-        stop_sim(sim)
 
 
 def test_every_nak_becomes_its_typed_exception(sim_process: SimProcess) -> None:
@@ -195,10 +171,10 @@ HOST_SCRIPT = textwrap.dedent("""
     from firmware_host.drivers import open_transport
     from firmware_host.link import Link
     from firmware_host import icd
+    from hil_tests.harness import ask, wave
     link = Link(open_transport(sys.argv[1])); link.open()
-    send = lambda m: link.wait(link._enqueue(m), type(m).__name__)
-    send(icd.SetChannel(0, 0, 1, 0, 100000, 0, 200, 0, 0)); send(icd.Output(1))
-    time.sleep(0.3); send(icd.SetChannel(0, 0, 1, 0, 100000, 0, 200, 0, 1000))
+    ask(link, wave(0)); ask(link, icd.Output(1))
+    time.sleep(0.3); ask(link, wave(0, amplitude_ua=1000))
     print("stimulating", flush=True)
     time.sleep(60)
 """)
@@ -206,7 +182,7 @@ HOST_SCRIPT = textwrap.dedent("""
 
 def test_watchdog_fires_when_the_host_process_is_killed(sim_process: SimProcess) -> None:
     host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, sim_process.url], stdout=subprocess.PIPE,
-                            text=True, env=subprocess_env())
+                            text=True, env=child_env())
     try:
         assert host.stdout.readline().strip() == "stimulating"
         time.sleep(0.5)  # heartbeats keep the session alive meanwhile

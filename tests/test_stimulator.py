@@ -24,7 +24,8 @@ from firmware_host.link import Link, LinkLost
 from firmware_host.stimulator import DeviceFault, Notice, Stimulator
 from safety import Approved, InterlockStateError, Refusal, SessionSetup, TreatmentRecord, verify_record
 
-from support import SimProcess, forearm_sites, prescription, start_sim, stop_sim, subprocess_env
+from firmware_host.sim.process import SimProcess, child_env, spawn_sim
+from support import forearm_sites, prescription
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -49,16 +50,14 @@ def device_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def sim_pty(tmp_path: Path) -> Iterator[SimProcess]:
-    sim = start_sim("pty", tmp_path / "trace.jsonl")
-    yield sim
-    stop_sim(sim)
+    with spawn_sim("pty", trace_path=tmp_path / "trace.jsonl") as sim:
+        yield sim
 
 
 @pytest.fixture
 def sim_tcp(tmp_path: Path) -> Iterator[SimProcess]:
-    sim = start_sim("tcp:127.0.0.1:0", tmp_path / "trace.jsonl")
-    yield sim
-    stop_sim(sim)
+    with spawn_sim("tcp:127.0.0.1:0", trace_path=tmp_path / "trace.jsonl") as sim:
+        yield sim
 
 
 def session(url: str, record: TreatmentRecord | None = None, **rx) -> Stimulator:
@@ -260,7 +259,7 @@ def test_record_survives_sigkill_of_the_host(sim_pty: SimProcess, tmp_path: Path
     path = tmp_path / "killed.jsonl"
     tests_dir = str(Path(__file__).parent)
     host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, sim_pty.url, str(path), tests_dir],
-                            stdout=subprocess.PIPE, text=True, env=subprocess_env())
+                            stdout=subprocess.PIPE, text=True, env=child_env())
     try:
         assert host.stdout.readline().strip() == "stimulating"
         time.sleep(0.3)

@@ -23,7 +23,9 @@ from firmware_host.drivers.usb_sim import SimUsbBackend, SimUsbDevice
 from firmware_host.link import Link, LinkLost
 from firmware_host.stimulator import Stimulator
 
-from support import forearm_sites, prescription, start_sim, stop_sim, unguarded
+from firmware_host.sim.process import spawn_sim
+from hil_tests.harness import ask, wave
+from support import forearm_sites, prescription
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -64,14 +66,14 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
         backend = request.getfixturevalue("bus")
         yield Rig(URL, "usb://1209:0001/SIM-USB-0099", backend.devices[0].unplug)
         return
-    sim = start_sim("pty", tmp_path / "trace.jsonl")
+    sim = spawn_sim("pty", trace_path=tmp_path / "trace.jsonl")
 
     def pull_cable() -> None:  # the device end of the pty vanishes with its process
         sim.proc.send_signal(signal.SIGKILL)
         sim.proc.wait(5)
 
-    yield Rig(sim.url, str(tmp_path / "no-such-port"), pull_cable)
-    stop_sim(sim)
+    with sim:
+        yield Rig(sim.url, str(tmp_path / "no-such-port"), pull_cable)
 
 
 def opened(url: str) -> Link:
@@ -123,19 +125,13 @@ def test_session_ramps_reports_and_closes_safely(rig: Rig) -> None:
 def test_nak_becomes_its_typed_exception(rig: Rig) -> None:
     link = opened(rig.url)
 
-    def ask(message: icd.Message) -> icd.Message:
-        return link.wait(unguarded(link, message), type(message).__name__)
-
-    def wave(phase_us: int = 200, amplitude_ua: int = 0) -> icd.SetChannel:
-        return icd.SetChannel(0, icd.Shape.BIPHASIC, 1, 0, 100_000, 0, phase_us, 0, amplitude_ua)
-
     try:
         with pytest.raises(errors.OutOfRange, match="OUT_OF_RANGE"):
-            ask(wave(phase_us=5000))
-        assert isinstance(ask(wave(amplitude_ua=500)), icd.Ack)  # disabled: allowed
+            ask(link, wave(phase_us=5000))
+        assert isinstance(ask(link, wave(amplitude_ua=500)), icd.Ack)  # disabled: allowed
         with pytest.raises(errors.NotZeroStart):
-            ask(icd.Output(0b1))
-        assert isinstance(ask(icd.GetStatus()), icd.Status)  # the link carries on after NAKs
+            ask(link, icd.Output(0b1))
+        assert isinstance(ask(link, icd.GetStatus()), icd.Status)  # the link carries on after NAKs
     finally:
         link.close()
 

@@ -14,12 +14,12 @@ from .program import (
     Sensitivity, Side, Site, StepSpec, SweepSpec, ThresholdKind,
 )
 from .shapes import (
-    SHAPE_CODES, Pulse, Shape, amplitude_ua, energy_per_pulse_j, mean_pulse_rate_hz,
+    Pulse, Shape, amplitude_ua, energy_per_pulse_j, mean_pulse_rate_hz,
     net_charge_uc, phase_charge_uc, pulse_onsets_s, recovery_charge_uc, render, rms_current_ma,
 )
 
 __all__ = [
-    "PARAMS", "PRESETS", "PROFILES", "SHAPE_CODES",
+    "PARAMS", "PRESETS", "PROFILES",
     "AmplitudeModulation", "BurstSpec", "Confidence", "Continuous", "ContinuousSpec",
     "DenseDisperse", "DenseDisperseSpec", "FrequencySweep", "Intermittent", "IntermittentSpec",
     "Mechanism", "Modifier", "ModulationSpec", "Needle", "Pattern", "PhaseSpec", "Prescription",

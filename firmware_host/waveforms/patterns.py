@@ -20,7 +20,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .shapes import SHAPE_CODES, Pulse, Shape
+from safety.settings import ChannelSetting, Shape
+
+from .shapes import Pulse
 
 PARAMS = (
     "shape", "frequency_hz", "pulse_width_us", "amplitude_ma",
@@ -29,7 +31,6 @@ PARAMS = (
 """Per-segment parameters; names match `safety.settings.ChannelSetting`."""
 
 _INTEGER_PARAMS = ("shape", "asym_ratio", "burst_pulses")
-_SHAPES = tuple(Shape)
 _TIME_DECIMALS = 9  # breakpoints are snapped to 1 ns so k×period from two sources coincide
 _WINDOW_UPDATES = 256  # update periods per generator window
 
@@ -70,6 +71,10 @@ class TimedSetting(NamedTuple):
     def setting(self) -> Setting:
         return Setting(*self[2:])
 
+    def channel_setting(self) -> ChannelSetting:
+        """What the interlock approves and the device receives (values are on the device grid)."""
+        return ChannelSetting(self.channel, *self[2:])
+
 
 Columns = dict[str, np.ndarray]
 
@@ -78,7 +83,8 @@ Columns = dict[str, np.ndarray]
 class Segments:
     """Piecewise-constant settings as arrays: row i holds over [t_s[i], t_end_s[i]) on channel[i].
 
-    `shape` holds ICD shape codes (see `shapes.SHAPE_CODES`).
+    `shape` holds `safety.settings.Shape` values; every column is on the device grid
+    (see `_quantise`), so these arrays are exactly what would be sent.
     """
 
     t_s: np.ndarray
@@ -99,7 +105,7 @@ class Segments:
     def rows(self) -> Iterator[TimedSetting]:
         for i in range(len(self)):
             yield TimedSetting(
-                float(self.t_s[i]), int(self.channel[i]), _SHAPES[self.shape[i]],
+                float(self.t_s[i]), int(self.channel[i]), Shape(int(self.shape[i])),
                 float(self.frequency_hz[i]), float(self.pulse_width_us[i]),
                 float(self.amplitude_ma[i]), int(self.asym_ratio[i]),
                 float(self.interphase_us[i]), int(self.burst_pulses[i]),
@@ -120,8 +126,23 @@ def _constant(value: float, n: int) -> np.ndarray:
 
 
 def _code(value: object) -> float:
-    """A parameter as a float column value (shapes by ICD code)."""
-    return float(SHAPE_CODES[value]) if isinstance(value, Shape) else float(value)  # type: ignore[arg-type]
+    """A parameter as a float column value (a Shape by its integer value)."""
+    return float(value)  # type: ignore[arg-type]
+
+
+_GRID_STEPS = {"frequency_hz": 1000, "burst_rate_hz": 1000, "pulse_width_us": 1, "interphase_us": 1}
+"""Steps per unit of the device grid (1 mHz, 1 µs), as `safety.settings` requires."""
+
+
+def _quantise(cols: Columns) -> Columns:
+    """Put every column on the device grid; amplitudes round down to 1 µA so a modulated or
+    ramped amplitude never exceeds the envelope that produced it."""
+    for name, steps in _GRID_STEPS.items():
+        cols[name] = np.round(cols[name] * steps) / steps
+    cols["amplitude_ma"] = np.floor(cols["amplitude_ma"] * 1000 + 1e-6) / 1000
+    for name in _INTEGER_PARAMS:
+        cols[name] = cols[name].astype(np.int64)
+    return cols
 
 
 def _snap(t: np.ndarray) -> np.ndarray:
@@ -160,9 +181,7 @@ class Pattern(ABC):
         inner = self.breakpoints(start_s, stop_s, update_period_s)
         t0 = np.concatenate(([start_s], inner))
         t1 = np.concatenate((inner, [stop_s]))
-        cols = self.values(t0, t1)
-        for name in _INTEGER_PARAMS:
-            cols[name] = cols[name].astype(np.int64)
+        cols = _quantise(self.values(t0, t1))
         return Segments(t_s=t0, t_end_s=t1, channel=np.full(len(t0), channel, dtype=np.int64), **cols)
 
     def to_arrays(self, duration_s: float, update_period_s: float, channel: int = 1) -> Segments:

@@ -23,13 +23,17 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
+
+import safety
+from safety.limits import Sensitivity
+from safety.placement import Region, Side
+from safety.settings import Shape
 
 from .patterns import (
     AmplitudeModulation, Continuous, DenseDisperse, FrequencySweep, Intermittent, Pattern,
     Ramp, Segments, Setting, Stepwise, TimedSetting, Waveform, merge,
 )
-from .shapes import Shape
 
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -86,24 +90,12 @@ class ThresholdKind(StrEnum):
     TOLERANCE = "tolerance"
 
 
-class Sensitivity(StrEnum):
-    HYPERSENSITIVE = "hypersensitive"
-    TYPICAL = "typical"
-    HYPOSENSITIVE = "hyposensitive"
-
-
 class Mechanism(StrEnum):
     PERIPHERAL_ANALGESIA = "peripheral_analgesia"
     SEGMENTAL_INHIBITION = "segmental_inhibition"
     DESCENDING_INHIBITION = "descending_inhibition"
     NEUROMUSCULAR_REEDUCATION = "neuromuscular_reeducation"
     TISSUE_PERFUSION = "tissue_perfusion"
-
-
-class Side(StrEnum):
-    LEFT = "left"
-    RIGHT = "right"
-    MIDLINE = "midline"
 
 
 class Relative(_Model):
@@ -118,8 +110,14 @@ Intensity = NonNegative | Relative
 
 
 class Site(_Model):
-    region: Annotated[str, Field(min_length=1)]
+    """A needle site: the body region the placement rules judge, plus the point's name."""
+
+    region: Region
     side: Side
+    point: Annotated[str, Field(min_length=1)] | None = None
+
+    def needle_site(self) -> safety.NeedleSite:
+        return safety.NeedleSite(self.region, self.side)
 
 
 class Needle(_Model):
@@ -129,11 +127,32 @@ class Needle(_Model):
     site_b: Site
 
 
+Range = tuple[Positive, Positive]
+
+
 class Prescription(_Model):
+    """Limits for this patient; frequency and width ranges left out prescribe exactly the
+    span the program itself uses."""
+
     max_amplitude_ma: dict[Channel, Positive]
     max_minutes: Positive
     ramp_rate_ma_per_s: Positive
     sensitivity: Sensitivity
+    frequency_hz: Range | None = None
+    pulse_width_us: Range | None = None
+
+
+def _shape_from_file(value: Any) -> Any:
+    """Files spell shapes in lower case ("biphasic"); the model holds `safety.settings.Shape`."""
+    if isinstance(value, str) and not isinstance(value, Shape):
+        try:
+            return Shape[value.upper()]
+        except KeyError:
+            raise ValueError(f"unknown shape; expected one of {', '.join(s.name.lower() for s in Shape)}") from None
+    return value
+
+
+ShapeName = Annotated[Shape, BeforeValidator(_shape_from_file), PlainSerializer(lambda s: s.name.lower(), return_type=str)]
 
 
 class PhaseSpec(_Model):
@@ -188,7 +207,7 @@ class _ChannelSpec(_Model):
 
     pattern: str  # narrowed to a Literal tag by each pattern; declared here so files list it first
     intensity: Intensity
-    shape: Shape = Shape.BIPHASIC
+    shape: ShapeName = Shape.BIPHASIC
     asym_ratio: AsymRatio = 1
     interphase_us: NonNegative = 0.0
     step: StepSpec | None = None
@@ -209,6 +228,18 @@ class _ChannelSpec(_Model):
 
     @abstractmethod
     def _carrier(self) -> Pattern: ...
+
+    @abstractmethod
+    def _phases(self) -> list[tuple[float, float]]:
+        """(frequency Hz, pulse width µs) of each carrier phase."""
+
+    def frequencies(self) -> list[float]:
+        """Every pulse frequency this spec can set (sweeps stay between their ends)."""
+        sweep = [self.sweep.low_hz, self.sweep.high_hz] if self.sweep is not None else []
+        return [f for f, _ in self._phases()] + sweep
+
+    def pulse_widths(self) -> list[float]:
+        return [w for _, w in self._phases()]
 
     def build(self, duration_s: float) -> Pattern:
         """The runtime pattern; modifiers apply in a fixed order so steps never fill rests."""
@@ -234,6 +265,9 @@ class ContinuousSpec(_ChannelSpec):
     def _carrier(self) -> Pattern:
         return Continuous(self._setting(self.frequency_hz, self.pulse_width_us))
 
+    def _phases(self) -> list[tuple[float, float]]:
+        return [(self.frequency_hz, self.pulse_width_us)]
+
 
 class BurstSpec(_ChannelSpec):
     """Bursts of burst_pulses at frequency_hz, repeated at burst_rate_hz (e.g. 7 @ 100 Hz, 2/s)."""
@@ -248,6 +282,9 @@ class BurstSpec(_ChannelSpec):
         return Continuous(
             self._setting(self.frequency_hz, self.pulse_width_us, burst_pulses=self.burst_pulses, burst_rate_hz=self.burst_rate_hz)
         )
+
+    def _phases(self) -> list[tuple[float, float]]:
+        return [(self.frequency_hz, self.pulse_width_us)]
 
 
 class DenseDisperseSpec(_ChannelSpec):
@@ -266,6 +303,9 @@ class DenseDisperseSpec(_ChannelSpec):
             self.disperse_s,
             self.dense_s,
         )
+
+    def _phases(self) -> list[tuple[float, float]]:
+        return [(self.disperse.frequency_hz, self.disperse.pulse_width_us), (self.dense.frequency_hz, self.dense.pulse_width_us)]
 
 
 ChannelSpec = Annotated[ContinuousSpec | BurstSpec | DenseDisperseSpec, Field(discriminator="pattern")]
@@ -400,6 +440,32 @@ class Program(_Model):
                 part = p.to_arrays(seg.duration_s, update_period_s, ch)
                 parts.append(_shifted(part, start))
         return Segments.concatenate(parts)
+
+    def session_setup(self, device: safety.DeviceLimits, patient: safety.Patient | None = None) -> safety.SessionSetup:
+        """The interlock's view of this program: its prescription, needles and placements.
+
+        The session limit passed on is capped at the standard's; `check` compares the
+        program's own length against the effective limit, so a longer program is reported.
+        """
+        rx = self.prescription
+        specs = [spec for seg in self.segments for spec in seg.channels.values()]
+        freqs = [f for spec in specs for f in spec.frequencies()]
+        widths = [w for spec in specs for w in spec.pulse_widths()]
+        prescription = safety.Prescription(
+            max_amplitude_ma=dict(rx.max_amplitude_ma),
+            max_session_minutes=min(rx.max_minutes, safety.STANDARD.max_session_minutes),
+            ramp_ma_per_s=rx.ramp_rate_ma_per_s,
+            frequency_hz=rx.frequency_hz or (min(freqs), max(freqs)),
+            pulse_width_us=rx.pulse_width_us or (min(widths), max(widths)),
+            sensitivity=rx.sensitivity,
+        )
+        return safety.SessionSetup(
+            device=device,
+            prescription=prescription,
+            placements={ch: safety.ChannelPlacement(n.site_a.needle_site(), n.site_b.needle_site()) for ch, n in self.needles.items()},
+            needles={ch: safety.Needle(n.diameter_mm, n.length_mm) for ch, n in self.needles.items()},
+            patient=patient or safety.Patient(),
+        )
 
     # --- Files -------------------------------------------------------------------
 

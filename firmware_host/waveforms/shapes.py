@@ -11,21 +11,10 @@ Sign convention: the cathodic (leading, stimulating) phase is negative current.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 
-
-class Shape(StrEnum):
-    """Same member names as ICD `shape` and `safety.settings.Shape`; values are file spellings."""
-
-    BIPHASIC = "biphasic"
-    BIPHASIC_ALTERNATING = "biphasic_alternating"
-    MONOPHASIC = "monophasic"
-
-
-SHAPE_CODES: dict[Shape, int] = {shape: code for code, shape in enumerate(Shape)}
-"""Shape -> ICD wire code (0 BIPHASIC, 1 BIPHASIC_ALTERNATING, 2 MONOPHASIC)."""
+from safety.settings import Shape
 
 
 def amplitude_ua(amplitude_ma: float) -> int:

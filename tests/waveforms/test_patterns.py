@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -67,7 +67,8 @@ def test_stepwise_increase_is_capped() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.floats(0.0, 10.0), st.floats(0.1, 3.0), st.floats(10.0, 900.0), st.floats(0.5, 15.0))
+# caps are prescribed on the device's 1 µA grid (safety refuses anything else)
+@given(st.floats(0.0, 10.0), st.floats(0.1, 3.0), st.floats(10.0, 900.0), st.integers(500, 15_000).map(lambda ua: ua / 1000))
 def test_stepwise_never_exceeds_cap_and_never_decreases(base: float, step: float, every: float, cap: float) -> None:
     seg = Stepwise(Continuous(dataclasses.replace(DISPERSE, amplitude_ma=base)), step, every, cap).to_arrays(7200.0, 1.0)
     assert seg.amplitude_ma.max() <= cap
@@ -94,7 +95,11 @@ def test_frequency_sweep_covers_its_range_as_a_triangle() -> None:
     seg = FrequencySweep(Continuous(DENSE), 2.0, 100.0, 30.0).to_arrays(60.0, 0.5)
     assert seg.frequency_hz.min() >= 2.0 and seg.frequency_hz.max() <= 100.0
     assert seg.frequency_hz[0] < 5.0 and seg.frequency_hz[30] > 95.0  # bottom at 0 s, top at 15 s
-    np.testing.assert_allclose(seg.frequency_hz[:60], seg.frequency_hz[60:])
+    # Periodic: the same frequency half a period step apart in both periods (equal
+    # neighbours on the 1 mHz grid merge, so compare by time rather than by row).
+    t = np.arange(0.25, 30.0, 0.5)
+    at = lambda times: seg.frequency_hz[np.searchsorted(seg.t_s, times, side="right") - 1]  # noqa: E731
+    np.testing.assert_allclose(at(t), at(t + 30.0))
 
 
 def test_ramp_starts_and_ends_at_zero_and_never_exceeds_the_envelope() -> None:
@@ -125,11 +130,17 @@ def test_generator_yields_exactly_the_array_form(duration: float, update: float,
 
 
 def test_generators_are_lazy_over_a_ten_hour_pattern() -> None:
+    # Ten hours at 10 ms is 3.6 M updates per channel; a generator that built them first
+    # would allocate hundreds of MB. Lazy, the first items need only a window's worth.
     pattern = AmplitudeModulation(DenseDisperse(DISPERSE, DENSE, 3.0, 3.0), 10.0, 0.3)
-    started = time.perf_counter()
-    streams = [pattern.settings(ch, 10 * 3600.0, 0.01) for ch in (1, 2, 3, 4)]
-    first = list(itertools.islice(merge(*streams), 20))
-    assert time.perf_counter() - started < 0.25
+    tracemalloc.start()
+    try:
+        streams = [pattern.settings(ch, 10 * 3600.0, 0.01) for ch in (1, 2, 3, 4)]
+        first = list(itertools.islice(merge(*streams), 20))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000, f"peak {peak / 1e6:.1f} MB"
     assert [s.t_s for s in first[:4]] == [0.0] * 4 and [s.channel for s in first[:4]] == [1, 2, 3, 4]
 
 
@@ -141,15 +152,13 @@ def test_merge_orders_channels_by_time() -> None:
     assert keys == sorted(keys) and len(merged) == 10 + 15
 
 
-def test_hour_of_four_channel_dense_disperse_arrays_take_milliseconds() -> None:
+def test_hour_of_four_channel_dense_disperse_arrays_hold_one_row_per_change() -> None:
+    # Timing lives in bench/waveforms_bench.py; here: the array form is compact (one row per
+    # change, not per update period) and a ramp only adds rows while it ramps.
     patterns = [Ramp(DenseDisperse(DISPERSE, DENSE, 3.0, 3.0), 60.0, 30.0, 3600.0) for _ in range(4)]
-    best = np.inf
-    for _ in range(5):
-        started = time.perf_counter()
-        tables = [p.to_arrays(3600.0, 0.1, ch) for ch, p in enumerate(patterns, 1)]
-        best = min(best, time.perf_counter() - started)
-    assert sum(len(t) for t in tables) >= 4 * 1200
-    assert best < 0.05, f"{best * 1e3:.1f} ms"
+    tables = [p.to_arrays(3600.0, 0.1, ch) for ch, p in enumerate(patterns, 1)]
+    for table in tables:
+        assert 1200 <= len(table) <= 1200 + (60.0 + 30.0) / 0.1 + 2
 
 
 def test_pulse_parameters_of_a_setting_feed_metrics() -> None:

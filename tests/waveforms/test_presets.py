@@ -12,7 +12,7 @@ from firmware_host.waveforms import (
 )
 
 NEEDLES = {
-    ch: Needle(diameter_mm=0.25, length_mm=40.0, site_a=Site(region="ST36", side=side), site_b=Site(region="SP6", side=side))
+    ch: Needle(diameter_mm=0.25, length_mm=40.0, site_a=Site(region="lower_leg", side=side, point="ST36"), site_b=Site(region="lower_leg", side=side, point="SP6"))
     for ch, side in ((1, "left"), (2, "right"))
 }
 ORDER = (Sensitivity.HYPERSENSITIVE, Sensitivity.TYPICAL, Sensitivity.HYPOSENSITIVE)

@@ -28,7 +28,7 @@ def minimal(channel: dict | None = None, **top: object) -> dict:
         "prescription": {"max_amplitude_ma": {"1": 8.0}, "max_minutes": 30.0, "ramp_rate_ma_per_s": 0.1, "sensitivity": "typical"},
         "needles": {"1": {
             "diameter_mm": 0.25, "length_mm": 40.0,
-            "site_a": {"region": "L4", "side": "left"}, "site_b": {"region": "L5", "side": "left"},
+            "site_a": {"region": "lumbosacral", "side": "left", "point": "L4"}, "site_b": {"region": "lumbosacral", "side": "left", "point": "L5"},
         }},
         "segments": [{"duration_s": 600.0, "channels": {"1": spec}}],
         **top,

@@ -1,0 +1,250 @@
+"""Check a whole resolved program against every interlock rule before anything is sent.
+
+The interlock judges one setting at a time while the session runs; a program that breaks
+a rule at minute 40 would then stop at minute 40. `check` runs the interlock's own rules
+(`safety.rules.evaluate_arrays`, the same code `check_setting` uses) once over every
+segment of every channel, plus placement, contraindications and session length, so a
+clinician sees every problem, with its time and channel, before the session starts.
+`check_per_pulse` is the plain loop the vectorised form replaces; only the benchmark and
+the agreement test use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+import safety
+from safety.limits import EffectiveLimits, effective_limits
+from safety.rules import RULES, SHANNON_WARN_KEY, LimitArrays, SettingArrays, check_setting, evaluate_arrays
+
+from .patterns import Segments
+from .program import Program
+
+UPDATE_PERIOD_S = 0.1
+"""Default update period for modifiers that change every period (one telemetry period)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One rule broken (or warned about) over [t_s, t_end_s) on a channel; times None for
+    session-wide findings such as placement."""
+
+    rule: str
+    channel: int | None
+    t_s: float | None
+    t_end_s: float | None
+    value: Any
+    limit: Any
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    violations: tuple[Finding, ...]
+    warnings: tuple[Finding, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def first_times(self) -> dict[tuple[int | None, str], float | None]:
+        """(channel, rule) -> earliest violation time: the verdict two checkers must share."""
+        out: dict[tuple[int | None, str], float | None] = {}
+        for f in self.violations:
+            key = (f.channel, f.rule)
+            if key not in out or (f.t_s is not None and (out[key] is None or f.t_s < out[key])):  # type: ignore[operator]
+                out[key] = f.t_s
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "violations": [_plain(f) for f in self.violations],
+                "warnings": [_plain(f) for f in self.warnings]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+    def table(self) -> str:
+        """Plain-text table for a clinician: one line per finding, violations first."""
+        head = ("", "time s", "until s", "ch", "rule", "value", "limit")
+        rows = [head] + [
+            (kind, _time(f.t_s), _time(f.t_end_s), "-" if f.channel is None else str(f.channel), f.rule,
+             _text(f.value), _text(f.limit))
+            for kind, items in (("REFUSED", self.violations), ("warning", self.warnings)) for f in items
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        verdict = "program passes every rule" if self.ok else f"program refused: {len(self.violations)} violation(s)"
+        return "\n".join([verdict, *lines]) if len(rows) > 1 else verdict
+
+
+def check(program: Program, device: safety.DeviceLimits, patient: safety.Patient | None = None,
+          update_period_s: float = UPDATE_PERIOD_S) -> CheckResult:
+    """Every violation and warning of the whole program, from NumPy over all segments at once."""
+    violations, limits = _session(program, device, patient)
+    if limits is None:
+        return CheckResult(tuple(violations), ())
+    seg = _rows_for(program.to_arrays(update_period_s), limits)
+    order = np.lexsort((seg.t_s, seg.channel))  # runs are consecutive rows of one channel
+    seg = Segments(**{name: getattr(seg, name)[order] for name in Segments.__dataclass_fields__})
+    verdict = evaluate_arrays(_setting_arrays(seg), _limit_arrays(seg.channel, limits))
+    for rule in RULES:
+        layers = {ch: rule.layer or lim.sources[rule.key] for ch, lim in limits.items()}
+        worst = np.minimum if rule.bound == "min" else np.maximum
+        for ch, t0, t1, value, limit in _runs(seg, verdict.violations[rule.key], verdict.values[rule.key],
+                                              verdict.limits[rule.key], worst):
+            violations.append(Finding(f"{layers[ch]}.{rule.key}", ch, t0, t1, value, limit,
+                                      f"{rule.label}{_text(value)}{rule.unit} ({rule.bound} {_text(limit)}{rule.unit})"))
+    k_warn = safety.NEEDLE_RULES.shannon_k_warn
+    warnings = [Finding(f"needle.{SHANNON_WARN_KEY}", ch, t0, t1, value, k_warn,
+                        f"charge density k={_text(value)} at or above {k_warn:g}")
+                for ch, t0, t1, value, _ in _runs(seg, verdict.warnings[SHANNON_WARN_KEY], verdict.metrics.shannon_k,
+                                                  np.full(len(seg), k_warn), np.maximum)]
+    warnings += _rate_limited_increases(seg, limits)
+    return CheckResult(tuple(violations), tuple(warnings))
+
+
+def check_per_pulse(program: Program, device: safety.DeviceLimits, patient: safety.Patient | None = None,
+                    update_period_s: float = UPDATE_PERIOD_S) -> CheckResult:
+    """The same static verdict from a plain Python loop that checks every pulse on its own."""
+    violations, limits = _session(program, device, patient)
+    if limits is None:
+        return CheckResult(tuple(violations), ())
+    seg = _rows_for(program.to_arrays(update_period_s), limits)
+    for row, t_end in zip(seg.rows(), seg.t_end_s.tolist()):
+        setting = row.channel_setting()
+        n_pulses = max(1, math.ceil((t_end - row.t_s) * setting.pulse_rate_hz))
+        for k in range(n_pulses):
+            for refusal in check_setting(setting, limits[row.channel]).refusals:
+                t = row.t_s + k / setting.pulse_rate_hz
+                violations.append(Finding(refusal.rule, row.channel, t, t, refusal.value, refusal.limit, refusal.message))
+    return CheckResult(tuple(violations), ())
+
+
+# --- Session-wide rules ------------------------------------------------------------------
+
+
+def _session(program: Program, device: safety.DeviceLimits,
+             patient: safety.Patient | None) -> tuple[list[Finding], dict[int, EffectiveLimits] | None]:
+    """Placement, contraindications, per-channel limits and session length.
+
+    Returns the findings and each channel's effective limits (None when the set-up
+    itself is refused, so there are no limits to judge settings by)."""
+    try:
+        setup = program.session_setup(device, patient)
+    except safety.Refusal as refusal:
+        return [_session_finding(refusal)], None
+    findings = [_session_finding(r) for r in safety.check_placement(setup.placements, setup.patient)]
+    limits: dict[int, EffectiveLimits] = {}
+    for ch in setup.channels:
+        try:
+            limits[ch] = effective_limits(setup.device, setup.prescription, ch, setup.needle(ch))
+        except safety.Refusal as refusal:
+            findings.append(_session_finding(refusal))
+    if limits:
+        session_s = min(lim.session_s for lim in limits.values())
+        if program.duration_s > session_s * (1 + safety.rules.REL_TOL):
+            findings.append(Finding("session.length", None, session_s, program.duration_s, program.duration_s,
+                                    session_s, f"program lasts {program.duration_s:g} s; the session may last "
+                                    f"{session_s:g} s (prescription and standard)"))
+    return findings, limits
+
+
+def _session_finding(refusal: safety.Refusal) -> Finding:
+    return Finding(refusal.rule, refusal.channel, None, None, refusal.value, refusal.limit, refusal.message)
+
+
+# --- Arrays ------------------------------------------------------------------------------
+
+
+def _rows_for(seg: Segments, limits: Mapping[int, EffectiveLimits]) -> Segments:
+    """Rows of channels that have limits (a refused channel is reported once, not per row)."""
+    keep = np.isin(seg.channel, list(limits))
+    return Segments(**{name: getattr(seg, name)[keep] for name in Segments.__dataclass_fields__})
+
+
+def _setting_arrays(seg: Segments) -> SettingArrays:
+    return SettingArrays(**{name: getattr(seg, name) for name in SettingArrays.__dataclass_fields__})
+
+
+def _limit_arrays(channel: np.ndarray, limits: Mapping[int, EffectiveLimits]) -> LimitArrays:
+    """Each channel's limits broadcast to its rows by indexing a per-channel table."""
+    channels = np.array(sorted(limits))
+    table = LimitArrays.for_rows([limits[ch] for ch in channels.tolist()])
+    index = np.searchsorted(channels, channel)
+    return LimitArrays(**{name: getattr(table, name)[index] for name in LimitArrays.__dataclass_fields__})
+
+
+def _runs(seg: Segments, mask: np.ndarray, values: np.ndarray, limits: np.ndarray,
+          worst: np.ufunc) -> Iterable[tuple[int, float, float, Any, Any]]:
+    """(channel, start, end, worst value, limit) of each run of consecutive flagged rows of a
+    channel; rows must be ordered by (channel, time)."""
+    idx = np.flatnonzero(mask)
+    if len(idx) == 0:
+        return []
+    same_run = np.concatenate(([False], (np.diff(idx) == 1) & (seg.channel[idx[1:]] == seg.channel[idx[:-1]])))
+    starts = np.flatnonzero(~same_run)
+    ends = np.concatenate((starts[1:], [len(idx)])) - 1
+    worst_values = worst.reduceat(values[idx], starts) if values.dtype != bool else values[idx][starts]
+    return [(int(seg.channel[idx[s]]), float(seg.t_s[idx[s]]), float(seg.t_end_s[idx[e]]), _scalar(w),
+             _scalar(limits[idx[s]]))
+            for s, e, w in zip(starts.tolist(), ends.tolist(), worst_values)]
+
+
+def _rate_limited_increases(seg: Segments, limits: Mapping[int, EffectiveLimits]) -> list[Finding]:
+    """Amplitude increases steeper than the interlock allows: the engine will spread them
+    at the ramp rate, so the patient gets them later than the program says.
+
+    Judged against the time since the channel's previous increase (or its start at 0 mA),
+    which is how the interlock's ramp clock runs."""
+    ch = seg.channel
+    first = np.concatenate(([True], ch[1:] != ch[:-1]))
+    before = np.where(first, 0.0, np.concatenate(([0.0], seg.amplitude_ma[:-1])))
+    delta = seg.amplitude_ma - before
+    rising = np.flatnonzero(delta > 1e-9)
+    if len(rising) == 0:
+        return []
+    t_rise = seg.t_s[rising]
+    channel_start = np.maximum.accumulate(np.where(first, np.arange(len(seg)), 0))[rising]
+    prev = np.concatenate(([-1], rising[:-1]))
+    since = np.where(prev >= channel_start, seg.t_s[np.maximum(prev, 0)], seg.t_s[channel_start])
+    table = {c: (lim.ramp_ma_per_s, lim.max_step_ma) for c, lim in limits.items()}
+    ramp = np.array([table[c][0] for c in ch[rising].tolist()])
+    step = np.array([table[c][1] for c in ch[rising].tolist()])
+    allowed = np.full(len(seg), np.inf)
+    allowed[rising] = np.minimum(step, ramp * (t_rise - since))
+    steep = delta > allowed * (1 + 1e-9) + 1e-9
+    return [Finding("dynamic.ramp_rate", c, t0, t1, value, limit,
+                    f"increases up to {value:.3f} mA per update where {limit:.3f} mA is allowed "
+                    f"(ramp and step limits): the engine sends them rate-limited, later than programmed")
+            for c, t0, t1, value, limit in _runs(seg, steep, delta, allowed, np.maximum)]
+
+
+def _scalar(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _plain(f: Finding) -> dict[str, Any]:
+    d = asdict(f)
+    for key in ("value", "limit"):
+        v = d[key]
+        if isinstance(v, float) and not math.isfinite(v):
+            d[key] = str(v)
+        elif not isinstance(v, (int, float, str, bool, type(None))):
+            d[key] = str(v)
+    return d
+
+
+def _time(t: float | None) -> str:
+    return "-" if t is None else f"{t:.3f}"
+
+
+def _text(x: Any) -> str:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    return f"{x:.4g}"
