@@ -296,3 +296,22 @@ def test_run_program_that_breaks_a_rule_sends_nothing(sim: SimProcess, tmp_path:
     kinds = {r["kind"] for r in records(record)}
     assert "approved" not in kinds and "consumed" not in kinds
     assert not [e for e in sim.events() if e["kind"] == "output_off" and e.get("reason") != "hello"]
+
+
+def test_preview_draws_a_program_and_a_preset(tmp_path: Path) -> None:
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps(THRESHOLDS))
+    for args, out in (([str(REPO / "programs" / "dense_disperse_2_100hz.toml")], tmp_path / "dd.png"),
+                      (["--preset", "descending_inhibition", *SITES], tmp_path / "dnic.png")):
+        done = estim("preview", *args, "--thresholds", str(thresholds), "--out", str(out), timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    refused = estim("preview", "--preset", "segmental_inhibition", *SITES, "--out", str(tmp_path / "x.png"))
+    assert refused.returncode == 2 and "--thresholds" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_preset_names_on_the_command_line_are_the_mechanisms() -> None:
+    from firmware_host.cli.options import PRESET_NAMES
+    from firmware_host.waveforms.program import Mechanism
+
+    assert PRESET_NAMES == tuple(m.value for m in Mechanism)

@@ -1,7 +1,7 @@
 """The reliable link against the simulator *process*, over a real pseudo-terminal and TCP.
 
 Some tests play a faulty host (`unguarded`) to exercise the device's own rules; product
-code cannot do that (see test_bypass.py).
+code cannot do that (see test_stimulator.py, test_the_link_sends_only_interlock_approvals).
 """
 
 from __future__ import annotations

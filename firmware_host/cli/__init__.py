@@ -24,6 +24,7 @@ COMMANDS = {
     "titrate": ("titrate", "find a channel's sensory, motor and tolerance thresholds with the patient"),
     "console": ("console", "full-screen treatment-room console: live channels, intensity keys, STOP"),
     "check": ("check", "check a dosing program against every safety rule before a session (exit 0 / 2)"),
+    "preview": ("preview", "draw a program (intensity and frequency over time, each pulse shape) to a PNG"),
     "record": ("record", "verify a treatment record's hash chain, or summarise and plot a session"),
 }
 

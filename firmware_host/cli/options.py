@@ -105,3 +105,38 @@ def load_thresholds(path: Path | None, program: Any) -> dict[int, dict[str, floa
     if all(key.isdigit() for key in data):
         return {int(ch): marks(d) for ch, d in data.items()}
     return {ch: marks(data) for ch in program.needles}
+
+
+PRESET_NAMES = ("peripheral_analgesia", "segmental_inhibition", "descending_inhibition",
+                "neuromuscular_reeducation", "tissue_perfusion")  # waveforms.program.Mechanism, kept light
+
+
+def add_program_options(parser: argparse.ArgumentParser) -> None:
+    """--program FILE | --preset NAME, and --thresholds FILE for threshold-relative intensity."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--program", type=Path, metavar="FILE", help="a dosing program (TOML or JSON)")
+    source.add_argument("--preset", metavar="NAME", choices=PRESET_NAMES,
+                        help="a preset for a target mechanism: " + ", ".join(PRESET_NAMES))
+    parser.add_argument("--thresholds", type=Path, metavar="FILE",
+                        help="thresholds measured by `estim titrate --out FILE`, for threshold-relative "
+                             "programs and presets")
+
+
+def program_from_args(args: argparse.Namespace) -> Any:
+    """The resolved Program named by --program, or --preset for --channel/--sites/--needle,
+    --sensitivity and --minutes; raises ProgramError, ThresholdsError, Refusal or ValueError."""
+    from ..waveforms import preset_program
+    from ..waveforms.program import Needle as NeedleSpec
+    from ..waveforms.program import Program, Site
+
+    if args.program is not None:
+        program = Program.load(args.program)
+    else:
+        placement, needle = parse_sites(args.sites), parse_needle(args.needle)
+        spec = NeedleSpec(diameter_mm=needle.diameter_mm, length_mm=needle.length_mm,
+                          site_a=Site(region=placement.a.region, side=placement.a.side),
+                          site_b=Site(region=placement.b.region, side=placement.b.side))
+        program = preset_program(args.preset, {args.channel: spec}, SENSITIVITY[args.sensitivity], args.minutes)
+    if program.needed_thresholds:
+        program = program.resolve(load_thresholds(args.thresholds, program))
+    return program

@@ -12,13 +12,11 @@ import argparse
 import signal
 import sys
 import time
-from pathlib import Path
 from types import FrameType
 
 from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED
-from ..waveforms.program import Mechanism
-from .options import (SENSITIVITY, ThresholdsError, add_session_options, load_thresholds, open_record, parse_needle,
-                      parse_sites, patient)
+from .options import (SENSITIVITY, ThresholdsError, add_program_options, add_session_options, open_record,
+                      parse_needle, parse_sites, patient, program_from_args)
 
 EXIT_TERMINATED = 143
 
@@ -45,13 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--program", type=Path, metavar="FILE", help="a dosing program (TOML or JSON)")
-    source.add_argument("--preset", metavar="NAME",
-                        help="a preset for a target mechanism: " + ", ".join(m.value for m in Mechanism))
-    parser.add_argument("--thresholds", type=Path, metavar="FILE",
-                        help="thresholds measured by `estim titrate --out FILE`, for threshold-relative "
-                             "programs and presets")
+    add_program_options(parser)
     parser.add_argument("--channel", type=int, help="channel number as printed on the device (1-based)")
     parser.add_argument("--frequency", type=float, metavar="HZ", help="pulse rate in Hz")
     parser.add_argument("--pulse-width", type=float, metavar="US", help="phase width in µs")
@@ -213,23 +205,12 @@ def _run_program(args: argparse.Namespace) -> int:
 
     from ..stimulator import Stimulator
     from ..units import device_limits
-    from ..waveforms import ProgramError, preset_program
+    from ..waveforms import ProgramError
     from ..waveforms.check import check
     from ..waveforms.engine import run_program
-    from ..waveforms.program import Needle as NeedleSpec
-    from ..waveforms.program import Program, Site
 
     try:
-        if args.program is not None:
-            program = Program.load(args.program)
-        else:
-            placement, needle = parse_sites(args.sites), parse_needle(args.needle)
-            spec = NeedleSpec(diameter_mm=needle.diameter_mm, length_mm=needle.length_mm,
-                              site_a=Site(region=placement.a.region, side=placement.a.side),
-                              site_b=Site(region=placement.b.region, side=placement.b.side))
-            program = preset_program(args.preset, {args.channel: spec}, SENSITIVITY[args.sensitivity], args.minutes)
-        if program.needed_thresholds:
-            program = program.resolve(load_thresholds(args.thresholds, program))
+        program = program_from_args(args)
     except (ProgramError, ThresholdsError, SafetyError) as exc:
         return _refused(exc)
     except (OSError, ValueError) as exc:

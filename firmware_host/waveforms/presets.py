@@ -76,7 +76,7 @@ class Preset:
             spec["step"] = dict(self.step)
         return Program.from_data(
             {
-                "name": f"{self.title} ({sensitivity})",
+                "name": f"{self.title} ({Sensitivity(sensitivity).value})",
                 "mechanism": self.mechanism,
                 "prescription": {
                     "max_amplitude_ma": {ch: profile.cap_ma for ch in needles},
