@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import os
 import platform
@@ -46,23 +45,25 @@ def run_cli(workdir: Path, quick: bool) -> list[Result]:
 
 
 def run_waveforms(workdir: Path, quick: bool) -> list[Result]:
-    """Program check / rendering / streaming figures from bench/waveforms_bench.py, if present."""
-    try:
-        module = importlib.import_module("bench.waveforms_bench")
-    except ImportError as exc:
-        print(f"note: waveforms benchmarks skipped (bench.waveforms_bench not importable: {exc})")
-        return []
-    return [_as_result(name, figure) for name, figure in module.run(quick).items()]
+    """Program check, rendering, streaming and memory figures from bench/waveforms_bench.py."""
+    from bench import waveforms_bench
 
-
-def _as_result(name: str, figure: object) -> Result:
-    """A waveforms figure: a Result, a mapping with value/unit/target/ok, or a bare number."""
-    if isinstance(figure, Result):
-        return figure
-    if isinstance(figure, dict):
-        return Result(name, float(figure["value"]), str(figure.get("unit", "")),
-                      str(figure.get("target", "")), figure.get("ok"))
-    return Result(name, float(figure), "")  # type: ignore[arg-type]
+    fig = waveforms_bench.run(quick)
+    check_ms = fig["check_vectorised_s"] * 1e3
+    rss = fig["peak_rss_mib_after_streaming_min"]
+    growth = max(rss.values()) / min(rss.values())
+    return [
+        Result("check_60min_4ch_vectorised", check_ms, "ms", "< 100", check_ms < 100),
+        Result("check_60min_4ch_per_pulse_loop", fig["check_per_pulse_s_extrapolated"], "s"),
+        Result("check_ratio", fig["check_ratio"], "x", ">= 50", fig["check_ratio"] >= 50),
+        Result("arrays_60min_4ch", fig["arrays_60min_4ch_s"] * 1e3, "ms"),
+        Result("render_samples_per_s", fig["render_samples_per_s"], "1/s"),
+        Result("engine_late_p50", fig["engine_late_p50_ms"], "ms"),
+        Result("engine_late_p99", fig["engine_late_p99_ms"], "ms"),
+        Result("engine_late_max", fig["engine_late_max_ms"], "ms"),
+        *(Result(f"peak_rss_streamed_{minutes}min", mib, "MiB") for minutes, mib in rss.items()),
+        Result("peak_rss_growth_1_to_60min", growth, "x", "flat (< 1.1)", growth < 1.1),
+    ]
 
 
 BENCHMARKS: dict[str, Callable[[Path, bool], list[Result]]] = {
