@@ -42,7 +42,7 @@ def render(record: dict[str, Any]) -> str:
         f"{' (simulator)' if device.get('simulated') else ''}, at `{device['url']}`",
         f"- Host: needle-estim {host['host_version']}, Python {host['python']}, {host['platform']} on {host['hostname']}",
         f"- Run: {record['started']} → {record['finished'] or '(unfinished)'}; options {record.get('options', {})}",
-        f"- Tests: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
+        "- Tests: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
         "",
     ]
     problems = [t for t in tests if t["outcome"] in ("failed", "error")]

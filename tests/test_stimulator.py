@@ -18,7 +18,6 @@ import pytest
 import firmware_host as fh
 from firmware_host import icd, units
 from firmware_host.drivers import open_transport
-from firmware_host.drivers.base import Transport
 from firmware_host.drivers.socket_pair import SocketTransport
 from firmware_host.link import Link, LinkLost
 from firmware_host.stimulator import DeviceFault, Notice, Stimulator

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+from collections.abc import Callable
+from types import FrameType
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_REFUSED = 2  # a safety refusal (nothing was sent) or bad input
 EXIT_DEVICE_FAULT = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 # name -> (module under firmware_host.cli, one-line help)
 COMMANDS = {
@@ -62,3 +66,25 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     module = importlib.import_module(f"{__name__}.{COMMANDS[argv[0]][0]}")
     return int(module.main(argv[1:]))
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the same e-stop path as Ctrl-C runs."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def stoppable(body: Callable[[], int]) -> int:
+    """Run a command that may drive a device: Ctrl-C and SIGTERM unwind through its session
+    (which e-stops on the way out) and end with exit 130 / 143 and one calm line."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print("\nstopped: Ctrl-C — output off (e-stop)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("\nstopped: SIGTERM — output off (e-stop)", file=sys.stderr)
+        return EXIT_TERMINATED

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED
+from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_OK, EXIT_REFUSED, stoppable
 from .options import SENSITIVITY, add_session_options, open_record, parse_needle, parse_sites, patient
 
 EXAMPLES = """keys:
@@ -62,11 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _console(args)
-    except KeyboardInterrupt:
-        print("stopped: Ctrl-C — output off (e-stop)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return stoppable(lambda: _console(args))
 
 
 def _console(args: argparse.Namespace) -> int:

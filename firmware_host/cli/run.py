@@ -9,16 +9,13 @@ session; 130 Ctrl-C (e-stop); 143 SIGTERM (e-stop); 1 the device could not be re
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
-from types import FrameType
 
-from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED
+from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_OK, EXIT_REFUSED, stoppable
 from .options import (SENSITIVITY, ThresholdsError, add_program_options, add_session_options, open_record,
                       parse_needle, parse_sites, patient, program_from_args)
 
-EXIT_TERMINATED = 143
 
 EXAMPLES = """examples:
   estim run --channel 1 --frequency 2 --pulse-width 200 --amplitude 2 --seconds 20 \\
@@ -30,9 +27,6 @@ EXAMPLES = """examples:
             --minutes 20 --sites right:lower_leg,right:lower_leg --sensitivity hyper
 """
 
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so the same e-stop path as Ctrl-C runs."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,19 +67,8 @@ def main(argv: list[str]) -> int:
         if missing:
             parser.error("give --program FILE, --preset NAME, or direct parameters; missing: "
                          + ", ".join(m if m != "--seconds" else "--seconds/--minutes" for m in missing))
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        return _run_program(args) if args.program or args.preset else _run(args)
-    except KeyboardInterrupt:
-        print("\nstopped: Ctrl-C — output off (e-stop)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Terminated:
-        print("\nstopped: SIGTERM — output off (e-stop)", file=sys.stderr)
-        return EXIT_TERMINATED
+    return stoppable(lambda: _run_program(args) if args.program or args.preset else _run(args))
 
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -18,17 +18,14 @@ import contextlib
 import json
 import os
 import select
-import signal
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
-from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED
+from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, stoppable
 from .options import SENSITIVITY, add_session_options, open_record, parse_needle, parse_sites, patient
 
-EXIT_TERMINATED = 143
 MARKS = {"s": "sensory", "m": "motor", "t": "tolerance"}
 POLL_S = 0.05
 
@@ -45,9 +42,6 @@ examples:
                 --sites right:lower_leg,right:lower_leg --max-amplitude 6 --sensitivity hyper --json
 """
 
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so the same e-stop path as Ctrl-C runs."""
 
 
 class Stopped(Exception):
@@ -79,19 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        return _titrate(args)
-    except KeyboardInterrupt:
-        print("\nstopped: Ctrl-C — output off (e-stop)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Terminated:
-        print("\nstopped: SIGTERM — output off (e-stop)", file=sys.stderr)
-        return EXIT_TERMINATED
+    return stoppable(lambda: _titrate(args))
 
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
 
 
 def _titrate(args: argparse.Namespace) -> int:
