@@ -315,3 +315,15 @@ def test_preset_names_on_the_command_line_are_the_mechanisms() -> None:
     from firmware_host.waveforms.program import Mechanism
 
     assert PRESET_NAMES == tuple(m.value for m in Mechanism)
+
+
+def test_session_plan_is_in_the_record(sim: SimProcess, tmp_path: Path) -> None:
+    record = tmp_path / "plan.jsonl"
+    done = estim(*run_args(sim, record, "--mechanism", "segmental_inhibition", "--sensitivity", "hyper",
+                           "--plan", "graded knee extension, 3x10", "--operator", "JD"))
+    assert done.returncode == 0, done.stderr
+    plan = next(r["data"] for r in records(record) if r["kind"] == "session_plan")
+    assert plan["mechanism"] == "segmental_inhibition" and plan["sensitivity"] == "hypersensitive"
+    assert plan["integration_plan"] == "graded knee extension, 3x10" and plan["operator"] == "JD"
+    shown = estim("record", "show", str(record)).stdout
+    assert "segmental_inhibition" in shown and "graded knee extension" in shown

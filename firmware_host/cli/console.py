@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_OK, EXIT_REFUSED, stoppable
-from .options import SENSITIVITY, add_session_options, open_record, parse_needle, parse_sites, patient
+from .options import SENSITIVITY, add_session_options, open_record, parse_needle, parse_sites, patient, session_plan
 
 EXAMPLES = """keys:
   ↑ or +   raise the selected channel one step (ramps at the prescribed rate)
@@ -98,7 +98,7 @@ def _console(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
 
     record = open_record(args.record)
-    record.append("session_plan", {"operator": args.operator, "argv": sys.argv[1:], "console": True})
+    record.append("session_plan", session_plan(args, console=True))
     try:
         stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
                        patient=patient(args), record=record)

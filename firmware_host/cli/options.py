@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ def add_session_options(parser: argparse.ArgumentParser, sites_required: bool = 
                         help="treatment record (JSON lines); default: a timestamped file in the user's data dir")
     parser.add_argument("--operator", default=os.environ.get("USER", ""),
                         help="the clinician's name or initials, written into the record")
+    parser.add_argument("--mechanism", choices=PRESET_NAMES, metavar="MECHANISM",
+                        help="the target mechanism of today's session, for the record: " + ", ".join(PRESET_NAMES))
+    parser.add_argument("--plan", default="", metavar="TEXT",
+                        help="the integration plan for right after the session (free text, into the record), "
+                             "e.g. 'graded loading of the knee extensors, 3x10'")
 
 
 def parse_sites(text: str) -> ChannelPlacement:
@@ -70,6 +76,30 @@ SENSITIVITY = {"hyper": Sensitivity.HYPERSENSITIVE, "typical": Sensitivity.TYPIC
 
 def patient(args: argparse.Namespace) -> Patient:
     return Patient(implanted_device=args.implanted_device, pregnant=args.pregnant)
+
+
+def session_plan(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """What the record says was intended and why: operator, target mechanism, sensitivity,
+    thresholds, the integration plan, and how the session was started."""
+    thresholds = getattr(args, "thresholds", None)
+    return {
+        "operator": args.operator,
+        "mechanism": args.mechanism,
+        "sensitivity": SENSITIVITY[args.sensitivity].value,
+        "thresholds": _thresholds_as_given(thresholds),
+        "integration_plan": args.plan,
+        "argv": sys.argv[1:],
+        **extra,
+    }
+
+
+def _thresholds_as_given(path: Path | None) -> Any:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return str(path)  # unreadable: the run refuses it on its own; the record names the file
 
 
 def open_record(path: Path | None) -> TreatmentRecord:

@@ -208,7 +208,9 @@ def _format(path: Path, s: dict[str, Any], outputs: list[ChannelOutput]) -> str:
         f"time:       {s['started']} .. {s['ended']}" + ("" if s["closed"] else " (no close record)"),
         f"operator:   {s['operator'] or '-'}",
         f"device:     {s['device']['serial'] or '-'} firmware {s['device']['firmware'] or '-'}",
-        f"plan:       {' '.join(s['plan'].get('argv', [])) or '-'}",
+        f"command:    estim {' '.join(s['plan'].get('argv', [])) or '-'}",
+        f"target:     {s['plan'].get('mechanism') or '-'}; sensitivity {s['plan'].get('sensitivity') or '-'}",
+        f"after:      {s['plan'].get('integration_plan') or '-'}",
     ]
     if rx:
         lines.append(f"prescription: channels {s['channels']}, cap {rx.get('max_amplitude_ma')} mA, "

@@ -14,7 +14,7 @@ import time
 
 from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_OK, EXIT_REFUSED, stoppable
 from .options import (SENSITIVITY, ThresholdsError, add_program_options, add_session_options, open_record,
-                      parse_needle, parse_sites, patient, program_from_args)
+                      parse_needle, parse_sites, patient, program_from_args, session_plan)
 
 
 EXAMPLES = """examples:
@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         return _refused(exc)
 
     with open_record(args.record) as record:
-        record.append("session_plan", {"operator": args.operator, "argv": sys.argv[1:], "hold_s": hold_s})
+        record.append("session_plan", session_plan(args, hold_s=hold_s))
         print(f"record: {record.path}")
         try:
             stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
@@ -200,8 +200,8 @@ def _run_program(args: argparse.Namespace) -> int:
         return _refused(ValueError(f"{args.program or args.preset}: {exc}"))
 
     with open_record(args.record) as record:
-        record.append("session_plan", {"operator": args.operator, "argv": sys.argv[1:], "program": program.name,
-                                       "mechanism": str(program.mechanism), "duration_s": program.duration_s})
+        plan = session_plan(args, program=program.name, duration_s=program.duration_s)
+        record.append("session_plan", {**plan, "mechanism": plan["mechanism"] or str(program.mechanism)})
         print(f"record: {record.path}")
         try:
             link = fh.connect(args.device)

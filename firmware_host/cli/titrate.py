@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, stoppable
-from .options import SENSITIVITY, add_session_options, open_record, parse_needle, parse_sites, patient
+from .options import SENSITIVITY, add_session_options, open_record, parse_needle, parse_sites, patient, session_plan
 
 MARKS = {"s": "sensory", "m": "motor", "t": "tolerance"}
 POLL_S = 0.05
@@ -98,8 +98,7 @@ def _titrate(args: argparse.Namespace) -> int:
         return _refused(exc)
 
     record = open_record(args.record)
-    record.append("session_plan", {"operator": args.operator, "argv": sys.argv[1:],
-                                   "titration": True})
+    record.append("session_plan", session_plan(args, titration=True))
     print(f"record: {record.path}", file=sys.stderr)
     try:
         stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
