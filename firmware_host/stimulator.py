@@ -101,6 +101,7 @@ class Stimulator:
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = threading.Event()
         self._last_supervisor_estop = float("-inf")
+        self._faults_cleared_before_s = float("-inf")  # device clock of the last clear
         self._log("identity", _plain(self.identity))
         latched = icd.faults_from_mask(self.identity.latched_faults)
         if latched:
@@ -220,11 +221,13 @@ class Stimulator:
     def clear_faults(self, operator: str) -> None:
         """A person clears a stop (and the device's latched faults) with every output off.
 
-        Events that arrived before the clear (the FAULT that follows every ESTOP, say) are
-        supervised first, so they cannot trip the session again right after it was cleared.
+        Faults the device reported before the clear began (the FAULT that follows every
+        ESTOP, say) may still be on their way; they are recorded but no longer trip the
+        session. The device's clock, read just before the clear, tells them apart.
         """
-        self._drain_events()
-        self._execute(self.interlock.approve_clear_faults(operator))
+        approved = self.interlock.approve_clear_faults(operator)
+        self._faults_cleared_before_s = self.status().device_time_s
+        self._execute(approved)
 
     def safe_off(self) -> None:
         """Every channel to 0 mA, then every output disabled (decreases never wait)."""
@@ -290,14 +293,6 @@ class Stimulator:
         self.interlock.note_acknowledged(approved)
         return reply
 
-    def _drain_events(self, timeout: float = 1.0) -> None:
-        """Wait until the supervisor has handled every event received so far."""
-        if threading.current_thread() is self._worker:
-            return
-        done = threading.Event()
-        self._events.put(done)
-        done.wait(timeout)
-
     def _supervise(self) -> None:
         period = 1.0 / max(self.identity.telemetry_hz, 1)
         while not self._closed.is_set():
@@ -322,15 +317,22 @@ class Stimulator:
             self._deliver(reading)
         elif isinstance(event, icd.Fault):
             fault = _fault_event(event)
-            self._log("fault", {"code": fault.code, "channel": fault.channel, "device_time_s": fault.device_time_s})
-            actions += self.supervisor.on_fault(fault.code, fault.channel)
-            self._deliver(fault)
+            stale = fault.device_time_s < self._faults_cleared_before_s
+            self._log("fault", {"code": fault.code, "channel": fault.channel, "device_time_s": fault.device_time_s,
+                                "before_clear": stale})
+            if not stale:
+                for action in self.supervisor.on_fault(fault.code, fault.channel):
+                    if action.kind is ActionKind.ESTOP and fault.channel is None:
+                        # the device already latched it and is safe; an ESTOP back would only
+                        # echo (every ESTOP makes another FAULT): the supervisor tripped the session
+                        self._deliver(Notice(None, action.reason))
+                    else:
+                        actions.append(action)
+                self._deliver(fault)
         elif isinstance(event, LinkLost):
             self._log("link_lost", {"reason": str(event.reason)})
             self.interlock.stop(f"link lost: {event.reason}")
             self._deliver(event)
-        elif isinstance(event, threading.Event):  # a barrier from _drain_events
-            event.set()
         if self._link.alive and self.interlock.tripped is None:
             actions += self.supervisor.poll()
             for approved in self.interlock.session_tick():

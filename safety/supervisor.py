@@ -51,6 +51,7 @@ class Supervisor:
         self._record = record
         self._stale_after_s = STALE_PERIODS / telemetry_hz
         self._reading_age_s = READING_AGE_PERIODS / telemetry_hz
+        self._offset_s = float("inf")  # host clock minus device clock, at its smallest
         start = clock()
         self._last_seen = {ch: start for ch in interlock.setup.channels}
         self._stale_reported = False
@@ -99,7 +100,13 @@ class Supervisor:
                            f"Check the connection to the device before clearing the stop")
 
     def _mismatch(self, r: ChannelReading) -> str:
-        exp = self._interlock.expected(r.channel, within_s=self._reading_age_s)
+        # How long ago (host clock) the device sampled this reading: the smallest host-minus-
+        # device time seen is the link's latency floor, so a reading that waited in a queue is
+        # judged against the states applied since it was taken, not only the latest one.
+        now = self._clock()
+        self._offset_s = min(self._offset_s, now - r.device_time_s)
+        sampled_ago_s = max(0.0, now - (r.device_time_s + self._offset_s))
+        exp = self._interlock.expected(r.channel, within_s=sampled_ago_s + self._reading_age_s)
         amp_ua = round(r.amplitude_ma * 1000)
         if r.enabled not in exp.enabled:
             return f"output is {'on' if r.enabled else 'off'}, not as commanded"

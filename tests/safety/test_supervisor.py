@@ -102,3 +102,19 @@ def test_device_wide_faults_stop_everything(running, interlock, code, channel):
 
 def test_reading_for_unknown_channel_estops(running):
     assert kinds(running.on_reading(reading(4))) == [ActionKind.ESTOP]
+
+
+def test_a_reading_that_waited_in_a_queue_is_judged_by_when_it_was_sampled(running, interlock, clock):
+    def at(device_s, amplitude_ma):
+        return ChannelReading(1, device_s, True, False, amplitude_ma, 10.0, 200.0, 1000.0, 0.0)
+
+    assert running.on_reading(at(100.0, 1.0)) == []          # fixes the latency floor
+    clock.advance(1.0)
+    send(interlock, interlock.approve_set_channel(setting(1, 1.5)))  # applied now (host t)
+    sampled_before = at(100.0 + 0.999, 1.0)                  # taken just before the change...
+    clock.advance(1.0)                                       # ...and handled a whole second later
+    assert running.on_reading(sampled_before) == []
+    assert interlock.tripped is None
+    clock.advance(0.1)
+    [action] = running.on_reading(at(102.1, 1.0))            # sampled after the change: a real mismatch
+    assert action.kind is ActionKind.ESTOP
