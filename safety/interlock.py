@@ -238,6 +238,8 @@ class Interlock:
         self._recent: dict[int, deque[tuple[float, ChannelSetting | None, bool]]] = {
             ch: deque() for ch in channels}
         self._session_s = min(c.limits.session_s for c in channels.values()) if channels else 0.0
+        for ch in channels:  # the power-on state is the first applied state
+            self._applied_changed(ch, clock())
 
     # ---- queries -------------------------------------------------------------------
 
@@ -267,9 +269,10 @@ class Interlock:
                 enabled.add(on)
                 if t < cutoff:  # the state in force at the cutoff: older ones cannot show
                     break
+            # a channel never set (None) shows the device's power-on registers: all zero
             return Expected(frozenset(s.amplitude_ua if s else 0 for s in settings), frozenset(enabled),
-                            frozenset(round(s.frequency_hz * 1000) for s in settings if s),
-                            frozenset(round(s.pulse_width_us) for s in settings if s))
+                            frozenset(round(s.frequency_hz * 1000) if s else 0 for s in settings),
+                            frozenset(round(s.pulse_width_us) if s else 0 for s in settings))
 
     def session_remaining_s(self) -> float:
         if self._session_start is None:

@@ -118,3 +118,13 @@ def test_a_reading_that_waited_in_a_queue_is_judged_by_when_it_was_sampled(runni
     clock.advance(0.1)
     [action] = running.on_reading(at(102.1, 1.0))            # sampled after the change: a real mismatch
     assert action.kind is ActionKind.ESTOP
+
+
+def test_power_on_registers_sampled_before_the_first_setting_are_no_mismatch(interlock, clock):
+    supervisor = Supervisor(interlock, telemetry_hz=10.0, clock=clock)
+    power_on = ChannelReading(1, 5.0, False, False, 0.0, 0.0, 0.0, 1000.0, 0.0)
+    assert supervisor.on_reading(power_on) == []             # fixes the latency floor
+    send(interlock, interlock.approve_set_channel(setting(1, 0.0)))  # the first waveform, ACKed
+    clock.advance(0.05)
+    assert supervisor.on_reading(ChannelReading(1, 5.04, False, False, 0.0, 0.0, 0.0, 1000.0, 0.0)) == []
+    assert interlock.tripped is None
