@@ -76,6 +76,12 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
+def refused(exc: Exception) -> int:
+    """A safety refusal or bad input: one line naming the rule, and exit 2."""
+    print(f"refused: {exc}\nnothing was sent to the device.", file=sys.stderr)
+    return EXIT_REFUSED
+
+
 def stoppable(body: Callable[[], int]) -> int:
     """Run a command that may drive a device: Ctrl-C and SIGTERM unwind through its session
     (which e-stops on the way out) and end with exit 130 / 143 and one calm line."""

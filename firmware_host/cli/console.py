@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_OK, EXIT_REFUSED, stoppable
-from .options import SENSITIVITY, add_session_options, open_record, parse_needle, parse_sites, patient, session_plan
+from . import EXIT_DEVICE_FAULT, EXIT_OK, refused, stoppable
+from .options import add_session_options, fixed_waveform_setup, open_record, open_session, session_plan
 
 EXAMPLES = """keys:
   ↑ or +   raise the selected channel one step (ramps at the prescribed rate)
@@ -66,8 +66,7 @@ def main(argv: list[str]) -> int:
 
 
 def _console(args: argparse.Namespace) -> int:
-    import firmware_host as fh
-    from safety import ChannelSetting, Prescription, Refusal, SafetyError, Shape
+    from safety import ChannelSetting, Refusal, SafetyError, Shape
 
     from ..console import ConsoleApp, ConsoleSettings
 
@@ -83,31 +82,16 @@ def _console(args: argparse.Namespace) -> int:
                               value=getattr(args, name), limit="> 0")
         waveforms = [ChannelSetting(ch, shapes[args.shape], args.frequency, args.pulse_width, 0.0)
                      for ch in args.channel]
-        prescription = Prescription(
-            max_amplitude_ma={ch: args.max_amplitude for ch in args.channel},
-            max_session_minutes=args.minutes,
-            ramp_ma_per_s=args.ramp,
-            frequency_hz=(args.frequency, args.frequency),
-            pulse_width_us=(args.pulse_width, args.pulse_width),
-            sensitivity=SENSITIVITY[args.sensitivity],
-        )
-        placements = {ch: parse_sites(sites) for ch, sites in zip(args.channel, args.sites)}
-        needles = {ch: parse_needle(args.needle) for ch in args.channel}
+        setup = fixed_waveform_setup(args, dict(zip(args.channel, args.sites)),
+                                                                 args.minutes)
     except (SafetyError, ValueError) as exc:
-        print(f"refused: {exc}\nnothing was sent to the device.", file=sys.stderr)
-        return EXIT_REFUSED
+        return refused(exc)
 
     record = open_record(args.record)
     record.append("session_plan", session_plan(args, console=True))
-    try:
-        stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
-                       patient=patient(args), record=record)
-    except SafetyError as exc:
-        print(f"refused: {exc}\nnothing was sent to the device.", file=sys.stderr)
-        return EXIT_REFUSED
-    except fh.EstimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    stim = open_session(args, setup, record)
+    if isinstance(stim, int):
+        return stim
     try:
         with stim:
             ConsoleApp(stim, waveforms, ConsoleSettings(args.step, args.feedback_step, args.step),

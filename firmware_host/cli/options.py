@@ -78,6 +78,43 @@ def patient(args: argparse.Namespace) -> Patient:
     return Patient(implanted_device=args.implanted_device, pregnant=args.pregnant)
 
 
+def fixed_waveform_setup(args: argparse.Namespace, sites: dict[int, str], minutes: float) -> tuple[Any, dict, dict]:
+    """Prescription, placements and needles for channels held at one --frequency and
+    --pulse-width, capped at --max-amplitude, ramped at --ramp (run, titrate, console)."""
+    from safety import Prescription
+
+    prescription = Prescription(
+        max_amplitude_ma={ch: args.max_amplitude for ch in sites},
+        max_session_minutes=minutes,
+        ramp_ma_per_s=args.ramp,
+        frequency_hz=(args.frequency, args.frequency),
+        pulse_width_us=(args.pulse_width, args.pulse_width),
+        sensitivity=SENSITIVITY[args.sensitivity],
+    )
+    placements = {ch: parse_sites(text) for ch, text in sites.items()}
+    needles = {ch: parse_needle(args.needle) for ch in sites}
+    return prescription, placements, needles
+
+
+def open_session(args: argparse.Namespace, setup: tuple[Any, dict, dict], record: TreatmentRecord) -> Any:
+    """`firmware_host.open` for --device with the set-up from `fixed_waveform_setup`; on a
+    refusal or an unreachable device, the exit code instead of a session."""
+    import firmware_host as fh
+    from safety import SafetyError
+
+    from . import EXIT_ERROR, refused
+
+    prescription, placements, needles = setup
+    try:
+        return fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
+                       patient=patient(args), record=record)
+    except SafetyError as exc:
+        return refused(exc)
+    except fh.EstimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
 def session_plan(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """What the record says was intended and why: operator, target mechanism, sensitivity,
     thresholds, the integration plan, and how the session was started."""

@@ -12,9 +12,9 @@ import argparse
 import sys
 import time
 
-from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_OK, EXIT_REFUSED, stoppable
-from .options import (SENSITIVITY, ThresholdsError, add_program_options, add_session_options, open_record,
-                      parse_needle, parse_sites, patient, program_from_args, session_plan)
+from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_OK, refused, stoppable
+from .options import (ThresholdsError, add_program_options, add_session_options, fixed_waveform_setup,
+                      open_record, open_session, patient, program_from_args, session_plan)
 
 
 EXAMPLES = """examples:
@@ -72,8 +72,7 @@ def main(argv: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import firmware_host as fh
-    from safety import ChannelSetting, Prescription, Refusal, SafetyError, Shape
+    from safety import ChannelSetting, Refusal, SafetyError, Shape
 
     shapes = {"biphasic": Shape.BIPHASIC, "alternating": Shape.BIPHASIC_ALTERNATING, "monophasic": Shape.MONOPHASIC}
     hold_s = args.seconds if args.seconds is not None else (args.minutes or 0) * 60
@@ -83,37 +82,19 @@ def _run(args: argparse.Namespace) -> int:
             raise Refusal("setup.duration", f"session time {hold_s!r} s is not a positive number",
                           value=hold_s, limit="> 0")
         ramp_s = args.amplitude / args.ramp if args.ramp > 0 else float("inf")
-        prescription = Prescription(
-            max_amplitude_ma={args.channel: args.max_amplitude},
-            max_session_minutes=min(60.0, (hold_s + 2 * ramp_s) / 60 + 0.5),
-            ramp_ma_per_s=args.ramp,
-            frequency_hz=(args.frequency, args.frequency),
-            pulse_width_us=(args.pulse_width, args.pulse_width),
-            sensitivity=SENSITIVITY[args.sensitivity],
-        )
-        placements = {args.channel: parse_sites(args.sites)}
-        needles = {args.channel: parse_needle(args.needle)}
+        setup = fixed_waveform_setup(
+            args, {args.channel: args.sites}, min(60.0, (hold_s + 2 * ramp_s) / 60 + 0.5))
     except (SafetyError, ValueError) as exc:
-        return _refused(exc)
+        return refused(exc)
 
     with open_record(args.record) as record:
         record.append("session_plan", session_plan(args, hold_s=hold_s))
         print(f"record: {record.path}")
-        try:
-            stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
-                           patient=patient(args), record=record)
-        except SafetyError as exc:
-            return _refused(exc)
-        except fh.EstimError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_ERROR
+        stim = open_session(args, setup, record)
+        if isinstance(stim, int):
+            return stim
         with stim:
             return _session(stim, setting, hold_s)
-
-
-def _refused(exc: Exception) -> int:
-    print(f"refused: {exc}\nnothing was sent to the device.", file=sys.stderr)
-    return EXIT_REFUSED
 
 
 def _session(stim, setting, hold_s: float) -> int:  # noqa: ANN001 - Stimulator, ChannelSetting
@@ -129,7 +110,7 @@ def _session(stim, setting, hold_s: float) -> int:  # noqa: ANN001 - Stimulator,
     ch = setting.channel
     verdict = check_setting(setting, stim.interlock.limits(ch))
     if verdict.refusals:
-        return _refused(verdict.refusals[0])
+        return refused(verdict.refusals[0])
     for text in verdict.warnings:
         print(f"warning: {text}")
     ramp_rate = stim.interlock.limits(ch).ramp_ma_per_s
@@ -195,9 +176,9 @@ def _run_program(args: argparse.Namespace) -> int:
     try:
         program = program_from_args(args)
     except (ProgramError, ThresholdsError, SafetyError) as exc:
-        return _refused(exc)
+        return refused(exc)
     except (OSError, ValueError) as exc:
-        return _refused(ValueError(f"{args.program or args.preset}: {exc}"))
+        return refused(ValueError(f"{args.program or args.preset}: {exc}"))
 
     with open_record(args.record) as record:
         plan = session_plan(args, program=program.name, duration_s=program.duration_s)
@@ -214,11 +195,11 @@ def _run_program(args: argparse.Namespace) -> int:
             if not verdict.ok:
                 print(verdict.table(), file=sys.stderr)
                 link.close()
-                return _refused(ValueError(f"{program.name!r} breaks the rules above"))
+                return refused(ValueError(f"{program.name!r} breaks the rules above"))
             stim = Stimulator(link, program.session_setup(limits, patient(args)), record=record)
         except SafetyError as exc:
             link.close()
-            return _refused(exc)
+            return refused(exc)
         except BaseException:
             link.close()
             raise

@@ -23,8 +23,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, stoppable
-from .options import SENSITIVITY, add_session_options, open_record, parse_needle, parse_sites, patient, session_plan
+from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, refused, stoppable
+from .options import add_session_options, fixed_waveform_setup, open_record, open_session, session_plan
 
 MARKS = {"s": "sensory", "m": "motor", "t": "tolerance"}
 POLL_S = 0.05
@@ -78,46 +78,27 @@ def main(argv: list[str]) -> int:
 
 
 def _titrate(args: argparse.Namespace) -> int:
-    import firmware_host as fh
-    from safety import ChannelSetting, Prescription, SafetyError, Shape
+    from safety import ChannelSetting, SafetyError, Shape
 
     try:
         setting = ChannelSetting(args.channel, Shape.BIPHASIC, args.frequency, args.pulse_width, 0.0)
         ramp_s = args.max_amplitude / args.ramp if args.ramp > 0 else float("inf")
-        prescription = Prescription(
-            max_amplitude_ma={args.channel: args.max_amplitude},
-            max_session_minutes=min(60.0, 2 * ramp_s / 60 + 1),
-            ramp_ma_per_s=args.ramp,
-            frequency_hz=(args.frequency, args.frequency),
-            pulse_width_us=(args.pulse_width, args.pulse_width),
-            sensitivity=SENSITIVITY[args.sensitivity],
-        )
-        placements = {args.channel: parse_sites(args.sites)}
-        needles = {args.channel: parse_needle(args.needle)}
+        setup = fixed_waveform_setup(
+            args, {args.channel: args.sites}, min(60.0, 2 * ramp_s / 60 + 1))
     except (SafetyError, ValueError) as exc:
-        return _refused(exc)
+        return refused(exc)
 
     record = open_record(args.record)
     record.append("session_plan", session_plan(args, titration=True))
     print(f"record: {record.path}", file=sys.stderr)
-    try:
-        stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
-                       patient=patient(args), record=record)
-    except SafetyError as exc:
-        return _refused(exc)
-    except fh.EstimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    stim = open_session(args, setup, record)
+    if isinstance(stim, int):
+        return stim
     try:
         with stim:
             return _session(stim, setting, args)
     finally:
         record.close()
-
-
-def _refused(exc: Exception) -> int:
-    print(f"refused: {exc}\nnothing was sent to the device.", file=sys.stderr)
-    return EXIT_REFUSED
 
 
 def _session(stim, setting, args: argparse.Namespace) -> int:  # noqa: ANN001 - Stimulator, ChannelSetting
