@@ -49,7 +49,9 @@ class Supervisor:
         self._interlock = interlock
         self._clock = clock
         self._record = record
-        self._stale_after_s = STALE_PERIODS / telemetry_hz
+        # three frames missed: the third was due 3 periods after the last one; half a period
+        # of grace keeps an on-time but jittered frame from counting as missing
+        self._stale_after_s = (STALE_PERIODS + 0.5) / telemetry_hz
         self._reading_age_s = READING_AGE_PERIODS / telemetry_hz
         self._offset_s = float("inf")  # host clock minus device clock, at its smallest
         start = clock()

@@ -33,9 +33,9 @@ def test_stale_telemetry_estops_once(running, interlock, clock):
     clock.advance(0.29)
     running.on_reading(reading(amplitude_ma=1.0))
     running.on_reading(reading(2, enabled=False))
-    clock.advance(0.3)
+    clock.advance(0.34)   # three frames due, the third only just: not yet missed
     assert running.poll() == []
-    clock.advance(0.01)
+    clock.advance(0.02)   # 3.6 periods without a frame: three are missing
     assert kinds(running.poll()) == [ActionKind.ESTOP]
     assert interlock.tripped and running.poll() == []
 
