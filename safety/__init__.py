@@ -10,7 +10,7 @@ from .interlock import (APPROVAL_TTL_S, JITTER_S, AppliedDose, Approved, ClearFa
 from .limits import (NEEDLE_RULES, SENSITIVITY_FACTORS, STANDARD, DeviceLimits, EffectiveLimits, Needle, NeedleRules,
                      Prescription, Sensitivity, StandardLimits, effective_limits)
 from .placement import ChannelPlacement, NeedleSite, Patient, Region, Side, check_placement
-from .record import RecordVerdict, TreatmentRecord, verify_record
+from .record import RecordVerdict, RecordWriteError, TreatmentRecord, verify_record
 from .report import ChannelSummary, format_summary, output_summary
 from .rules import RULES, ArrayVerdict, LimitArrays, SettingArrays, Verdict, check_setting, evaluate_arrays
 from .settings import ChannelReading, ChannelSetting, Shape
@@ -21,7 +21,7 @@ __all__ = [
     "Action", "ActionKind", "AppliedDose", "Approved", "ArrayVerdict", "ChannelPlacement", "ChannelReading",
     "ChannelSetting", "ChannelSummary", "ClearFaults", "Command", "DeviceLimits", "EffectiveLimits", "Expected",
     "Interlock", "InterlockStateError", "LimitArrays", "Needle", "NeedleRules", "NeedleSite", "Patient",
-    "Prescription", "RecordVerdict", "Refusal", "Region", "SafetyError", "Sensitivity",
+    "Prescription", "RecordVerdict", "RecordWriteError", "Refusal", "Region", "SafetyError", "Sensitivity",
     "SessionSetup", "SetChannel", "SetOutputs", "SettingArrays", "Shape", "SimControl", "Side", "StandardLimits",
     "Supervisor", "TreatmentRecord", "Verdict", "check_placement", "check_setting", "effective_limits",
     "evaluate_arrays", "format_summary", "output_summary", "verify_record",

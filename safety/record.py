@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .errors import SafetyError
+
 GENESIS = "0" * 64
 
 
@@ -81,6 +83,15 @@ def verify_record(path: str | Path) -> RecordVerdict:
     return RecordVerdict(True, count, None, "ok", False, closed=kind == "close", last_hash=prev)
 
 
+class RecordWriteError(SafetyError):
+    """The treatment record can no longer be written (disk full, file too large, I/O error).
+
+    Latched: once a write failed, every later `append` raises it again at once, because a
+    chain with a gap cannot be trusted. Treatment that cannot be documented does not go on,
+    so the session stops; the stop itself never waits for, or depends on, the record.
+    """
+
+
 class TreatmentRecord:
     """Thread-safe writer; refuses to extend a file whose chain does not verify."""
 
@@ -88,6 +99,7 @@ class TreatmentRecord:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
+        self._failed: RecordWriteError | None = None
         fragment = b""
         if self.path.exists() and self.path.stat().st_size:
             verdict = verify_record(self.path)
@@ -106,19 +118,33 @@ class TreatmentRecord:
                                    "fragment_bytes": len(fragment)})
 
     @property
+    def failed(self) -> RecordWriteError | None:
+        """The write failure that latched this record, or None while it is writable."""
+        return self._failed
+
+    @property
     def last_hash(self) -> str:
         """Hash of the last record: keep it elsewhere to detect removal of whole final lines."""
         return self._prev
 
     def append(self, kind: str, data: dict[str, Any]) -> str:
-        """Write one record durably; returns its hash."""
+        """Write one record durably; returns its hash. Raises `RecordWriteError` (latched)
+        when the write fails."""
         with self._lock:
+            if self._failed is not None:
+                raise self._failed
             if self._fd < 0:
                 raise ValueError("treatment record is closed")
             rec = {"i": self._next, "t": datetime.now(timezone.utc).isoformat(), "mono": self._clock(),
                    "kind": kind, "data": data, "prev": self._prev}
             rec["hash"] = _digest(rec)
-            self._write(_canonical(rec) + b"\n")
+            try:
+                self._write(_canonical(rec) + b"\n")
+            except OSError as exc:
+                self._failed = RecordWriteError(
+                    f"the treatment record {self.path} can no longer be written ({exc.strerror or exc}); "
+                    f"free space or choose another place for records before the next session")
+                raise self._failed from exc
             self._next, self._prev = self._next + 1, rec["hash"]
             return rec["hash"]
 
@@ -131,10 +157,13 @@ class TreatmentRecord:
     def close(self) -> None:
         """Write a `close` record (so a clean end is visible) and close the file."""
         if self._fd >= 0:
-            self.append("close", {})
-            with self._lock:
-                os.close(self._fd)
-                self._fd = -1
+            try:
+                if self._failed is None:
+                    self.append("close", {})
+            finally:
+                with self._lock:
+                    os.close(self._fd)
+                    self._fd = -1
 
     def __enter__(self) -> TreatmentRecord:
         return self

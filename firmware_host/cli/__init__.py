@@ -13,12 +13,16 @@ import sys
 from collections.abc import Callable
 from types import FrameType
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_REFUSED = 2  # a safety refusal (nothing was sent) or bad input
-EXIT_DEVICE_FAULT = 3
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
+# The exit codes of every `estim` command (README, "Exit codes", is the same table).
+EXIT_OK = 0                 # done as asked (a session: ramped down, every output off)
+EXIT_REFUSED = 2            # refused or bad input: nothing was sent to the device
+EXIT_DEVICE_FAULT = 3       # a device fault, a lost link or an operator's STOP ended the session
+EXIT_NO_DEVICE = 4          # the device was not found, or another program is using it
+EXIT_RECORD_NOT_CLOSED = 5  # record verify: intact, but the session did not close it
+EXIT_RECORD_ALTERED = 6     # record verify: altered, cut or not a record
+EXIT_RECORD_UNCHECKABLE = 7 # record verify: cannot check (no key, or no anchor in the visit store)
+EXIT_INTERRUPTED = 130      # stopped by Ctrl-C (e-stop)
+EXIT_TERMINATED = 143       # stopped by SIGTERM (e-stop)
 
 # name -> (module under firmware_host.cli, one-line help)
 COMMANDS = {
@@ -61,9 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv or ["--help"])  # prints help or the usage error and exits
-        return EXIT_ERROR
+    if not argv:
+        parser.print_help(sys.stderr)
+        return EXIT_REFUSED
+    if argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints help (exit 0) or the usage error (exit 2)
+        return EXIT_REFUSED
     module = importlib.import_module(f"{__name__}.{COMMANDS[argv[0]][0]}")
     return int(module.main(argv[1:]))
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import EXIT_ERROR, EXIT_OK, EXIT_REFUSED
+from . import EXIT_NO_DEVICE, EXIT_OK, EXIT_REFUSED
 from .options import ThresholdsError, load_thresholds
 
 EXAMPLES = """examples:
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
         return _bad_input(f"the device reports unusable limits: {exc}")
     except EstimError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_NO_DEVICE
     result = check(program, device, Patient(implanted_device=args.implanted_device, pregnant=args.pregnant))
     if args.json:
         print(json.dumps({"program": str(args.program), "device_limits": source, **result.as_dict()}, indent=2,

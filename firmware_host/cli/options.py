@@ -102,7 +102,7 @@ def open_session(args: argparse.Namespace, setup: tuple[Any, dict, dict], record
     import firmware_host as fh
     from safety import SafetyError
 
-    from . import EXIT_ERROR, refused
+    from . import EXIT_NO_DEVICE, refused
 
     prescription, placements, needles = setup
     try:
@@ -112,7 +112,7 @@ def open_session(args: argparse.Namespace, setup: tuple[Any, dict, dict], record
         return refused(exc)
     except fh.EstimError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_NO_DEVICE
 
 
 def session_plan(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from . import EXIT_DEVICE_FAULT, EXIT_ERROR, EXIT_OK, refused, stoppable
+from . import EXIT_DEVICE_FAULT, EXIT_NO_DEVICE, EXIT_OK, refused, stoppable
 from .options import (ThresholdsError, add_program_options, add_session_options, fixed_waveform_setup,
                       open_record, open_session, patient, program_from_args, session_plan)
 
@@ -188,7 +188,7 @@ def _run_program(args: argparse.Namespace) -> int:
             link = fh.connect(args.device)
         except fh.EstimError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return EXIT_ERROR
+            return EXIT_NO_DEVICE
         try:
             limits = device_limits(link.identity)
             verdict = check(program, limits, patient(args))
