@@ -10,6 +10,15 @@ import pytest
 from firmware_host.sim.process import SimProcess, spawn_sim
 
 
+@pytest.fixture(autouse=True)
+def _user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every `estim` it starts) gets its own config and data directories:
+    record keys, the visit store and default record paths never touch the real user's."""
+    home = tmp_path_factory.mktemp("user")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+
+
 @pytest.fixture(params=["pty", "tcp"])
 def sim_process(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimProcess]:
     """The simulator as its own process, over a pseudo-terminal and over TCP loopback."""
