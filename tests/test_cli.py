@@ -44,7 +44,7 @@ def records(path: Path) -> list[dict]:
 
 def run_args(sim: SimProcess, record: Path, *extra: str, seconds: str = "1") -> list[str]:
     return ["run", "--device", sim.url, "--channel", "1", "--frequency", "2", "--pulse-width", "200",
-            "--amplitude", "1", "--ramp", "3", "--seconds", seconds, *SITES, "--record", str(record), *extra]
+            "--amplitude", "1", "--ramp", "2", "--seconds", seconds, *SITES, "--record", str(record), *extra]
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
