@@ -6,6 +6,7 @@ The first stdout line is where to connect: a pseudo-terminal path, or socket://H
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import select
 import signal
@@ -59,24 +60,21 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-
-    def record(event: dict[str, Any]) -> None:
-        if trace is not None:
-            trace.write(json.dumps(event) + "\n")
-
     try:
         link = open_link(args.listen)
     except ValueError as error:
         print(error, file=sys.stderr)
         return 2
-    trace: TextIO | None = open(args.trace, "a", buffering=1) if args.trace else None
-    print(link.url, flush=True)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(link.close)
+        trace: TextIO | None = stack.enter_context(open(args.trace, "a", buffering=1)) if args.trace else None
+
+        def record(event: dict[str, Any]) -> None:
+            if trace is not None:
+                trace.write(json.dumps(event) + "\n")
+
+        print(link.url, flush=True)
         serve(Device(args.options, time.monotonic(), record), link, stopping)
-    finally:
-        link.close()
-        if trace is not None:
-            trace.close()
     return 0
 
 

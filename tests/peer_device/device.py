@@ -28,7 +28,11 @@ REPLAY_WINDOW = 8
 
 @dataclass
 class Counters:
-    """STATUS counters; zeroed at power-on (and REBOOT) only, never by HELLO."""
+    """STATUS counters; zeroed at power-on (and REBOOT) only, never by HELLO.
+
+    rx_frames counts valid frames on arrival (a GET_STATUS counts itself); rx_out_of_order counts
+    NAKs OUT_OF_ORDER; tx_frames counts every frame sent before the STATUS that reports it.
+    """
 
     rx_frames: int = 0
     rx_bad_frames: int = 0
@@ -119,13 +123,16 @@ class Device:
     def _ms(self, t: float) -> int:
         return int((t - self._boot) * 1000) & 0xFFFFFFFF
 
+    def _slot_offset(self, ch: int) -> float:
+        """Where in each telemetry period a channel's TELEMETRY goes, as a fraction of it."""
+        return ch / self.options.channels if self.options.telemetry_schedule == "spread" else 0.0
+
     def _slot_time(self, ch: int, slot: int) -> float:
-        offset = ch / self.options.channels if self.options.telemetry_schedule == "spread" else 0.0
-        return self._boot + (slot + offset) / self.options.telemetry_hz
+        return self._boot + (slot + self._slot_offset(ch)) / self.options.telemetry_hz
 
     def _next_slot(self, ch: int, after: float) -> int:
-        offset = ch / self.options.channels if self.options.telemetry_schedule == "spread" else 0.0
-        return math.floor((after - self._boot) * self.options.telemetry_hz - offset) + 1
+        """The first of `ch`'s slots (periods counted from power-on) strictly after `after`."""
+        return math.floor((after - self._boot) * self.options.telemetry_hz - self._slot_offset(ch)) + 1
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -197,7 +204,8 @@ class Device:
             r.phase_us, self.loads[index], ch.charge_pc // 10**6,
         )  # fmt: skip
         if (self.session or 0) >= 2:
-            body += wire.TELEMETRY_V2_TAIL.pack(r.shape, r.asym_ratio, r.burst_pulses, 0, r.interphase_us, r.burst_rate_mhz)
+            tail = (r.shape, r.asym_ratio, r.burst_pulses, 0, r.interphase_us, r.burst_rate_mhz)
+            body += wire.TELEMETRY_V2_TAIL.pack(*tail)
         self._send_event(Msg.TELEMETRY, body)
         slot = self._telemetry_slot[index]
         self._telemetry_slot[index] = max(slot + 1, self._next_slot(index, self._now))  # overruns skip

@@ -6,6 +6,7 @@ UART nobody reads. Framing resynchronises at the next 0x00, so a lost tail costs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tty
@@ -47,10 +48,8 @@ class PtyLink:
             return b""
 
     def write(self, data: bytes) -> None:
-        try:
+        with contextlib.suppress(OSError):  # terminal buffer full: nobody is reading
             os.write(self._master, data)
-        except OSError:
-            pass  # terminal buffer full: nobody is reading
 
     def close(self) -> None:
         os.close(self._master)

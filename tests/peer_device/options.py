@@ -8,6 +8,7 @@ hard-codes those values instead of reading IDENTITY fails against this device.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -35,15 +36,25 @@ class DeviceOptions:
     serial: str = _opt("NX2-004117", "IDENTITY serial, up to 12 ASCII characters")
     fw_major: int = _opt(3, "IDENTITY fw_major")
     fw_minor: int = _opt(7, "IDENTITY fw_minor")
-    load_ohm: str = _opt("2000", "initial load in ohms, one value or a comma list per channel; 'open' = open circuit")
-    output_off_amplitude: str = _opt("zero", "what OUTPUT disabling a channel does to its amplitude register", "zero", "keep")
-    telemetry_schedule: str = _opt("spread", "TELEMETRY of every channel at once each period, or spread over it", "spread", "burst")
+    load_ohm: str = _opt("2000", "initial load in ohms: one value, or a comma list per channel; 'open' = open")
+    output_off_amplitude: str = _opt(
+        "zero", "what OUTPUT disabling a channel does to its amplitude register", "zero", "keep"
+    )
+    telemetry_schedule: str = _opt(
+        "spread", "TELEMETRY of every channel at once each period, or spread over it", "spread", "burst"
+    )
     reply_latency_ms: float = _opt(2.0, "processing time from a frame's arrival to its execution and reply")
-    sim_control: str = _opt("supported", "execute SIM_CONTROL, or NAK every one UNSUPPORTED like a real device", "supported", "unsupported")
+    sim_control: str = _opt(
+        "supported", "execute SIM_CONTROL, or NAK every one UNSUPPORTED like a real device", "supported", "unsupported"
+    )
     event_counter_start: int = _opt(250, "event counter (seq of TELEMETRY/FAULT) at power-on and after REBOOT")
-    nak_expected: str = _opt("zero", "NAK `expected` for codes other than OUT_OF_ORDER: 0, or the device's expected seq", "zero", "expected")
+    nak_expected: str = _opt(
+        "zero", "NAK `expected` for codes other than OUT_OF_ORDER: 0, or the device's expected seq", "zero", "expected"
+    )
     v1_hello: str = _opt("keep", "as a v1 device: HELLO keeps or resets the channel registers", "keep", "reset")
-    open_circuit: str = _opt("enabled", "an open load trips a channel once enabled, or only once its amplitude is above 0", "enabled", "driving")
+    open_circuit: str = _opt(
+        "enabled", "an open load trips a channel once enabled, or only once it drives current", "enabled", "driving"
+    )
 
     def __post_init__(self) -> None:
         checks = {
@@ -77,7 +88,8 @@ class DeviceOptions:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--name VALUE` option per DeviceOptions field."""
     for f in fields(DeviceOptions):
-        kind = {"int": lambda s: int(s, 0), "float": float}.get(str(f.type), str)
+        kinds: dict[str, Callable[[str], Any]] = {"int": lambda s: int(s, 0), "float": float}
+        kind = kinds.get(str(f.type), str)
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             type=kind,

@@ -40,7 +40,9 @@ class PeerProcess:
         self.stop()
 
 
-def spawn_peer(listen: str = "pty", trace: str | os.PathLike[str] | None = None, timeout: float = 10.0, **options: Any) -> PeerProcess:
+def spawn_peer(
+    listen: str = "pty", trace: str | os.PathLike[str] | None = None, timeout: float = 10.0, **options: Any
+) -> PeerProcess:
     """Start `python -m tests.peer_device`; options are DeviceOptions fields (`channels=4`, ...)."""
     argv = [sys.executable, "-m", "tests.peer_device", "--listen", listen]
     if trace is not None:

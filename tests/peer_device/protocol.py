@@ -63,7 +63,7 @@ class SimOp(IntEnum):
 
 
 # Expected body lengths of host commands that have a fixed one (ESTOP is executed whatever its body).
-BODY_LENGTH = {
+BODY_LENGTH: dict[int, int] = {
     Msg.HELLO: 1,
     Msg.HEARTBEAT: 0,
     Msg.GET_STATUS: 0,
