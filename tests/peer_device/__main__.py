@@ -26,6 +26,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.peer_device",
         description="An independent stimulator device implementing ICD.md (v2, v1 compatible).",
+        epilog="The first stdout line is where to connect: a pty path or socket://HOST:PORT. "
+        "The device keeps its state across host sessions until SIGTERM or SIGINT.",
     )
     parser.add_argument("--listen", default="pty", help="'pty' or 'tcp:HOST:PORT' (default: pty)")
     parser.add_argument("--trace", help="append JSON lines for output-off events, faults and reboots; "
