@@ -257,7 +257,7 @@ def test_a_stuck_supervisor_lets_the_device_watchdog_make_it_safe(sim: SimProces
     watchdog switches the output off, and commands from other threads are refused."""
     stuck = threading.Event()
     with stimulating(sim.url, level_ma=1.0) as stim:
-        stim.supervisor.on_reading = lambda reading: stuck.wait(10.0)  # type: ignore[method-assign]
+        stim.supervisor.on_reading = lambda *args: stuck.wait(10.0)  # type: ignore[method-assign]
         sim.trace.mark()
         sim.wait_event(output_off("watchdog"), timeout=3.0)
         time.sleep(0.5)
