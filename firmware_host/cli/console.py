@@ -89,7 +89,11 @@ def _console(args: argparse.Namespace) -> int:
     except (SafetyError, ValueError) as exc:
         return refused(exc)
 
-    record.append("session_plan", session_plan(args, console=True))
+    try:
+        record.append("session_plan", session_plan(args, console=True))
+    except SafetyError as exc:  # the record cannot be written: nothing is sent
+        record.close()
+        return refused(exc)
     stim = open_session(args, setup, record)
     if isinstance(stim, int):
         return stim
