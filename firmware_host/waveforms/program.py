@@ -117,7 +117,7 @@ class Site(_Model):
     point: Annotated[str, Field(min_length=1)] | None = None
 
     def needle_site(self) -> safety.NeedleSite:
-        return safety.NeedleSite(self.region, self.side)
+        return safety.NeedleSite(self.region, self.side, self.point)
 
 
 class Needle(_Model):
