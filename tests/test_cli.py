@@ -232,6 +232,7 @@ sensitivity = "typical"
 [needles.1]
 diameter_mm = 0.16
 length_mm = 5
+inserted_mm = 5
 site_a = { region = "forearm", side = "left" }
 site_b = { region = "forearm", side = "left" }
 
@@ -302,7 +303,7 @@ def test_preview_draws_a_program_and_a_preset(tmp_path: Path) -> None:
     thresholds = tmp_path / "thresholds.json"
     thresholds.write_text(json.dumps(THRESHOLDS))
     for args, out in (([str(REPO / "programs" / "dense_disperse_2_100hz.toml")], tmp_path / "dd.png"),
-                      (["--preset", "descending_inhibition", *SITES], tmp_path / "dnic.png")):
+                      (["--preset", "descending_modulation", *SITES], tmp_path / "dnic.png")):
         done = estim("preview", *args, "--thresholds", str(thresholds), "--out", str(out), timeout=60)
         assert done.returncode == 0, done.stderr
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

@@ -12,7 +12,7 @@ from .options import SENSITIVITY, ThresholdsError, add_program_options, program_
 
 EXAMPLES = """examples:
   estim preview programs/dense_disperse_2_100hz.toml --thresholds thresholds.json --out dd.png
-  estim preview --preset descending_inhibition --sites left:hand,left:hand --thresholds thresholds.json \\
+  estim preview --preset descending_modulation --sites left:hand,left:hand --thresholds thresholds.json \\
                 --sensitivity hyper --out dnic.png
 """
 
