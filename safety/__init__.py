@@ -8,6 +8,7 @@ from .errors import InterlockStateError, Refusal, SafetyError
 from .interlock import (APPROVAL_TTL_S, JITTER_S, AppliedDose, Approved, ClearFaults, Command, Expected, Interlock,
                         SessionSetup, SetChannel, SetOutputs, SimControl)
 from .limits import (NEEDLE_RULES, SENSITIVITY_FACTORS, STANDARD, DeviceLimits, EffectiveLimits, Needle, NeedleRules,
+                     describe_sensitivity,
                      Prescription, Sensitivity, StandardLimits, effective_limits)
 from .placement import ChannelPlacement, NeedleSite, Patient, Region, Side, check_placement
 from .record import RecordVerdict, RecordWriteError, TreatmentRecord, verify_record
@@ -24,6 +25,6 @@ __all__ = [
     "Interlock", "InterlockStateError", "LimitArrays", "Needle", "NeedleRules", "NeedleSite", "Patient",
     "Prescription", "Question", "RecordVerdict", "RecordWriteError", "Refusal", "Region", "SafetyError", "Screening", "ScreeningVerdict", "Sensitivity",
     "SessionSetup", "SetChannel", "SetOutputs", "SettingArrays", "Shape", "SimControl", "Side", "StandardLimits",
-    "Supervisor", "TreatmentRecord", "Verdict", "check_placement", "check_setting", "effective_limits",
+    "Supervisor", "TreatmentRecord", "Verdict", "check_placement", "check_setting", "describe_sensitivity", "effective_limits",
     "evaluate_arrays", "format_summary", "output_summary", "screen", "verify_record",
 ]

@@ -94,6 +94,9 @@ def needle_size(args: argparse.Namespace) -> tuple[float, float]:
 def parse_needle(args: argparse.Namespace) -> Needle:
     """The needle as the safety rules judge it: its diameter and the depth it is inserted."""
     diameter, length = needle_size(args)
+    if args.inserted is None:
+        raise Refusal("setup.needle", "give --inserted MM: how deep the needles are in (the charge-density rule "
+                      "judges the inserted part, not the nominal length)", value=None, limit="> 0")
     if not 0 < args.inserted <= length:
         raise Refusal("setup.needle", f"--inserted {args.inserted:g} mm: give how deep the needle is in, above 0 "
                       f"and at most its length ({length:g} mm)", value=args.inserted, limit=length)
@@ -230,6 +233,17 @@ PRESET_NAMES = ("peripheral_analgesia", "segmental_inhibition", "descending_modu
                 "neuromuscular_reeducation", "tissue_perfusion")  # waveforms.program.Mechanism, kept light
 
 
+def add_preset_options(parser: argparse.ArgumentParser) -> None:
+    """Where a preset goes, for commands that do not open a session (check, preview)."""
+    parser.add_argument("--channel", type=int, default=1, help="with --preset: the channel (default 1)")
+    parser.add_argument("--sites", metavar="SIDE:REGION[:POINT],SIDE:REGION[:POINT]",
+                        help="with --preset: the channel's needles; " + SITES_HELP)
+    add_needle_options(parser, required=False)
+    parser.add_argument("--sensitivity", choices=sorted(SENSITIVITY),
+                        help="with --preset: the patient's sensitivity (default: the patient's, or typical)")
+    parser.add_argument("--minutes", type=float, help="with --preset: its length")
+
+
 def add_program_options(parser: argparse.ArgumentParser) -> None:
     """--program FILE | --preset NAME, and --thresholds FILE for threshold-relative intensity."""
     source = parser.add_mutually_exclusive_group()
@@ -237,8 +251,8 @@ def add_program_options(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--preset", metavar="NAME", choices=PRESET_NAMES,
                         help="a preset for a target mechanism: " + ", ".join(PRESET_NAMES))
     parser.add_argument("--thresholds", type=Path, metavar="FILE",
-                        help="thresholds measured by `estim titrate --out FILE`, for threshold-relative "
-                             "programs and presets")
+                        help="thresholds measured by `estim titrate --out FILE` (without --patient, whose "
+                             "thresholds come from today's visit), for threshold-relative programs and presets")
 
 
 def unresolved_program(args: argparse.Namespace) -> Any:

@@ -13,18 +13,23 @@ import sys
 import time
 
 from . import EXIT_DEVICE_FAULT, EXIT_NO_DEVICE, EXIT_OK, refused, stoppable
-from .options import (ThresholdsError, add_program_options, add_session_options, fixed_waveform_setup,
-                      open_record, open_session, patient, program_from_args, session_plan)
+from .options import (add_program_options, add_session_options, fixed_waveform_setup, open_record, open_session,
+                      patient, program_from_args, session_plan)
+from .visit_context import (apply_last_dose, attach_visit, dose_request, keep_dose, keep_record,
+                            screening_verdict)
 
 
 EXAMPLES = """examples:
   estim run --channel 1 --frequency 2 --pulse-width 200 --amplitude 2 --seconds 20 \\
-            --sites left:forearm,left:forearm
+            --sites left:forearm,left:forearm --inserted 10
+  estim run --patient P001 --preset segmental_inhibition --channel 1 --sites left:forearm,left:hand:LI4 \\
+            --inserted 10
+  estim run --patient P001 --last-dose
   estim run --program programs/dense_disperse_2_100hz.toml --thresholds thresholds.json
-  estim run --preset segmental --channel 1 --sites left:forearm,left:forearm \\
+  estim run --preset segmental_inhibition --channel 1 --sites left:forearm,left:forearm --inserted 10 \\
             --thresholds thresholds.json --sensitivity hyper --minutes 20
   estim run --device /dev/ttyUSB0 --channel 2 --frequency 100 --pulse-width 200 --amplitude 3 \\
-            --minutes 20 --sites right:lower_leg,right:lower_leg --sensitivity hyper
+            --minutes 20 --sites right:lower_leg,right:lower_leg --inserted 20 --sensitivity hyper
 """
 
 
@@ -53,12 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ramp", type=float, default=1.0, metavar="MA_PER_S",
                         help="ramp rate in mA/s (default 1.0; the sensitivity profile may lower it)")
     add_session_options(parser, sites_required=False)
+    parser.add_argument("--last-dose", action="store_true",
+                        help="with --patient: the dose of the patient's last visit (program or preset, sites, "
+                             "needles), at today's thresholds")
     return parser
 
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.last_dose:
+        if not args.patient:
+            parser.error("--last-dose needs --patient CODE")
+        code = apply_last_dose(args)
+        if code is not None:
+            return code
     if args.program is None:
         needed = ["--channel", "--sites"] + ([] if args.preset else
                                              ["--frequency", "--pulse-width", "--amplitude", "--seconds"])
@@ -67,6 +81,9 @@ def main(argv: list[str]) -> int:
         if missing:
             parser.error("give --program FILE, --preset NAME, or direct parameters; missing: "
                          + ", ".join(m if m != "--seconds" else "--seconds/--minutes" for m in missing))
+    code = attach_visit(args)
+    if code is not None:
+        return code
     return stoppable(lambda: _run_program(args) if args.program or args.preset else _run(args))
 
 
@@ -86,10 +103,14 @@ def _run(args: argparse.Namespace) -> int:
             args, {args.channel: args.sites}, min(60.0, (hold_s + 2 * ramp_s) / 60 + 0.5))
     except (SafetyError, ValueError) as exc:
         return refused(exc)
+    code = screening_verdict(args, setup[1])
+    if code is not None:
+        return code
 
     with open_record(args.record) as record:
         record.append("session_plan", session_plan(args, hold_s=hold_s))
         print(f"record: {record.path}")
+        keep_record(args, record.path)
         stim = open_session(args, setup, record)
         if isinstance(stim, int):
             return stim
@@ -172,18 +193,24 @@ def _run_program(args: argparse.Namespace) -> int:
     from ..waveforms import ProgramError
     from ..waveforms.check import check
     from ..waveforms.engine import run_program
+    from ..waveforms.thresholds import ThresholdError
 
     try:
-        program = program_from_args(args)
-    except (ProgramError, ThresholdsError, SafetyError) as exc:
+        program, notes = program_from_args(args)
+    except (ProgramError, ThresholdError, SafetyError) as exc:
         return refused(exc)
     except (OSError, ValueError) as exc:
         return refused(ValueError(f"{args.program or args.preset}: {exc}"))
+    print_dose(args, program, notes)
+    code = screening_verdict(args, {ch: n.placement() for ch, n in program.needles.items()})
+    if code is not None:
+        return code
 
     with open_record(args.record) as record:
         plan = session_plan(args, program=program.name, duration_s=program.duration_s)
         record.append("session_plan", {**plan, "mechanism": plan["mechanism"] or str(program.mechanism)})
         print(f"record: {record.path}")
+        keep_record(args, record.path)
         try:
             link = fh.connect(args.device)
         except fh.EstimError as exc:
@@ -217,6 +244,7 @@ def _run_program(args: argparse.Namespace) -> int:
                     _progress(stim, update.setting.channel, program.duration_s - update.planned_s)
 
             report = run_program(stim, program, on_update=progress)
+            keep_dose(args, program, dose_request(args), stim, report.completed)
             print()
             if not report.completed:
                 print(f"stopped: {report.stop_reason}", file=sys.stderr)
@@ -224,3 +252,23 @@ def _run_program(args: argparse.Namespace) -> int:
             print(f"program complete: every output off. {report.sent} updates sent, send lateness "
                   f"p50 {report.late_p50_s * 1e3:.1f} ms / p99 {report.late_p99_s * 1e3:.1f} ms")
             return EXIT_OK
+
+
+def print_dose(args: argparse.Namespace, program, notes: tuple[str, ...]) -> None:  # noqa: ANN001 - Program
+    """Before anything starts: the preset in words, the sensitivity as applied, and every dose
+    per channel with what held it down."""
+    from safety import describe_sensitivity
+
+    from ..waveforms import PRESETS, Mechanism
+
+    if args.preset:
+        print(PRESETS[Mechanism(args.preset)].describe())
+    rx = program.prescription
+    caps = sorted(set(rx.max_amplitude_ma.values()))
+    print("sensitivity " + describe_sensitivity(rx.sensitivity, caps[-1], rx.ramp_rate_ma_per_s))
+    for i, seg in enumerate(program.segments, 1):
+        part = f" (part {i}, {seg.duration_s / 60:g} min)" if len(program.segments) > 1 else ""
+        for ch, spec in sorted(seg.channels.items()):
+            print(f"dose: channel {ch}: {spec.intensity:g} mA at the peak{part}")
+    for note in notes:
+        print(f"note: {note}")

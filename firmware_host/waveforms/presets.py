@@ -35,13 +35,15 @@ class Source:
     year: int
     title: str
     journal: str
+    locator: str = ""    # volume(issue):pages
     doi: str | None = None
     note: str = ""
 
     def __str__(self) -> str:
+        where = f";{self.locator}" if self.locator else ""
         doi = f" doi:{self.doi}" if self.doi else ""
         note = f" ({self.note})" if self.note else ""
-        return f"{self.authors}. {self.title}. {self.journal}. {self.year}.{doi}{note}"
+        return f"{self.authors}. {self.title}. {self.journal}. {self.year}{where}.{doi}{note}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +133,9 @@ class Preset:
             wave = f"{p['frequency_hz']:g} Hz, {p['pulse_width_us']:g} µs per phase, biphasic"
         if "intermittent" in p:
             i = p["intermittent"]
-            wave += (f"; {i['on_s']:g} s on / {i['off_s']:g} s off, each on-phase ramping up over "
-                     f"{i.get('ramp_up_s', 0):g} s and down over {i.get('ramp_down_s', 0):g} s")
+            ups = ", ".join(f"{s.value} {p.contraction_ramp_s:g} s" for s, p in PROFILES.items())
+            wave += (f"; {i['on_s']:g} s on / {i['off_s']:g} s off, each on-phase ramping up ({ups}) and down "
+                     f"over {i.get('ramp_down_s', 0):g} s")
         dose = ", ".join(f"{s.value} {m:g} x" for s, m in self.multiples.items())
         ceiling = ("never above 0.9 x the motor threshold (no twitch) nor 0.9 x tolerance"
                    if self.threshold is ThresholdKind.SENSORY else "never above 0.9 x tolerance")
@@ -152,19 +155,19 @@ class Preset:
 
 
 _HAN_2003 = Source("Han JS", 2003, "Acupuncture: neuropeptide release produced by electrical stimulation of "
-                   "different frequencies", "Trends Neurosci 26(1):17-22",
+                   "different frequencies", "Trends Neurosci", locator="26(1):17-22",
                    note="mostly rat data: 2 Hz enkephalin and beta-endorphin, 100 Hz spinal dynorphin, 2/100 Hz both")
 _BUTTS_2026 = Source("Butts R", 2026, "Dry needling isn't a 'trigger point tool'. It's a mechanotransduction "
                      "intervention", "Torrentia Medical Education (web article)", note="clinical framework, expert opinion")
 _LARA_PALOMO = Source("Lara-Palomo IC, Antequera-Soler E, Fernandez-Sanchez M, Castro-Sanchez AM, Garcia-Lopez H", 2024,
                       "Electrical dry needling versus a non-invasive multicomponent intervention in the treatment of "
                       "myofascial trigger points in patients with chronic low back pain: a randomised clinical trial",
-                      "Clin Rehabil 38(3):347-360", doi="10.1177/02692155231201589",
+                      "Clin Rehabil", locator="38(3):347-360", doi="10.1177/02692155231201589",
                       note="human trial of electrical dry needling as a whole, not of these exact parameters")
-_GARCIA_DE_MIGUEL = Source("Garcia-de-Miguel S, Pecos-Martin D, Larroca-Sanz T, et al.", 2020,
+_GARCIA_DE_MIGUEL = Source("Garcia-de-Miguel S, Pecos-Martin D, Larroca-Sanz T, et al", 2020,
                            "Short-term effects of PENS versus dry needling in subjects with unilateral mechanical neck "
                            "pain and active myofascial trigger points in levator scapulae muscle: a randomized "
-                           "controlled trial", "J Clin Med 9(6):1665", doi="10.3390/jcm9061665",
+                           "controlled trial", "J Clin Med", locator="9(6):1665", doi="10.3390/jcm9061665",
                            note="human trial of percutaneous electrical nerve stimulation")
 
 PRESETS: dict[Mechanism, Preset] = {
@@ -183,7 +186,7 @@ PRESETS: dict[Mechanism, Preset] = {
             ramp_ma_per_s=0.3,
             sources=(
                 Source("Goldman N, Chen M, Fujita T, et al.", 2010, "Adenosine A1 receptors mediate local "
-                       "anti-nociceptive effects of acupuncture", "Nat Neurosci 13(7):883-888", doi="10.1038/nn.2562",
+                       "anti-nociceptive effects of acupuncture", "Nat Neurosci", locator="13(7):883-888", doi="10.1038/nn.2562",
                        note="mice, manual needling"),
                 _HAN_2003,
                 _LARA_PALOMO,
@@ -211,7 +214,7 @@ PRESETS: dict[Mechanism, Preset] = {
             minutes=30.0,
             ramp_ma_per_s=0.4,
             sources=(
-                Source("Melzack R, Wall PD", 1965, "Pain mechanisms: a new theory", "Science 150(3699):971-979"),
+                Source("Melzack R, Wall PD", 1965, "Pain mechanisms: a new theory", "Science", locator="150(3699):971-979"),
                 _HAN_2003,
                 _GARCIA_DE_MIGUEL,
             ),
@@ -243,7 +246,7 @@ PRESETS: dict[Mechanism, Preset] = {
                 _HAN_2003,
                 Source("Wang Y, Zhang Y, Wang W, Cao Y, Han JS", 2005, "Effects of synchronous or asynchronous "
                        "electroacupuncture stimulation with low versus high frequency on spinal opioid release and "
-                       "tail flick nociception", "Exp Neurol 192:156-162", note="rats: 2/100 Hz alternation"),
+                       "tail flick nociception", "Exp Neurol", locator="192:156-162", note="rats: 2/100 Hz alternation"),
                 _BUTTS_2026,
             ),
             confidence=Confidence.LOW,
@@ -271,7 +274,7 @@ PRESETS: dict[Mechanism, Preset] = {
             ramp_ma_per_s=2.0,
             sources=(
                 Source("Maffiuletti NA", 2010, "Physiological and methodological considerations for the use of "
-                       "neuromuscular electrical stimulation", "Eur J Appl Physiol 110(2):223-234",
+                       "neuromuscular electrical stimulation", "Eur J Appl Physiol", locator="110(2):223-234",
                        note="conventions: 30-50 Hz, ramps of 1-2 s, rest 3 to 5 times the contraction"),
                 _BUTTS_2026,
             ),
@@ -295,7 +298,7 @@ PRESETS: dict[Mechanism, Preset] = {
             minutes=20.0,
             sources=(
                 Source("Langevin HM, Churchill DL, Cipolla MJ", 2001, "Mechanical signaling through connective "
-                       "tissue: a mechanism for the therapeutic effect of acupuncture", "FASEB J 15(12):2275-2282",
+                       "tissue: a mechanism for the therapeutic effect of acupuncture", "FASEB J", locator="15(12):2275-2282",
                        doi="10.1096/fj.01-0015hyp", note="needle rotation, not electrical stimulation"),
                 _BUTTS_2026,
             ),
