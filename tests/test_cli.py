@@ -16,7 +16,7 @@ import pytest
 from firmware_host.sim.process import SimProcess, child_env, spawn_sim
 from firmware_host.waveforms import Needle, Program, Site, preset_program
 from firmware_host.waveforms.thresholds import load as load_thresholds
-from support import REPO, write_thresholds
+from support import REPO, wait_for, write_thresholds
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -53,13 +53,6 @@ def records(path: Path) -> list[dict]:
 def run_args(sim: SimProcess, record: Path, *extra: str, seconds: str = "1") -> list[str]:
     return ["run", "--device", sim.url, "--channel", "1", "--frequency", "2", "--pulse-width", "200",
             "--amplitude", "1", "--ramp", "2", "--seconds", seconds, *SITES, "--record", str(record), *extra]
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def holding(record: Path) -> bool:

@@ -5,7 +5,6 @@ length for the treatment commands (`--minutes 0.05`, appended)."""
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from firmware_host.sim.process import child_env
-from support import REPO
+from support import REPO, titrate_with_keys
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -26,27 +25,6 @@ KEY_LEVELS_UA = (("s", 500), ("m", 1100), ("t", 1700))
 def doc_commands() -> list[list[str]]:
     blocks = re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S)
     return [shlex.split(line) for block in blocks for line in block.splitlines() if line.startswith("estim ")]
-
-
-def amplitude_ua(record: Path) -> int:
-    if not record.exists():
-        return 0
-    rows = [json.loads(line) for line in record.read_text().splitlines() if line.strip().endswith("}")]
-    return max((r["data"]["amplitude_ua"] for r in rows if r["kind"] == "telemetry"), default=0)
-
-
-def titrate(argv: list[str], record: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    from test_cli import wait_for
-
-    proc = subprocess.Popen(argv + ["--record", str(record), "--ramp", "2"], cwd=cwd, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
-    assert proc.stdin is not None
-    for key, level in KEY_LEVELS_UA:
-        wait_for(lambda: amplitude_ua(record) >= level or proc.poll() is not None, timeout=30)
-        proc.stdin.write(key + "\n")
-        proc.stdin.flush()
-    out, err = proc.communicate(timeout=30)
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def test_the_walkthrough_covers_a_whole_visit() -> None:
@@ -64,7 +42,8 @@ def test_every_command_in_the_clinician_doc_runs(tmp_path: Path, monkeypatch: py
     for n, command in enumerate(doc_commands()):
         argv = [sys.executable, "-m", "firmware_host", *command[1:]]
         if command[1] == "titrate":
-            done = titrate(argv, tmp_path / f"titration-{n}.jsonl", tmp_path)
+            done = titrate_with_keys([*argv, "--ramp", "2"], tmp_path / f"titration-{n}.jsonl", KEY_LEVELS_UA,
+                                     cwd=tmp_path)
         else:
             if command[1] == "run":
                 argv += ["--minutes", "0.05"]

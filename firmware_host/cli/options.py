@@ -51,14 +51,18 @@ def add_patient_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patient", metavar="CODE",
                         help="the patient's code: the session is part of today's visit (screened with "
                              "`estim visit start CODE`), its thresholds and dose are kept with the visit")
-    parser.add_argument("--store", metavar="URL",
-                        help="the visit store (default: $ESTIM_STORE_URL, else a SQLite file in the user's data "
-                             "directory), e.g. postgresql+psycopg://estim@db.clinic/estim")
+    add_store_option(parser)
     parser.add_argument("--implanted-device", action="store_true",
                         help="without --patient: the patient has a pacemaker, ICD or other implanted electronic "
                              "device (stimulation is then refused)")
     parser.add_argument("--pregnant", action="store_true",
                         help="without --patient: the patient is pregnant (pelvic sites refused)")
+
+
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", metavar="URL",
+                        help="the visit store (default: $ESTIM_STORE_URL, else a SQLite file in the user's data "
+                             "directory), e.g. postgresql+psycopg://estim@db.clinic/estim")
 
 
 def parse_sites(text: str) -> ChannelPlacement:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import EXIT_OK, refused
+from .options import add_store_option
 
 EXAMPLES = """examples:
   estim patient add P001 --sensitivity hyper
@@ -38,8 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     trend.add_argument("patient", metavar="CODE")
     trend.add_argument("--out", type=Path, required=True, metavar="PNG")
     for p in (add, show, trend):
-        p.add_argument("--store", metavar="URL", help="the visit store (default: $ESTIM_STORE_URL or the user's "
-                                                      "data directory)")
+        add_store_option(p)
     return parser
 
 

@@ -14,6 +14,7 @@ import os
 import sys
 
 from . import EXIT_OK, EXIT_REFUSED, refused
+from .options import add_store_option
 
 EXAMPLES = """examples:
   estim visit start P001 --no all
@@ -59,8 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     end.add_argument("--plan", default="", metavar="KIND,KIND", help=", ".join(PLAN_KINDS))
     end.add_argument("--text", default="", help="the plan in words")
     for p in (start, outcome, end):
-        p.add_argument("--store", metavar="URL", help="the visit store (default: $ESTIM_STORE_URL or the user's "
-                                                      "data directory)")
+        add_store_option(p)
     return parser
 
 

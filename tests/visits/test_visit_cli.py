@@ -12,6 +12,7 @@ import pytest
 
 from firmware_host.sim.process import child_env
 from firmware_host.waveforms.thresholds import load
+from support import titrate_with_keys
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,24 +31,8 @@ def entries(record: Path) -> list[dict]:
     return [json.loads(line) for line in record.read_text().splitlines() if line.strip().endswith("}")]
 
 
-def peak_ua(record: Path) -> int:
-    return max((r["data"]["amplitude_ua"] for r in entries(record) if r["kind"] == "telemetry"), default=0)
-
-
 def titrate(record: Path, keys: list[tuple[str, int]], *extra: str) -> subprocess.CompletedProcess[str]:
-    """`estim titrate`, pressing each key once the delivered current reaches its level (µA)."""
-    from test_cli import wait_for
-
-    proc = subprocess.Popen([sys.executable, "-m", "firmware_host", "titrate", *SITES, *WAVE, "--record", str(record),
-                             *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=child_env())
-    assert proc.stdin is not None
-    for key, level in keys:
-        wait_for(lambda: peak_ua(record) >= level or proc.poll() is not None, timeout=30)
-        proc.stdin.write(key + "\n")
-        proc.stdin.flush()
-    out, err = proc.communicate(timeout=30)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return titrate_with_keys([sys.executable, "-m", "firmware_host", "titrate", *SITES, *WAVE, *extra], record, keys)
 
 
 def set_channel_ua(record: Path) -> list[tuple[str, int]]:

@@ -7,7 +7,6 @@ the end (the store itself is tested on both in test_store.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 
 from firmware_host.sim.process import child_env
 from firmware_host.visits import VisitStore
+from support import titrate_with_keys
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,27 +36,10 @@ def estim(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
                           env=child_env(), timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def telemetry_ua(record: Path) -> list[int]:
-    if not record.exists():
-        return []
-    lines = [json.loads(line) for line in record.read_text().splitlines() if line.strip().endswith("}")]
-    return [r["data"]["amplitude_ua"] for r in lines if r["kind"] == "telemetry"]
-
-
 def titrate(record: Path, marks_ua: tuple[int, int, int]) -> subprocess.CompletedProcess[str]:
     """Titrate channel 1 on the preset's waveform, pressing s, m and t as the current passes each level."""
-    proc = subprocess.Popen([sys.executable, "-m", "firmware_host", "titrate", "--patient",
-                             "P001", *PRESET, "--ramp", "2", "--record", str(record)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
-    assert proc.stdin is not None
-    from test_cli import wait_for   # the suite's condition wait (bounded, no fixed sleeps)
-
-    for key, level in zip("smt", marks_ua):
-        wait_for(lambda: max(telemetry_ua(record), default=0) >= level or proc.poll() is not None, timeout=30)
-        proc.stdin.write(key + "\n")
-        proc.stdin.flush()
-    out, err = proc.communicate(timeout=30)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    argv = [sys.executable, "-m", "firmware_host", "titrate", "--patient", "P001", *PRESET, "--ramp", "2"]
+    return titrate_with_keys(argv, record, list(zip("smt", marks_ua)))
 
 
 def dose_line(stdout: str) -> float:
