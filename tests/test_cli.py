@@ -217,7 +217,7 @@ def test_check_passes_shipped_programs(program: Path, tmp_path: Path) -> None:
     done = estim("check", str(program), "--thresholds", str(thresholds))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "program passes every rule" in done.stdout
-    assert "ramp" not in done.stdout           # delivered as written: no rate-limited rises
+    assert "lengthen the ramp" not in done.stdout   # delivered as written: no rate-limited rises
 
 
 def test_shipped_programs_cover_every_mechanism() -> None:

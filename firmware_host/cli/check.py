@@ -19,7 +19,8 @@ import sys
 from typing import Any
 
 from . import EXIT_NO_DEVICE, EXIT_OK, EXIT_REFUSED
-from .options import add_patient_options, add_preset_options, add_program_options, patient, program_from_args
+from .options import (add_patient_options, add_preset_options, add_program_options, patient, print_dose,
+                      program_from_args)
 
 EXAMPLES = """examples:
   estim check programs/high_rate_100hz.toml --thresholds thresholds.json
@@ -102,8 +103,7 @@ def main(argv: list[str]) -> int:
                               "warnings": list(screening.warnings)}}, indent=2, default=str))
     else:
         print(f"program: {program.name} ({args.program or 'preset'}), {program.duration_s:g} s\nlimits: {source}")
-        for note in notes:
-            print(f"note: {note}")
+        print_dose(args, program, notes)
         if screening is not None:
             print(*(f"refused by today's screening: {r}" for r in screening.refusals),
                   *(f"caution: {w}" for w in screening.warnings), sep="\n")

@@ -12,6 +12,7 @@ import sys
 
 from . import EXIT_DEVICE_FAULT, EXIT_OK, refused, stoppable
 from .options import add_session_options, fixed_waveform_setup, open_record, open_session, session_plan
+from .visit_context import attach_visit, keep_record, screening_verdict
 
 EXAMPLES = """keys:
   ↑ or +   raise the selected channel one step (ramps at the prescribed rate)
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    code = attach_visit(args)
+    if code is not None:
+        return code
     return stoppable(lambda: _console(args))
 
 
@@ -86,9 +90,13 @@ def _console(args: argparse.Namespace) -> int:
                                                                  args.minutes)
     except (SafetyError, ValueError) as exc:
         return refused(exc)
+    code = screening_verdict(args, setup[1])
+    if code is not None:
+        return code
 
     record = open_record(args.record)
     record.append("session_plan", session_plan(args, console=True))
+    keep_record(args, record.path)
     stim = open_session(args, setup, record)
     if isinstance(stim, int):
         return stim

@@ -278,3 +278,23 @@ def unresolved_program(args: argparse.Namespace) -> Any:
 def program_from_args(args: argparse.Namespace) -> tuple[Any, tuple[str, ...]]:
     """The resolved program and the notes on its thresholds (see `dose_thresholds`)."""
     return dose_thresholds(args, unresolved_program(args))
+
+
+def print_dose(args: argparse.Namespace, program: Any, notes: tuple[str, ...]) -> None:
+    """Before anything starts: the preset in words, the sensitivity as applied, and every dose
+    per channel with what held it down."""
+    from safety import describe_sensitivity
+
+    from ..waveforms import PRESETS, Mechanism
+
+    if args.preset:
+        print(PRESETS[Mechanism(args.preset)].describe())
+    rx = program.prescription
+    caps = sorted(set(rx.max_amplitude_ma.values()))
+    print("sensitivity " + describe_sensitivity(rx.sensitivity, caps[-1], rx.ramp_rate_ma_per_s))
+    for i, seg in enumerate(program.segments, 1):
+        part = f" (part {i}, {seg.duration_s / 60:g} min)" if len(program.segments) > 1 else ""
+        for ch, spec in sorted(seg.channels.items()):
+            print(f"dose: channel {ch}: {spec.intensity:g} mA at the peak{part}")
+    for note in notes:
+        print(f"note: {note}")

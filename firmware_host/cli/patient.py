@@ -137,6 +137,12 @@ def _trend(args: argparse.Namespace, visits: list) -> int:
         idx = [scored.index(v) + 1 for v in ppt]
         ax2.plot(idx, [v.outcome.ppt_local_before_kpa for v in ppt], "s--", color="tab:gray", label="local before")
         ax2.plot(idx, [v.outcome.ppt_local_after_kpa for v in ppt], "s-", color="tab:green", label="local after")
+        remote = [(i, v.outcome) for i, v in zip(idx, ppt) if v.outcome.ppt_remote_before_kpa is not None]
+        if remote:
+            ax2.plot([i for i, _ in remote], [o.ppt_remote_before_kpa for _, o in remote], "^--", color="tab:gray",
+                     label="remote before")
+            ax2.plot([i for i, _ in remote], [o.ppt_remote_after_kpa for _, o in remote], "^-", color="tab:purple",
+                     label="remote after")
         ax2.set_ylabel("pressure-pain threshold (kPa)")
         ax2.legend(loc="lower left", fontsize=8, framealpha=0.8)
     axes[-1][0].set_xticks(list(n), labels)

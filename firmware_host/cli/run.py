@@ -14,7 +14,7 @@ import time
 
 from . import EXIT_DEVICE_FAULT, EXIT_NO_DEVICE, EXIT_OK, refused, stoppable
 from .options import (add_program_options, add_session_options, fixed_waveform_setup, open_record, open_session,
-                      patient, program_from_args, session_plan)
+                      patient, print_dose, program_from_args, session_plan)
 from .visit_context import (apply_last_dose, attach_visit, dose_request, keep_dose, keep_record,
                             screening_verdict)
 
@@ -106,6 +106,9 @@ def _run(args: argparse.Namespace) -> int:
     code = screening_verdict(args, setup[1])
     if code is not None:
         return code
+    from safety import describe_sensitivity
+
+    print("sensitivity " + describe_sensitivity(setup[0].sensitivity, args.max_amplitude, args.ramp))
 
     with open_record(args.record) as record:
         record.append("session_plan", session_plan(args, hold_s=hold_s))
@@ -253,22 +256,3 @@ def _run_program(args: argparse.Namespace) -> int:
                   f"p50 {report.late_p50_s * 1e3:.1f} ms / p99 {report.late_p99_s * 1e3:.1f} ms")
             return EXIT_OK
 
-
-def print_dose(args: argparse.Namespace, program, notes: tuple[str, ...]) -> None:  # noqa: ANN001 - Program
-    """Before anything starts: the preset in words, the sensitivity as applied, and every dose
-    per channel with what held it down."""
-    from safety import describe_sensitivity
-
-    from ..waveforms import PRESETS, Mechanism
-
-    if args.preset:
-        print(PRESETS[Mechanism(args.preset)].describe())
-    rx = program.prescription
-    caps = sorted(set(rx.max_amplitude_ma.values()))
-    print("sensitivity " + describe_sensitivity(rx.sensitivity, caps[-1], rx.ramp_rate_ma_per_s))
-    for i, seg in enumerate(program.segments, 1):
-        part = f" (part {i}, {seg.duration_s / 60:g} min)" if len(program.segments) > 1 else ""
-        for ch, spec in sorted(seg.channels.items()):
-            print(f"dose: channel {ch}: {spec.intensity:g} mA at the peak{part}")
-    for note in notes:
-        print(f"note: {note}")
