@@ -146,21 +146,63 @@ def fixed_waveform_setup(args: argparse.Namespace, sites: dict[int, str], minute
 
 def open_session(args: argparse.Namespace, setup: tuple[Any, dict, dict], record: TreatmentRecord) -> Any:
     """`firmware_host.open` for --device with the set-up from `fixed_waveform_setup`; on a
-    refusal or an unreachable device, the exit code instead of a session."""
+    refusal or an unreachable device, the exit code instead of a session. Tells the user once
+    what a v1 device means for the end of the session."""
     import firmware_host as fh
     from safety import SafetyError
 
-    from . import EXIT_NO_DEVICE, refused
+    from . import refused, unreachable
 
     prescription, placements, needles = setup
     try:
-        return fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
+        stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
                        patient=patient(args), record=record)
     except SafetyError as exc:
-        return refused(exc)
+        return refused(exc, getattr(args, "json", False))
     except fh.EstimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NO_DEVICE
+        return unreachable(exc, getattr(args, "json", False))
+    version_notice(stim.identity, args.device)
+    return stim
+
+
+def version_notice(identity: Any, device: str) -> None:
+    """ICD v1 has no end of session: say once what that means for the next one."""
+    if identity.protocol_version < 2:
+        from ..fault_text import clear_command
+
+        print(f"note: {identity.serial} speaks ICD v1, which has no end of session: after this session closes "
+              f"its watchdog will latch WATCHDOG, and the next session must first clear it "
+              f"({clear_command(device)}).", file=sys.stderr)
+
+
+def latched_at_start(stim: Any, device: str) -> int | None:
+    """EXIT_DEVICE_FAULT with what is latched, why, and the command that clears it; None when
+    the device is ready."""
+    if stim.tripped is None:
+        return None
+    from .. import fault_text
+    from . import EXIT_DEVICE_FAULT
+
+    latched = sorted(stim.status().latched_faults)
+    print(f"refused: the device has a stop latched from before, so nothing was sent:", file=sys.stderr)
+    for code in latched or ["(none reported now)"]:
+        print(f"  - {fault_text.explain(code)}", file=sys.stderr)
+    print(f"check the patient and the device, then clear it with your name:\n  {fault_text.clear_command(device)}",
+          file=sys.stderr)
+    return EXIT_DEVICE_FAULT
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse (before any device is opened) a file this command could not write."""
+    target = path if path.exists() else next((p for p in path.parents if p.exists()), Path("/"))
+    if path.exists() and path.is_dir():
+        problem = "is a folder"
+    elif not os.access(target, os.W_OK) or (not path.exists() and not os.access(target, os.X_OK)):
+        problem = "cannot be written here (permission denied or a read-only place)"
+    else:
+        return
+    raise Refusal("output.not_writable", f"the {what} {path} {problem}: choose another place",
+                  value=str(path), limit="a writable file")
 
 
 def session_plan(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
@@ -188,12 +230,23 @@ def _thresholds_as_given(path: Path | None) -> Any:
         return str(path)  # unreadable: the run refuses it on its own; the record names the file
 
 
-def open_record(path: Path | None) -> TreatmentRecord:
+def open_record(path: Path | None, kind: str = "session") -> TreatmentRecord:
+    """The treatment record at `path` (default: a timestamped file in the user's data dir);
+    a place that cannot be written, or an existing file that is not an intact record, is a
+    refusal before any device is opened."""
     if path is None:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-        path = base / "estim" / "records" / time.strftime("session-%Y%m%d-%H%M%S.jsonl")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return TreatmentRecord(path)
+        path = base / "estim" / "records" / time.strftime(f"{kind}-%Y%m%d-%H%M%S.jsonl")
+    check_writable(path, "treatment record")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return TreatmentRecord(path)
+    except OSError as exc:
+        raise Refusal("output.not_writable", f"the treatment record {path} cannot be written ({exc.strerror}): "
+                      "choose another place with --record", value=str(path), limit="a writable file") from None
+    except ValueError as exc:
+        raise Refusal("output.not_a_record", f"{exc}: choose a new file with --record", value=str(path),
+                      limit="an intact record or a new file") from None
 
 
 def dose_thresholds(args: argparse.Namespace, program: Any) -> tuple[Any, tuple[str, ...]]:
@@ -261,40 +314,40 @@ def add_program_options(parser: argparse.ArgumentParser) -> None:
 
 def unresolved_program(args: argparse.Namespace) -> Any:
     """The Program named by --program, or --preset for --channel/--sites/--needle/--inserted,
-    the sensitivity and --minutes, before thresholds; raises ProgramError, Refusal or ValueError."""
+    the sensitivity and --minutes/--seconds, capped by --max-amplitude and --ramp when given,
+    before thresholds; raises ProgramError, Refusal or ValueError."""
     from ..waveforms import preset_program
     from ..waveforms.program import Needle as NeedleSpec
     from ..waveforms.program import Program, Site
 
     if args.program is not None:
-        return Program.load(args.program)
-    placement, (diameter, length) = parse_sites(args.sites), needle_size(args)
-    spec = NeedleSpec(diameter_mm=diameter, length_mm=length, inserted_mm=parse_needle(args).length_mm,
-                      site_a=Site(region=placement.a.region, side=placement.a.side, point=placement.a.point),
-                      site_b=Site(region=placement.b.region, side=placement.b.side, point=placement.b.point))
-    return preset_program(args.preset, {args.channel: spec}, sensitivity(args), getattr(args, "minutes", None))
+        program = Program.load(args.program)
+    else:
+        minutes = args.seconds / 60 if getattr(args, "seconds", None) is not None else getattr(args, "minutes", None)
+        if minutes is not None and not 0 < minutes <= 60:
+            raise Refusal("session.too_long", f"a preset of {minutes:g} minutes is outside 0 to the 60 minutes "
+                          "allowed", value=minutes, limit=60)
+        placement, (diameter, length) = parse_sites(args.sites), needle_size(args)
+        spec = NeedleSpec(diameter_mm=diameter, length_mm=length, inserted_mm=parse_needle(args).length_mm,
+                          site_a=Site(region=placement.a.region, side=placement.a.side, point=placement.a.point),
+                          site_b=Site(region=placement.b.region, side=placement.b.side, point=placement.b.point))
+        program = preset_program(args.preset, {args.channel: spec}, sensitivity(args), minutes)
+        if minutes is not None and program.duration_s < minutes * 60 - 1e-6:
+            raise Refusal("preset.minutes", f"{args.preset} for a {sensitivity(args).value} patient lasts at most "
+                          f"{program.duration_s / 60:g} minutes, not {minutes:g}: choose --minutes "
+                          f"{program.duration_s / 60:g} or less", value=minutes, limit=program.duration_s / 60)
+    return _capped(program, getattr(args, "max_amplitude", None), getattr(args, "ramp", None))
 
 
 def program_from_args(args: argparse.Namespace) -> tuple[Any, tuple[str, ...]]:
     """The resolved program and the notes on its thresholds (see `dose_thresholds`)."""
-    return dose_thresholds(args, unresolved_program(args))
+    program = unresolved_program(args)
+    if not program.needed_thresholds and getattr(args, "thresholds", None) is not None:
+        raise Refusal("usage.conflict", f"--thresholds is not used: {program.name!r} sets every intensity in mA",
+                      value=str(args.thresholds), limit="a threshold-relative program or preset")
+    return dose_thresholds(args, program)
 
 
-def print_dose(args: argparse.Namespace, program: Any, notes: tuple[str, ...]) -> None:
-    """Before anything starts: the preset in words, the sensitivity as applied, and every dose
-    per channel with what held it down."""
-    from safety import describe_sensitivity
 
-    from ..waveforms import PRESETS, Mechanism
 
-    if args.preset:
-        print(PRESETS[Mechanism(args.preset)].describe())
-    rx = program.prescription
-    caps = sorted(set(rx.max_amplitude_ma.values()))
-    print("sensitivity " + describe_sensitivity(rx.sensitivity, caps[-1], rx.ramp_rate_ma_per_s))
-    for i, seg in enumerate(program.segments, 1):
-        part = f" (part {i}, {seg.duration_s / 60:g} min)" if len(program.segments) > 1 else ""
-        for ch, spec in sorted(seg.channels.items()):
-            print(f"dose: channel {ch}: {spec.intensity:g} mA at the peak{part}")
-    for note in notes:
-        print(f"note: {note}")
+

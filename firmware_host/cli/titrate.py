@@ -132,14 +132,15 @@ def _titrate(args: argparse.Namespace) -> int:
     from safety import ChannelSetting, SafetyError
 
     from ..waveforms import ProgramError
-    from ..waveforms.thresholds import ThresholdError, check_writable
+    from ..waveforms.thresholds import ThresholdError
+    from .options import check_writable
 
     code = attach_visit(args)
     if code is not None:
         return code
     try:
         if args.out is not None:
-            check_writable(args.out)
+            check_writable(args.out, "thresholds file")
         wave = _waveform(args)
         args.frequency, args.pulse_width = wave.frequency_hz, wave.pulse_width_us
         setting = ChannelSetting(args.channel, wave.shape, wave.frequency_hz, wave.pulse_width_us, 0.0,

@@ -225,18 +225,3 @@ def load(path: Path) -> list[ChannelThresholds]:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise ThresholdError(f"{path}: an entry is incomplete or invalid ({exc}); titrate again") from None
-
-
-def check_writable(path: Path) -> None:
-    """Before the patient is touched: the thresholds file can be created where asked."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ThresholdError(f"--out {path} is a directory; give a file name")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=parent)
-    except OSError as exc:
-        raise ThresholdError(f"--out {path}: cannot write there ({exc.strerror}); choose another place") from None
-    os.close(fd)
-    os.unlink(tmp)
-

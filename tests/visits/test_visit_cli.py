@@ -79,7 +79,7 @@ def test_titration_out_is_validated_before_the_patient_is_touched(tmp_path: Path
     blocker.write_text("")
     record = tmp_path / "t.jsonl"
     done = estim("titrate", *SITES, *WAVE, "--record", str(record), "--out", str(blocker / "th.json"))
-    assert done.returncode == 2 and "cannot write there" in done.stderr
+    assert done.returncode == 2 and "cannot be written" in done.stderr
     assert not record.exists()                # no session was opened
 
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_host.waveforms.thresholds import (ChannelThresholds, ThresholdError, TitrationWaveform, check_writable,
-                                                convert_width, for_dose, load, save)
+from firmware_host.waveforms.thresholds import (ChannelThresholds, ThresholdError, TitrationWaveform, convert_width,
+                                                for_dose, load, save)
 from safety import ChannelPlacement, NeedleSite, Region, Shape, Side
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=timezone.utc)
@@ -114,13 +114,3 @@ def test_a_failed_write_leaves_the_good_file(tmp_path: Path, monkeypatch: pytest
         save(path, [measured(marks=(9.0, 9.5, 9.9))])
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["th.json"]     # no temporary file left behind
-
-
-def test_out_is_checked_before_the_patient_is_touched(tmp_path: Path) -> None:
-    check_writable(tmp_path / "new" / "th.json")
-    with pytest.raises(ThresholdError, match="directory"):
-        check_writable(tmp_path)
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    with pytest.raises(ThresholdError, match="cannot write"):
-        check_writable(blocker / "th.json")
