@@ -96,8 +96,10 @@ def needle_size(args: argparse.Namespace) -> tuple[float, float]:
 
 
 def parse_needle(args: argparse.Namespace) -> Needle:
-    """The needle as the safety rules judge it: its diameter and the depth it is inserted."""
+    """The needle as the safety rules judge it: its diameter and the depth it is inserted (the
+    nominal size is checked to be a needle's too)."""
     diameter, length = needle_size(args)
+    Needle(diameter, length)
     if args.inserted is None:
         raise Refusal("setup.needle", "give --inserted MM: how deep the needles are in (the charge-density rule "
                       "judges the inserted part, not the nominal length)", value=None, limit="> 0")
@@ -348,6 +350,40 @@ def program_from_args(args: argparse.Namespace) -> tuple[Any, tuple[str, ...]]:
     return dose_thresholds(args, program)
 
 
+def _capped(program: Any, max_amplitude: float | None, ramp: float | None) -> Any:
+    """`program` with its prescription's amplitude caps and ramp rate lowered to the given ones
+    (a cap never raises what the program prescribes; a dose above it is then refused)."""
+    rx = program.prescription
+    update: dict[str, Any] = {}
+    if max_amplitude is not None:
+        if not max_amplitude > 0:
+            raise Refusal("setup.max_amplitude", f"--max-amplitude {max_amplitude:g} mA is not a positive cap",
+                          value=max_amplitude, limit="> 0")
+        update["max_amplitude_ma"] = {ch: min(cap, max_amplitude) for ch, cap in rx.max_amplitude_ma.items()}
+    if ramp is not None:
+        if not ramp > 0:
+            raise Refusal("setup.ramp", f"--ramp {ramp:g} mA/s is not a positive rate", value=ramp, limit="> 0")
+        update["ramp_rate_ma_per_s"] = min(rx.ramp_rate_ma_per_s, ramp)
+    if not update:
+        return program
+    return type(program).model_validate({**program.model_dump(), "prescription": {**rx.model_dump(), **update}})
 
 
+def print_dose(args: argparse.Namespace, program: Any, notes: tuple[str, ...]) -> None:
+    """Before anything starts: the preset in words, the sensitivity as applied, and every dose
+    per channel with what held it down."""
+    from safety import describe_sensitivity
 
+    from ..waveforms import PRESETS, Mechanism
+
+    if args.preset:
+        print(PRESETS[Mechanism(args.preset)].describe())
+    rx = program.prescription
+    caps = sorted(set(rx.max_amplitude_ma.values()))
+    print("sensitivity " + describe_sensitivity(rx.sensitivity, caps[-1], rx.ramp_rate_ma_per_s))
+    for i, seg in enumerate(program.segments, 1):
+        part = f" (part {i}, {seg.duration_s / 60:g} min)" if len(program.segments) > 1 else ""
+        for ch, spec in sorted(seg.channels.items()):
+            print(f"dose: channel {ch}: {spec.intensity:g} mA at the peak{part}")
+    for note in notes:
+        print(f"note: {note}")
