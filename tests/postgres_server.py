@@ -13,6 +13,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 import uuid
@@ -72,6 +73,8 @@ def _server(bin_dir: Path) -> Iterator[str]:
     base = Path(tempfile.mkdtemp(prefix="estim-pg-"))
     if uid is not None:
         os.chown(base, uid, gid)
+        if bin_dir.parent.name == "pginstall" and not _others_can_reach(bin_dir):
+            bin_dir = _private_copy(bin_dir.parent, base / "pginstall") / "bin"   # the wheel's tree is relocatable
     data, log = base / "data", base / "server.log"
 
     def run(*args: str) -> None:
@@ -91,6 +94,18 @@ def _server(bin_dir: Path) -> Iterator[str]:
             run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _others_can_reach(path: Path) -> bool:
+    """Whether a user other than the owner may traverse to `path` (o+x on every folder above)."""
+    return all(os.stat(p).st_mode & stat.S_IXOTH for p in (path, *path.parents))
+
+
+def _private_copy(install: Path, to: Path) -> Path:
+    """The server's files copied where the unprivileged user can reach them."""
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(install / part, to / part, symlinks=True)
+    return to
 
 
 def new_database(url_template: str) -> str:
