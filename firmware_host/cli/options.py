@@ -195,16 +195,21 @@ def latched_at_start(stim: Any, device: str) -> int | None:
 
 
 def check_writable(path: Path, what: str) -> None:
-    """Refuse (before any device is opened) a file this command could not write."""
-    target = path if path.exists() else next((p for p in path.parents if p.exists()), Path("/"))
-    if path.exists() and path.is_dir():
-        problem = "is a folder"
-    elif not os.access(target, os.W_OK) or (not path.exists() and not os.access(target, os.X_OK)):
-        problem = "cannot be written here (permission denied or a read-only place)"
-    else:
-        return
-    raise Refusal("output.not_writable", f"the {what} {path} {problem}: choose another place",
-                  value=str(path), limit="a writable file")
+    """Refuse (before any device is opened) a file this command could not write: by trying,
+    since permission bits say nothing to root and nothing about read-only file systems."""
+    existed = path.exists()
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise Refusal("output.not_writable", f"the {what} {path} cannot be written there "
+                      f"({exc.strerror or exc}): choose another place", value=str(path),
+                      limit="a writable file") from None
 
 
 def session_plan(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:

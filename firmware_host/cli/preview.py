@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import EXIT_OK, EXIT_REFUSED
-from .options import add_preset_options, add_program_options, program_from_args
+from .options import add_preset_options, add_program_options, check_writable, program_from_args
 
 EXAMPLES = """examples:
   estim preview programs/dense_disperse_2_100hz.toml --thresholds thresholds.json --out dd.png
@@ -44,6 +44,7 @@ def main(argv: list[str]) -> int:
     from ..waveforms.preview import preview
 
     try:
+        check_writable(args.out, "picture")
         program, _notes = program_from_args(args)
     except (ProgramError, SafetyError, OSError, ValueError) as exc:
         print(f"refused: {exc}", file=sys.stderr)

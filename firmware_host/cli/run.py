@@ -168,7 +168,10 @@ def _run(args: argparse.Namespace) -> int:
         return refused(exc, args.json)
 
     with record:
-        record.append("session_plan", session_plan(args, hold_s=hold_s))
+        try:
+            record.append("session_plan", session_plan(args, hold_s=hold_s))
+        except SafetyError as exc:  # the record cannot be written: nothing is sent
+            return refused(exc, args.json)
         print(f"record: {record.path}")
         keep_record(args, record.path)
         stim = open_session(args, setup, record)
@@ -281,7 +284,10 @@ def _run_program(args: argparse.Namespace) -> int:
 
     with record:
         plan = session_plan(args, program=program.name, duration_s=program.duration_s)
-        record.append("session_plan", {**plan, "mechanism": plan["mechanism"] or str(program.mechanism)})
+        try:
+            record.append("session_plan", {**plan, "mechanism": plan["mechanism"] or str(program.mechanism)})
+        except SafetyError as exc:  # the record cannot be written: nothing is sent
+            return refused(exc, args.json)
         print(f"record: {record.path}")
         keep_record(args, record.path)
         try:
