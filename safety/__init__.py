@@ -9,21 +9,23 @@ from .approvals import APPROVAL_TTL_S, Approved, ClearFaults, Command, SetChanne
 from .dynamic import JITTER_S
 from .interlock import AppliedDose, Expected, Interlock, SessionSetup
 from .limits import (NEEDLE_RULES, SENSITIVITY_FACTORS, STANDARD, DeviceLimits, EffectiveLimits, Needle, NeedleRules,
+                     describe_sensitivity,
                      Prescription, Sensitivity, StandardLimits, effective_limits)
 from .placement import ChannelPlacement, NeedleSite, Patient, Region, Side, check_placement
 from .record import RecordVerdict, RecordWriteError, TreatmentRecord, verify_record
+from .screening import QUESTIONS, Question, Screening, ScreeningVerdict, screen
 from .report import ChannelSummary, format_summary, output_summary
 from .rules import RULES, ArrayVerdict, LimitArrays, SettingArrays, Verdict, check_setting, evaluate_arrays
 from .settings import ChannelReading, ChannelSetting, Shape
 from .supervisor import Action, ActionKind, Supervisor
 
 __all__ = [
-    "APPROVAL_TTL_S", "JITTER_S", "NEEDLE_RULES", "RULES", "SENSITIVITY_FACTORS", "STANDARD",
+    "APPROVAL_TTL_S", "JITTER_S", "NEEDLE_RULES", "QUESTIONS", "RULES", "SENSITIVITY_FACTORS", "STANDARD",
     "Action", "ActionKind", "AppliedDose", "Approved", "ArrayVerdict", "ChannelPlacement", "ChannelReading",
     "ChannelSetting", "ChannelSummary", "ClearFaults", "Command", "DeviceLimits", "EffectiveLimits", "Expected",
     "Interlock", "InterlockStateError", "LimitArrays", "Needle", "NeedleRules", "NeedleSite", "Patient",
-    "Prescription", "RecordVerdict", "RecordWriteError", "Refusal", "Region", "SafetyError", "Sensitivity",
+    "Prescription", "Question", "RecordVerdict", "RecordWriteError", "Refusal", "Region", "SafetyError", "Screening", "ScreeningVerdict", "Sensitivity",
     "SessionSetup", "SetChannel", "SetOutputs", "SettingArrays", "Shape", "SimControl", "Side", "StandardLimits",
-    "Supervisor", "TreatmentRecord", "Verdict", "check_placement", "check_setting", "effective_limits",
-    "evaluate_arrays", "format_summary", "output_summary", "verify_record",
+    "Supervisor", "TreatmentRecord", "Verdict", "check_placement", "check_setting", "describe_sensitivity", "effective_limits",
+    "evaluate_arrays", "format_summary", "output_summary", "screen", "verify_record",
 ]
