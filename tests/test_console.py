@@ -83,7 +83,7 @@ async def test_raise_stops_at_the_prescription_cap(stim: fh.Stimulator) -> None:
     cap = stim.interlock.limits(1).max_amplitude_ma
     async with app.run_test(size=(140, 44)) as pilot:
         await pilot.press(*["plus"] * 12)
-        await until(pilot, lambda: applied_ma(stim, 1) == pytest.approx(cap), timeout=8)
+        await until(pilot, lambda: applied_ma(stim, 1) == pytest.approx(cap))
         assert app.controls[1].target_ma == pytest.approx(cap)
 
 
