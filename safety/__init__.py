@@ -7,7 +7,8 @@ See RULES.md for every rule and its source.
 from .errors import InterlockStateError, Refusal, SafetyError
 from .approvals import APPROVAL_TTL_S, Approved, ClearFaults, Command, SetChannel, SetOutputs, SimControl
 from .dynamic import JITTER_S
-from .interlock import AppliedDose, Expected, Interlock, SessionSetup
+from .history import AppliedDose
+from .interlock import Expected, Interlock, SessionSetup
 from .limits import (NEEDLE_RULES, SENSITIVITY_FACTORS, STANDARD, DeviceLimits, EffectiveLimits, Needle, NeedleRules,
                      describe_sensitivity,
                      Prescription, Sensitivity, StandardLimits, effective_limits)

@@ -21,7 +21,6 @@ import itertools
 import math
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -29,13 +28,13 @@ from .approvals import (APPROVAL_TTL_S, MINT, Approved, ClearFaults, Command, Se
                         command_json)
 from .dynamic import RAMP_TICK_S, ChannelDynamics, refusal_text
 from .errors import InterlockStateError, Refusal
+from .history import AppliedDose, AppliedHistory
 from .limits import DeviceLimits, EffectiveLimits, Needle, Prescription, effective_limits
 from .placement import ChannelPlacement, Patient, check_placement
 from .record import RecordWriteError, TreatmentRecord
 from .rules import check_setting
 from .settings import ChannelSetting, exact_int
 
-RECENT_S = 5.0         # applied states kept for matching telemetry snapshots
 SIM_REBOOT = 3         # SimControl op that restarts the simulated device in its safe state
 
 
@@ -55,17 +54,6 @@ class SessionSetup:
 
     def needle(self, channel: int) -> Needle:
         return self.needles.get(channel, Needle())
-
-
-@dataclass(frozen=True)
-class AppliedDose:
-    """How long a channel spent, in total, in one applied state. Sessions of any length
-    keep one entry per distinct state, so memory does not grow with time."""
-
-    channel: int
-    setting: ChannelSetting | None
-    enabled: bool
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -113,12 +101,7 @@ class Interlock:
         self._awaiting: dict[int, Approved] = {}      # consumed, waiting for ACK/NAK
         self._session_start: float | None = None
         self._session_ended = False
-        # applied states: the open span per channel, closed spans folded into doses, and the
-        # last RECENT_S of changes (telemetry is a snapshot from the recent past)
-        self._span: dict[int, tuple[float, ChannelSetting | None, bool]] = {}
-        self._doses: dict[tuple[int, ChannelSetting | None, bool], float] = {}
-        self._recent: dict[int, deque[tuple[float, ChannelSetting | None, bool]]] = {
-            ch: deque() for ch in channels}
+        self._history = AppliedHistory(channels)
         self._session_s = min(c.limits.session_s for c in channels.values()) if channels else 0.0
         for ch in channels:  # the power-on state is the first applied state
             self._applied_changed(ch, clock())
@@ -151,12 +134,9 @@ class Interlock:
             state = self._state(channel)
             settings = [state.setting] + [a.command.setting for a in self._pending(channel, SetChannel)]
             enabled = {state.enabled} | {channel in a.command.enabled for a in self._pending(channel, SetOutputs)}
-            cutoff = self._clock() - within_s
-            for t, setting, on in reversed(self._recent[channel]):
+            for setting, on in self._history.since(channel, self._clock() - within_s):
                 settings.append(setting)
                 enabled.add(on)
-                if t < cutoff:  # the state in force at the cutoff: older ones cannot show
-                    break
             return Expected(frozenset(settings), frozenset(enabled))
 
     def session_remaining_s(self) -> float:
@@ -170,11 +150,7 @@ class Interlock:
     def applied_doses(self) -> list[AppliedDose]:
         """Total time per channel in each applied state, up to now (for the output summary)."""
         with self._lock:
-            now = self._clock()
-            totals = dict(self._doses)
-            for ch, (start, setting, on) in self._span.items():
-                totals[(ch, setting, on)] = totals.get((ch, setting, on), 0.0) + max(0.0, now - start)
-            return [AppliedDose(ch, setting, on, seconds) for (ch, setting, on), seconds in totals.items()]
+            return self._history.doses(self._clock())
 
     def highest_amplitude_now(self, waveform: ChannelSetting) -> float:
         """The largest amplitude (mA) of `waveform` the ramp rules accept on its channel now:
@@ -492,15 +468,7 @@ class Interlock:
         state = self._channels[channel]
         if state.hold and not state.enabled and (state.setting is None or state.setting.amplitude_ua == 0):
             state.hold = None
-        if channel in self._span:
-            start, setting, on = self._span[channel]
-            key = (channel, setting, on)
-            self._doses[key] = self._doses.get(key, 0.0) + max(0.0, now - start)
-        self._span[channel] = (now, state.setting, state.enabled)
-        recent = self._recent[channel]
-        recent.append(self._span[channel])
-        while len(recent) > 1 and recent[1][0] < now - RECENT_S:
-            recent.popleft()
+        self._history.changed(channel, state.setting, state.enabled, now)
 
     def _channel_number(self, channel: Any) -> int:
         number = exact_int(channel)

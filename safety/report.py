@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .interlock import AppliedDose
+from .history import AppliedDose
 from .limits import Needle
 from .rules import SettingArrays, compute_metrics
 

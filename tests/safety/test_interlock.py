@@ -251,7 +251,7 @@ def test_applied_doses_fold_repeated_states(interlock, clock):
     doses = [d for d in interlock.applied_doses() if d.channel == 1 and d.enabled and d.setting.amplitude_ma == 1.0]
     assert sorted(d.setting.pulse_width_us for d in doses) == [200.0, 300.0]
     assert sum(d.seconds for d in doses) == pytest.approx(99.0)  # the first 1 mA step began at t=1
-    assert len(interlock._recent[1]) < 10  # noqa: SLF001 - only the last seconds are kept
+    assert len(interlock._history._recent[1]) < 10  # noqa: SLF001 - only the last seconds are kept
 
 
 def test_shannon_warning_travels_with_the_approval(interlock, clock, record):
