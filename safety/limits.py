@@ -14,6 +14,7 @@ from typing import Annotated, Mapping
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import Refusal
+from .settings import exact_float
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class StandardLimits:
     max_pulse_energy_mj: float = 300.0      # per pulse into the reference load
     max_power_density_w_cm2: float = 0.25   # 1 s average at the electrode, strictly below
     max_session_minutes: float = 60.0       # product limit for one session
+    max_ramp_ma_per_s: float = 2.0          # product limit on any prescribed ramp rate
 
 
 STANDARD = StandardLimits()
@@ -38,6 +40,11 @@ class NeedleRules:
     max_residual_current_ua: float = 10.0
     shannon_k_warn: float = 1.5             # warn at k >= 1.5
     shannon_k_max: float = 1.85             # refuse at k > 1.85
+    # Plausible needles: filiform acupuncture / dry-needling needles are 0.12-0.40 mm thick;
+    # a size outside these bounds is a typing error, and would make the density rules
+    # meaningless (a 1e200 mm needle has no charge density to speak of).
+    diameter_mm: tuple[float, float] = (0.1, 0.6)
+    length_mm: tuple[float, float] = (1.0, 150.0)
 
 
 NEEDLE_RULES = NeedleRules()
@@ -72,11 +79,14 @@ class Needle:
     length_mm: float = 15.0
 
     def __post_init__(self) -> None:
-        for name in ("diameter_mm", "length_mm"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise Refusal("needle.invalid_size", f"needle {name}={v!r} is not a positive number",
-                              value=v, limit="> 0", detail=name)
+        for name, what in (("diameter_mm", "diameter"), ("length_mm", "length")):
+            given = getattr(self, name)
+            v = exact_float(given)
+            low, high = getattr(NEEDLE_RULES, name)
+            if v is None or not low <= v <= high:
+                raise Refusal("needle.invalid_size", f"needle {what} {given!r} mm is not a needle's: "
+                              f"expected {low:g} to {high:g} mm", value=given, limit=(low, high), detail=name)
+            object.__setattr__(self, name, v)
 
     @property
     def area_cm2(self) -> float:
@@ -115,7 +125,7 @@ class Prescription(BaseModel):
 
     max_amplitude_ma: PositiveFinite | dict[Annotated[int, Field(ge=1)], PositiveFinite]
     max_session_minutes: float = Field(30.0, gt=0, le=STANDARD.max_session_minutes, allow_inf_nan=False)
-    ramp_ma_per_s: PositiveFinite = 1.0
+    ramp_ma_per_s: float = Field(1.0, gt=0, le=STANDARD.max_ramp_ma_per_s, allow_inf_nan=False)
     frequency_hz: tuple[PositiveFinite, PositiveFinite]
     pulse_width_us: tuple[PositiveFinite, PositiveFinite]
     sensitivity: Sensitivity = Sensitivity.TYPICAL
@@ -152,6 +162,7 @@ class EffectiveLimits:
     min_frequency_hz: float
     max_frequency_hz: float
     max_phase_charge_uc: float
+    max_interphase_us: float
     min_burst_rate_hz: float
     max_step_ma: float
     ramp_ma_per_s: float
@@ -199,6 +210,7 @@ def effective_limits(device: DeviceLimits, prescription: Prescription, channel: 
                               ("device", device.max_frequency_hz),
                               ("prescription", prescription.frequency_hz[1])),
         max_phase_charge_uc=take("phase_charge_max", "max", ("device", device.max_phase_charge_uc)),
+        max_interphase_us=take("interphase_max", "max", ("device", device.max_phase_us)),
         min_burst_rate_hz=take("burst_rate_min", "min", ("device", device.min_frequency_hz)),
         max_step_ma=take("step_max", "max", ("device", device.max_step_ma)),
         ramp_ma_per_s=take("ramp", "max", ("device", 0.8 * device.max_slew_ma_per_s),

@@ -1,26 +1,57 @@
 """Channel settings and telemetry readings in physical units (channels are 1-based).
 
-Every setting is validated at construction: a NaN, an infinity, a negative number or a
-value off the device's resolution grid (1 µA, 1 mHz, 1 µs) is refused with a `Refusal`
-naming the field, so the numbers the rules check are exactly the numbers that get sent.
+Every setting is validated at construction, and every field is stored as a plain `int`
+or `float` copied out of whatever number was given: a subclass that overrides arithmetic
+cannot pass the checks as one value and reach the wire as another, because the rules and
+the encoder read the same stored values. NaN, infinities, negative numbers, values off the
+device's resolution grid (1 µA, 1 mHz, 1 µs) or beyond the wire field's width are refused
+with a `Refusal` naming the field, the value and the limit.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from .errors import Refusal
 
 MAX_U8 = 255
-_GRID = {  # field -> (steps per unit, resolution text)
-    "amplitude_ma": (1000, "1 µA"),
-    "frequency_hz": (1000, "1 mHz"),
-    "burst_rate_hz": (1000, "1 mHz"),
-    "pulse_width_us": (1, "1 µs"),
-    "interphase_us": (1, "1 µs"),
+_U16, _U32 = 0xFFFF, 0xFFFFFFFF
+_GRID = {  # field -> (steps per unit, resolution text, largest value in steps the wire carries)
+    "amplitude_ma": (1000, "1 µA", _U32),
+    "frequency_hz": (1000, "1 mHz", _U32),
+    "burst_rate_hz": (1000, "1 mHz", _U32),
+    "pulse_width_us": (1, "1 µs", _U16),
+    "interphase_us": (1, "1 µs", _U16),
 }
+
+
+def exact_int(value: Any) -> int | None:
+    """A plain int copied from an integer (int subclasses and NumPy integers included), or
+    None for anything else (bool, floats, strings)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def exact_float(value: Any) -> float | None:
+    """A plain float copied from a real number (float/int subclasses included; overridden
+    methods are never called), or None when it is not one or does not fit a float."""
+    if isinstance(value, float):
+        return float.__float__(value)
+    integer = exact_int(value)
+    if integer is None:
+        return None
+    try:
+        return float(integer)
+    except OverflowError:
+        return math.inf
 
 
 class Shape(IntEnum):
@@ -47,29 +78,42 @@ class ChannelSetting:
     burst_rate_hz: float = 0.0
 
     def __post_init__(self) -> None:
-        ch = self.channel if isinstance(self.channel, int) else None
-        if not isinstance(self.channel, int) or isinstance(self.channel, bool) or self.channel < 1:
+        ch = exact_int(self.channel)
+        if ch is None or not 1 <= ch <= MAX_U8:
             raise Refusal("setting.channel", f"channel {self.channel!r} is not a channel number (1, 2, ...)",
-                          value=self.channel, limit=">= 1", channel=None, detail="channel")
-        if not isinstance(self.shape, Shape):
+                          value=self.channel, limit=f"1..{MAX_U8}", channel=None, detail="channel")
+        self._store("channel", ch)
+        if type(self.shape) is not Shape:
             raise Refusal("setting.shape", f"shape {self.shape!r} is not a known pulse shape on channel {ch}",
                           value=self.shape, limit="Shape", channel=ch, detail="shape")
         for name, low in (("asym_ratio", 1), ("burst_pulses", 0)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= MAX_U8:
+            v = exact_int(getattr(self, name))
+            if v is None or not low <= v <= MAX_U8:
                 raise Refusal("setting.invalid_number",
-                              f"{name}={v!r} is not a whole number from {low} to {MAX_U8} on channel {ch}",
-                              value=v, limit=f"{low}..{MAX_U8}", channel=ch, detail=name)
-        for name, (steps, text) in _GRID.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                              f"{name}={getattr(self, name)!r} is not a whole number from {low} to {MAX_U8} "
+                              f"on channel {ch}", value=getattr(self, name), limit=f"{low}..{MAX_U8}", channel=ch,
+                              detail=name)
+            self._store(name, v)
+        for name, (steps, text, wire_max) in _GRID.items():
+            given = getattr(self, name)
+            v = exact_float(given)
+            if v is None or math.isnan(v) or v < 0 or (math.isinf(v) and isinstance(given, float)):
                 raise Refusal("setting.invalid_number",
-                              f"{name}={v!r} is not a finite number >= 0 on channel {ch}",
-                              value=v, limit="finite and >= 0", channel=ch, detail=name)
+                              f"{name}={given!r} is not a finite number >= 0 on channel {ch}",
+                              value=given, limit="finite and >= 0", channel=ch, detail=name)
+            if v * steps > wire_max:  # also integers too large for a float
+                shown = f"{name}={v:g}" if math.isfinite(v) else f"{name} (a number too large for any device)"
+                raise Refusal("setting.out_of_range",
+                              f"{shown} is beyond what the device can be sent (at most {wire_max / steps:g}) "
+                              f"on channel {ch}", value=v, limit=wire_max / steps, channel=ch, detail=name)
             if abs(v * steps - round(v * steps)) > 1e-6:
                 raise Refusal("setting.resolution",
                               f"{name}={v!r} is not a whole multiple of {text} on channel {ch}",
                               value=v, limit=text, channel=ch, detail=name)
+            self._store(name, v)
+
+    def _store(self, name: str, value: int | float) -> None:
+        object.__setattr__(self, name, value)
 
     @property
     def bursting(self) -> bool:

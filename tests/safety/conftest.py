@@ -10,6 +10,9 @@ from safety import (ChannelPlacement, ChannelSetting, DeviceLimits, Interlock, N
 SIM_DEVICE = DeviceLimits(channels=4, max_amplitude_ma=30.0, max_phase_us=1000, min_frequency_hz=0.5,
                           max_frequency_hz=200.0, max_phase_charge_uc=20.0, max_step_ma=1.0,
                           max_slew_ma_per_s=4.0, compliance_v=60.0)
+SLOW_DEVICE = DeviceLimits(channels=4, max_amplitude_ma=30.0, max_phase_us=1000, min_frequency_hz=0.5,
+                           max_frequency_hz=200.0, max_phase_charge_uc=20.0, max_step_ma=1.0,
+                           max_slew_ma_per_s=2.0, compliance_v=60.0)  # 0.8 x slew below every prescribed ramp
 PRESCRIPTION = Prescription(max_amplitude_ma=10.0, frequency_hz=(1.0, 100.0), pulse_width_us=(50.0, 500.0))
 ARM = ChannelPlacement(NeedleSite(Region.FOREARM, Side.LEFT), NeedleSite(Region.HAND, Side.LEFT))
 LEG = ChannelPlacement(NeedleSite(Region.THIGH, Side.RIGHT), NeedleSite(Region.LOWER_LEG, Side.RIGHT))

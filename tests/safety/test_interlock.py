@@ -4,7 +4,7 @@ from safety import (ClearFaults, InterlockStateError, Interlock, Patient, Prescr
                     SetOutputs)
 from safety.interlock import JITTER_S, SIM_REBOOT
 
-from .conftest import ListRecord, make_setup, send, setting, start_channel
+from .conftest import SLOW_DEVICE, ListRecord, make_setup, send, setting, start_channel
 
 
 def test_first_increase_must_wait_for_the_ramp(interlock, clock):
@@ -37,15 +37,15 @@ def test_one_increase_in_flight_per_channel(interlock, clock):
 
 
 def test_step_limit_and_device_ramp():
-    fast = Prescription(max_amplitude_ma=10.0, ramp_ma_per_s=10.0, frequency_hz=(1.0, 100.0),
+    fast = Prescription(max_amplitude_ma=10.0, ramp_ma_per_s=2.0, frequency_hz=(1.0, 100.0),
                         pulse_width_us=(50.0, 500.0))
     from .conftest import FakeClock
     clock = FakeClock()
-    il = Interlock(make_setup(fast), clock=clock)
+    il = Interlock(make_setup(fast, device=SLOW_DEVICE), clock=clock)
     start_channel(il, clock)
     clock.advance(0.1)
     with pytest.raises(Refusal) as exc:
-        il.approve_set_channel(setting(1, 0.5))        # 0.5 mA in 0.1 s > 0.8 x 4 mA/s
+        il.approve_set_channel(setting(1, 0.5))        # 0.5 mA in 0.1 s > 0.8 x 2 mA/s
     assert exc.value.rule == "device.ramp_rate"
     clock.advance(1.0)
     with pytest.raises(Refusal) as exc:

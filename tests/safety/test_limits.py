@@ -4,7 +4,7 @@ from pydantic import ValidationError
 from safety import (SENSITIVITY_FACTORS, DeviceLimits, Needle, Prescription, Refusal, Sensitivity,
                     effective_limits)
 
-from .conftest import PRESCRIPTION, SIM_DEVICE
+from .conftest import PRESCRIPTION, SIM_DEVICE, SLOW_DEVICE
 
 
 def rx(**kw) -> Prescription:
@@ -17,6 +17,31 @@ def test_needle_area_is_cylinder_side():
     assert Needle().area_cm2 == pytest.approx(3.14159265 * 0.025 * 1.5)
     with pytest.raises(Refusal):
         Needle(diameter_mm=0)
+
+
+@pytest.mark.parametrize("diameter,length", [(0.25, 1e200), (1e200, 1e200), (0.05, 15), (0.25, 0.5),
+                                             (float("nan"), 15), (0.25, float("inf")), (True, 15), ("0.25", 15)])
+def test_needle_sizes_are_plausible(diameter, length):
+    """A typing error in a needle size must not switch the charge-density rules off
+    (1e200 x 1e200 made k = -inf) or let 10 µC/phase through (0.25 x 1e200)."""
+    with pytest.raises(Refusal) as exc:
+        Needle(diameter, length)
+    assert exc.value.rule == "needle.invalid_size" and "mm" in str(exc.value)
+
+
+def test_needle_sizes_are_stored_as_plain_floats():
+    class Sneaky(float):
+        def __mul__(self, other):
+            return 1e9
+
+    needle = Needle(Sneaky(0.25), 15)
+    assert type(needle.diameter_mm) is float and needle.area_cm2 == pytest.approx(Needle().area_cm2)
+
+
+def test_prescribed_ramp_rate_has_an_upper_bound():
+    rx(ramp_ma_per_s=2.0)
+    with pytest.raises(ValidationError):
+        rx(ramp_ma_per_s=2.001)
 
 
 @pytest.mark.parametrize("sensitivity,amp,ramp", [(Sensitivity.HYPERSENSITIVE, 6.0, 0.5),
@@ -34,10 +59,10 @@ def test_sensitivity_factors_never_loosen():
 
 
 def test_device_binds_when_prescription_is_looser():
-    lim = effective_limits(SIM_DEVICE, rx(max_amplitude_ma=50.0, sensitivity=Sensitivity.HYPOSENSITIVE,
-                                          ramp_ma_per_s=10.0, pulse_width_us=(50.0, 2000.0)), 1)
+    lim = effective_limits(SLOW_DEVICE, rx(max_amplitude_ma=50.0, sensitivity=Sensitivity.HYPOSENSITIVE,
+                                           ramp_ma_per_s=2.0, pulse_width_us=(50.0, 2000.0)), 1)
     assert (lim.max_amplitude_ma, lim.sources["amplitude_max"]) == (30.0, "device")
-    assert (lim.ramp_ma_per_s, lim.sources["ramp"]) == (pytest.approx(3.2), "device")   # 0.8 x 4 mA/s
+    assert (lim.ramp_ma_per_s, lim.sources["ramp"]) == (pytest.approx(1.6), "device")   # 0.8 x 2 mA/s
     assert (lim.max_pulse_width_us, lim.sources["pulse_width_max"]) == (1000, "device")
 
 

@@ -153,7 +153,7 @@ def test_no_sequence_yields_an_unsafe_approval(sequence, sensitivity):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.integers(1, 8_000), st.sampled_from([0.2, 1.0, 3.0, 20.0]), st.sampled_from([1, 2, 5]))
+@given(st.integers(1, 8_000), st.sampled_from([0.2, 1.0, 2.0]), st.sampled_from([1, 2, 5]))
 def test_ramp_plans_respect_the_rate_and_step(target_ua, ramp, asym):
     clock = FakeClock()
     rx = Prescription(max_amplitude_ma=10.0, ramp_ma_per_s=ramp, frequency_hz=(1.0, 100.0),

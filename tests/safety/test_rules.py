@@ -14,7 +14,9 @@ TYPICAL = effective_limits(SIM_DEVICE, PRESCRIPTION, 1)
 WIDE_DEVICE = DeviceLimits(4, 1e6, 1e5, 0.01, 1e5, 1e9, 1e6, 1e6, 1e6)
 WIDE_RX = Prescription(max_amplitude_ma=1e6, frequency_hz=(0.01, 1e5), pulse_width_us=(1.0, 1e5),
                        sensitivity=Sensitivity.HYPOSENSITIVE)
-WIDE = effective_limits(WIDE_DEVICE, WIDE_RX, 1, Needle(2.0, 50.0))
+WIDE = effective_limits(WIDE_DEVICE, WIDE_RX, 1, Needle(0.6, 150.0))
+WIDE_LIMITED = effective_limits(DeviceLimits(4, 1e6, 1000, 0.01, 1e5, 1e9, 1e6, 1e6, 1e6), WIDE_RX, 1,
+                                Needle(0.6, 150.0))
 
 
 def rules(s, lim=TYPICAL) -> set[str]:
@@ -77,8 +79,30 @@ def test_standard_frequency_400_hz():
 
 def test_device_phase_charge():
     loose = effective_limits(SIM_DEVICE, Prescription(max_amplitude_ma=100.0, frequency_hz=(1.0, 100.0),
-                                                      pulse_width_us=(50.0, 1000.0)), 1, Needle(5.0, 50.0))
+                                                      pulse_width_us=(50.0, 1000.0)), 1, Needle(0.6, 150.0))
     amplitude_boundary("device.phase_charge_max", loose, 30000, pulse_width_us=1000.0)
+
+
+def test_device_interphase():
+    """ICD 4: interphase at most max_phase_us (1001 µs was approved, then NAKed)."""
+    ok = setting(1, 1.0, frequency_hz=2.0, pulse_width_us=100.0, interphase_us=1000.0)
+    assert "device.interphase_max" not in rules(ok, WIDE_LIMITED)
+    assert "device.interphase_max" in rules(setting(1, 1.0, frequency_hz=2.0, pulse_width_us=100.0,
+                                                    interphase_us=1001.0), WIDE_LIMITED)
+
+
+def test_bursts_are_judged_over_their_densest_second():
+    """200 pulses at 200 Hz every 2 s average 100 pulses/s, but every burst puts 200 pulses into
+    one second: r.m.s. current over 1 s is judged there (it passed at half the limit)."""
+    burst = setting(1, 1.0, frequency_hz=200.0, pulse_width_us=500.0, burst_pulses=200, burst_rate_hz=0.5)
+    continuous = setting(1, 1.0, frequency_hz=200.0, pulse_width_us=500.0)
+    m_burst = evaluate_arrays(SettingArrays.from_settings([burst]), LimitArrays.for_rows([WIDE])).metrics
+    m_cont = evaluate_arrays(SettingArrays.from_settings([continuous]), LimitArrays.for_rows([WIDE])).metrics
+    assert m_burst.pulse_rate_hz[0] == pytest.approx(100.0) and m_burst.densest_rate_hz[0] == 200
+    assert m_burst.rms_current_ma[0] == pytest.approx(m_cont.rms_current_ma[0])
+    assert m_burst.power_density_w_cm2[0] == pytest.approx(m_cont.power_density_w_cm2[0])
+    amplitude_boundary("standard.rms_current", WIDE, 100_000, pulse_width_us=1000.0, frequency_hz=400.0,
+                       burst_pulses=250, burst_rate_hz=0.5)
 
 
 def test_standard_rms_current():

@@ -71,3 +71,48 @@ def test_with_amplitude_refuses_non_finite_or_negative(bad):
     with pytest.raises(Refusal) as exc:
         base.with_amplitude(bad)
     assert exc.value.rule == "setting.invalid_number" and exc.value.channel == 1
+
+
+class _Doubling(float):
+    """Passes a check as one number, multiplies as another."""
+
+    def __mul__(self, other):
+        return 2 * float(self) * other
+
+    __rmul__ = __mul__
+
+    def __round__(self, n=None):
+        return round(2 * float(self), n) if n is not None else round(2 * float(self))
+
+
+class _LyingInt(int):
+    def __sub__(self, other):
+        return 0
+
+    def __lt__(self, other):
+        return False
+
+
+def test_the_wire_carries_exactly_what_was_checked():
+    """A float subclass passed the checks as 0.9 mA and went out as 1.8 mA: every field is
+    stored as a plain float/int copied from the value, so checks and encoder read the same."""
+    s = ChannelSetting(_LyingInt(1), Shape.BIPHASIC, _Doubling(2.0), _Doubling(200.0), _Doubling(0.9),
+                       _LyingInt(1), _Doubling(0.0), _LyingInt(0), _Doubling(0.0))
+    for name in ("frequency_hz", "pulse_width_us", "amplitude_ma", "interphase_us", "burst_rate_hz"):
+        assert type(getattr(s, name)) is float, name
+    for name in ("channel", "asym_ratio", "burst_pulses"):
+        assert type(getattr(s, name)) is int, name
+    assert s.amplitude_ua == 900 and s.amplitude_ma * 1000 == 900.0
+
+
+@pytest.mark.parametrize("field,value", [("frequency_hz", 1e306), ("amplitude_ma", 10 ** 400),
+                                         ("pulse_width_us", 70_000.0), ("interphase_us", 70_000.0),
+                                         ("burst_rate_hz", 5e6)])
+def test_numbers_beyond_the_wire_are_refused_not_overflowed(field, value):
+    """1e306 Hz and 10**400 mA raised OverflowError; 70000 µs interphase failed to encode and left
+    a phantom command in flight. Each is now a refusal naming the field and the wire's limit."""
+    kwargs = dict(channel=1, shape=Shape.BIPHASIC, frequency_hz=2.0, pulse_width_us=200.0, amplitude_ma=1.0)
+    kwargs[field] = value
+    with pytest.raises(Refusal) as exc:
+        ChannelSetting(**kwargs)
+    assert exc.value.rule == "setting.out_of_range" and field in str(exc.value)
