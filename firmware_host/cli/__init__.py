@@ -33,7 +33,8 @@ COMMANDS = {
     "console": ("console", "full-screen treatment-room console: live channels, intensity keys, STOP"),
     "check": ("check", "check a dosing program against every safety rule before a session (exit 0 / 2)"),
     "preview": ("preview", "draw a program (intensity and frequency over time, each pulse shape) to a PNG"),
-    "record": ("record", "verify a treatment record's hash chain, or summarise and plot a session"),
+    "record": ("record", "verify a treatment record, summarise a session, write its PDF report or FHIR export"),
+    "keys": ("keys", "create and list the keys that sign treatment records"),
 }
 
 EPILOG = """examples:
@@ -46,6 +47,8 @@ EPILOG = """examples:
   estim check programs/low_rate_2hz.toml --thresholds th.json
   estim record verify session.jsonl
   estim record show session.jsonl --plot session.png
+  estim record report session.jsonl --out visit.pdf
+  estim keys init --label "Room 2"
 """
 
 

@@ -140,11 +140,19 @@ def _thresholds_as_given(path: Path | None) -> Any:
 
 
 def open_record(path: Path | None) -> TreatmentRecord:
+    """A new record signed with this computer's key; on a first run the key is created here,
+    with a notice (the README's quick start must work on a fresh machine)."""
+    from safety.record_keys import default_key_or_create, key_dir
+
     if path is None:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
         path = base / "estim" / "records" / time.strftime("session-%Y%m%d-%H%M%S.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return TreatmentRecord(path)
+    key, created = default_key_or_create()
+    if created:
+        print(f"notice: this computer had no record key; created {key.key_id} in {key_dir()} to sign treatment "
+              "records. Back up that folder: records cannot be checked without it.", file=sys.stderr)
+    return TreatmentRecord(path, key=key)
 
 
 class ThresholdsError(ValueError):

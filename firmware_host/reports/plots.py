@@ -1,0 +1,107 @@
+"""The delivered-intensity figure of a session, for `record show --plot` and the PDF report.
+
+Top: intensity as the device reported it, per channel, with the patient's thresholds as
+dashed lines and every stop, e-stop, fault, refusal and piece of patient feedback marked
+by a numbered line (the numbers are listed under the plot). Bottom: which pulse rate each
+channel delivered when, one row per rate, so a dense-disperse session reads as two
+interleaved rows rather than a solid block. Legends sit outside the axes.
+matplotlib is imported here only (Agg backend).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .session import Session
+
+EVENT_STYLE = {"stop": ("tab:red", "-"), "estop": ("darkred", "-"), "fault": ("tab:orange", "--"),
+               "refusal": ("tab:purple", ":"), "feedback": ("tab:green", "-.")}
+THRESHOLD_STYLE = {"sensory": ":", "motor": "--", "tolerance": "-."}
+
+
+def record_figure(session: Session, width_in: float = 10.0, height_in: float = 5.2) -> Any:
+    """A matplotlib Figure (the caller saves it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (amp_ax, rate_ax) = plt.subplots(2, 1, figsize=(width_in, height_in), sharex=True,
+                                          gridspec_kw={"height_ratios": [3, 1.4]}, layout="constrained")
+    colours = {}
+    for o in session.outputs:
+        line, = amp_ax.step([t / 60 for t, _, _ in o.samples], [ma for _, ma, _ in o.samples], where="post",
+                            lw=1.1, label=f"channel {o.channel}")
+        colours[o.channel] = line.get_color()
+    for th in session.thresholds:
+        for name, style in THRESHOLD_STYLE.items():
+            if th.get(name) is not None:
+                amp_ax.axhline(th[name], ls=style, lw=0.8, color=colours.get(th.get("channel"), "grey"),
+                               label=f"ch {th.get('channel')} {name} {th[name]:g} mA")
+    marked = [e for e in session.events if e.t_s is not None and e.kind in EVENT_STYLE]
+    for n, e in enumerate(marked, start=1):
+        colour, style = EVENT_STYLE[e.kind]
+        for ax in (amp_ax, rate_ax):
+            ax.axvline(e.t_s / 60, color=colour, ls=style, lw=1.0)
+        amp_ax.annotate(str(n), (e.t_s / 60, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
+                        fontsize=7, color=colour)
+    amp_ax.set_ylabel("intensity delivered (mA)")
+    amp_ax.set_ylim(bottom=0)
+    amp_ax.grid(alpha=0.3)
+    if amp_ax.get_legend_handles_labels()[0]:
+        amp_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small", frameon=False)
+    _rates(rate_ax, session, colours)
+    rate_ax.set_xlabel("device time (min)")
+    if marked:
+        text = "; ".join(f"{n} {e.kind}{'' if e.channel is None else f' ch{e.channel}'}: {e.text}"
+                         for n, e in enumerate(marked, start=1))
+        fig.text(0.01, 0.0, _wrap(text, 150), fontsize=6.5, va="bottom")
+        fig.get_layout_engine().set(rect=(0, 0.03 + 0.025 * (len(text) // 150), 1, 1 - 0.03))
+    return fig
+
+
+def _rates(ax: Any, session: Session, colours: dict[int, str]) -> None:
+    """One row per pulse rate; a bar wherever a channel delivered at that rate."""
+    rates = sorted({hz for o in session.outputs for _, ma, hz in o.samples if ma > 0})
+    rows = {hz: i for i, hz in enumerate(rates)}
+    n = max(len(session.outputs), 1)
+    for k, o in enumerate(session.outputs):
+        spans: dict[float, list[tuple[float, float]]] = {}
+        for (t0, ma, hz), (t1, _, _) in zip(o.samples, o.samples[1:]):
+            if ma > 0:
+                spans.setdefault(hz, []).append((t0 / 60, (t1 - t0) / 60))
+        for hz, bars in spans.items():
+            ax.broken_barh(_merge(bars), (rows[hz] - 0.4 + 0.8 * k / n, 0.8 / n), color=colours.get(o.channel))
+    ax.set_yticks(range(len(rates)), [f"{hz:g} Hz" for hz in rates])
+    ax.set_ylim(-0.6, max(len(rates), 1) - 0.4)
+    ax.set_ylabel("pulse rate")
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _merge(bars: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Join touching bars (readings 0.1 s apart) into one span each."""
+    out: list[list[float]] = []
+    for start, width in bars:
+        if out and abs(out[-1][0] + out[-1][1] - start) < 1e-6 + width:
+            out[-1][1] = start + width - out[-1][0]
+        else:
+            out.append([start, width])
+    return [(a, b) for a, b in out]
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def save_record_plot(session: Session, png: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = record_figure(session)
+    fig.suptitle(f"{session.path.name}: intensity as delivered", fontsize=10)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
