@@ -52,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("path", type=Path, metavar="PATH")
     show.add_argument("--plot", type=Path, metavar="PNG", help="also draw intensity over time as delivered")
     show.add_argument("--json", action="store_true", help="print the summary as JSON")
+    report = sub.add_parser("report", help="write the session report a person reads (PDF, two pages)",
+                            description="Write a two-page PDF: who, when, screening, sites and needles, "
+                                        "thresholds, dose by channel, the intensity delivered with every stop, "
+                                        "fault and patient remark marked, and the output summary at the needle.")
+    report.add_argument("path", type=Path, metavar="PATH")
+    report.add_argument("--out", type=Path, required=True, metavar="PDF")
+    export = sub.add_parser("export", help="export the session for a clinic system (FHIR R4 bundle, JSON)",
+                            description="Write a FHIR R4 (4.3, R4B) collection Bundle: Device, Procedure with "
+                                        "the dose per channel as extensions, and pain Observations when recorded.")
+    export.add_argument("path", type=Path, metavar="PATH")
+    export.add_argument("--fhir", type=Path, required=True, metavar="JSON")
     return parser
 
 
@@ -62,7 +73,52 @@ def main(argv: list[str]) -> int:
         return EXIT_RECORD_UNCHECKABLE if args.action == "verify" else EXIT_REFUSED
     if args.action == "verify":
         return _verify(args.path, args.key, None, args.json)
+    if args.action == "report":
+        return _report(args.path, args.out)
+    if args.action == "export":
+        return _export(args.path, args.fhir)
     return _show(args.path, args.plot, args.json)
+
+
+def _checked(path: Path) -> Any:
+    """The record's verdict, with a warning line when it does not verify (its content is
+    still shown: that is what a reviewer needs to see)."""
+    from safety import verify_record
+
+    verdict = verify_record(path)
+    if not verdict.ok:
+        print(f"warning: {path}: {verdict.status.value}: {verdict.reason}", file=sys.stderr)
+    return verdict
+
+
+def _report(path: Path, out: Path) -> int:
+    from ..reports.pdf import write_report
+    from ..reports.session import read_session
+
+    verdict = _checked(path)
+    try:
+        write_report(read_session(path), verdict, out)
+    except OSError as exc:
+        print(f"error: cannot write {out} ({exc.strerror or exc})", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"report: {out}")
+    return EXIT_OK if verdict.ok else EXIT_BY_STATUS[verdict.status.name]
+
+
+def _export(path: Path, out: Path) -> int:
+    from ..reports.fhir import build_bundle
+    from ..reports.session import read_session
+
+    verdict = _checked(path)
+    bundle = build_bundle(read_session(path))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(bundle.json(indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write {out} ({exc.strerror or exc})", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"FHIR bundle: {out} ({len(bundle.entry)} resources)")
+    return EXIT_OK if verdict.ok else EXIT_BY_STATUS[verdict.status.name]
 
 
 EXIT_BY_STATUS = {"CLOSED": EXIT_OK, "OPEN": EXIT_RECORD_NOT_CLOSED, "TRUNCATED": EXIT_RECORD_NOT_CLOSED,
@@ -124,7 +180,7 @@ def _show(path: Path, plot: Path | None, as_json: bool) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         print(_format(path, summary, session.outputs))
-    return EXIT_OK if verdict.ok else EXIT_RECORD_ALTERED
+    return EXIT_OK if verdict.ok else EXIT_BY_STATUS[verdict.status.name]
 
 
 def _summary(s: Any) -> dict[str, Any]:  # reports.session.Session

@@ -20,18 +20,21 @@ EVENT_STYLE = {"stop": ("tab:red", "-"), "estop": ("darkred", "-"), "fault": ("t
 THRESHOLD_STYLE = {"sensory": ":", "motor": "--", "tolerance": "-."}
 
 
-def record_figure(session: Session, width_in: float = 10.0, height_in: float = 5.2) -> Any:
-    """A matplotlib Figure (the caller saves it)."""
+def record_figure(session: Session, fig: Any = None) -> Any:
+    """Draw into `fig` (a Figure or SubFigure; default a new 10 x 5.2 in Figure) and return it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (amp_ax, rate_ax) = plt.subplots(2, 1, figsize=(width_in, height_in), sharex=True,
-                                          gridspec_kw={"height_ratios": [3, 1.4]}, layout="constrained")
+    if fig is None:
+        fig = plt.figure(figsize=(10, 5.2), layout="constrained")
+    amp_ax, rate_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.4]})
+    end_s = max((o.samples[-1].t_s for o in session.outputs if o.samples), default=0.0)
+    scale, unit = (60.0, "min") if end_s > 180 else (1.0, "s")
     colours = {}
     for o in session.outputs:
-        line, = amp_ax.step([t / 60 for t, _, _ in o.samples], [ma for _, ma, _ in o.samples], where="post",
+        line, = amp_ax.step([x.t_s / scale for x in o.samples], [x.ma for x in o.samples], where="post",
                             lw=1.1, label=f"channel {o.channel}")
         colours[o.channel] = line.get_color()
     for th in session.thresholds:
@@ -43,34 +46,33 @@ def record_figure(session: Session, width_in: float = 10.0, height_in: float = 5
     for n, e in enumerate(marked, start=1):
         colour, style = EVENT_STYLE[e.kind]
         for ax in (amp_ax, rate_ax):
-            ax.axvline(e.t_s / 60, color=colour, ls=style, lw=1.0)
-        amp_ax.annotate(str(n), (e.t_s / 60, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
-                        fontsize=7, color=colour)
+            ax.axvline(e.t_s / scale, color=colour, ls=style, lw=1.2)
+        amp_ax.annotate(str(n), (e.t_s / scale, 1.0 + 0.05 * ((n - 1) % 3)), xycoords=("data", "axes fraction"),
+                        ha="center", va="bottom", fontsize=7, color=colour, annotation_clip=False)
     amp_ax.set_ylabel("intensity delivered (mA)")
     amp_ax.set_ylim(bottom=0)
     amp_ax.grid(alpha=0.3)
     if amp_ax.get_legend_handles_labels()[0]:
         amp_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small", frameon=False)
-    _rates(rate_ax, session, colours)
-    rate_ax.set_xlabel("device time (min)")
+    _rates(rate_ax, session, colours, scale)
+    rate_ax.set_xlabel(f"device time ({unit})")
     if marked:
         text = "; ".join(f"{n} {e.kind}{'' if e.channel is None else f' ch{e.channel}'}: {e.text}"
                          for n, e in enumerate(marked, start=1))
-        fig.text(0.01, 0.0, _wrap(text, 150), fontsize=6.5, va="bottom")
-        fig.get_layout_engine().set(rect=(0, 0.03 + 0.025 * (len(text) // 150), 1, 1 - 0.03))
+        rate_ax.set_xlabel(f"device time ({unit})\n" + _wrap(text, 130), fontsize=7)
     return fig
 
 
-def _rates(ax: Any, session: Session, colours: dict[int, str]) -> None:
+def _rates(ax: Any, session: Session, colours: dict[int, str], scale: float) -> None:
     """One row per pulse rate; a bar wherever a channel delivered at that rate."""
-    rates = sorted({hz for o in session.outputs for _, ma, hz in o.samples if ma > 0})
+    rates = sorted({x.hz for o in session.outputs for x in o.samples if x.ma > 0})
     rows = {hz: i for i, hz in enumerate(rates)}
     n = max(len(session.outputs), 1)
     for k, o in enumerate(session.outputs):
         spans: dict[float, list[tuple[float, float]]] = {}
-        for (t0, ma, hz), (t1, _, _) in zip(o.samples, o.samples[1:]):
-            if ma > 0:
-                spans.setdefault(hz, []).append((t0 / 60, (t1 - t0) / 60))
+        for a, b in zip(o.samples, o.samples[1:]):
+            if a.ma > 0:
+                spans.setdefault(a.hz, []).append((a.t_s / scale, (b.t_s - a.t_s) / scale))
         for hz, bars in spans.items():
             ax.broken_barh(_merge(bars), (rows[hz] - 0.4 + 0.8 * k / n, 0.8 / n), color=colours.get(o.channel))
     ax.set_yticks(range(len(rates)), [f"{hz:g} Hz" for hz in rates])

@@ -13,11 +13,21 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 FLAG_ENABLED = 0x01  # ICD Telemetry flags (kept here so `--help` does not import the ICD)
 FLAG_COMPLIANCE_LIMITED = 0x02
 OPEN_LOAD = 0xFFFFFFFF
+
+
+class Sample(NamedTuple):
+    """One reading of one channel: device time, what reached the needle (0 when off)."""
+
+    t_s: float
+    ma: float
+    hz: float
+    phase_us: float
+    shape: int
 
 
 @dataclass
@@ -33,7 +43,7 @@ class ChannelOutput:
     load_min_ohm: float | None = None
     load_max_ohm: float | None = None
     compliance_limited_readings: int = 0
-    samples: list[tuple[float, float, float]] = field(default_factory=list)  # (device s, mA, Hz)
+    samples: list[Sample] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -168,9 +178,9 @@ def _reading(channels: dict[int, ChannelOutput], d: dict[str, Any], t: float) ->
     on = bool(d.get("flags", 0) & FLAG_ENABLED)
     ma = d.get("amplitude_ua", 0) / 1000 if on else 0.0
     hz = d.get("frequency_mhz", 0) / 1000
-    if out.samples and out.samples[-1][1] > 0:
-        out.on_s += max(0.0, t - out.samples[-1][0])
-    out.samples.append((t, ma, hz if on else 0.0))
+    if out.samples and out.samples[-1].ma > 0:
+        out.on_s += max(0.0, t - out.samples[-1].t_s)
+    out.samples.append(Sample(t, ma, hz if on else 0.0, float(d.get("phase_us", 0)), int(d.get("shape", 0))))
     out.peak_ma = max(out.peak_ma, ma)
     out.charge_device_uc = max(out.charge_device_uc, float(d.get("charge_total_uc", 0)))
     if on:
@@ -195,3 +205,23 @@ def _dose(channel: int, rows: list[dict[str, Any]]) -> ChannelDose:
         tuple(sorted({(int(r["burst_pulses"]), float(r.get("burst_rate_hz", 0))) for r in live
                       if r.get("burst_pulses")})),
     )
+
+
+def delivered_doses(session: Session) -> tuple[list[Any], dict[int, Any], dict[int, float]]:
+    """(AppliedDose spans, needles, device charge) rebuilt from the readings, for
+    `safety.output_summary`: each reading holds until the next one of its channel, so the
+    summary has the telemetry's resolution (0.1 s at 10 readings a second)."""
+    from safety import AppliedDose, ChannelSetting, Needle, Shape
+
+    spans: dict[tuple[int, float, float, float, int], float] = {}
+    for o in session.outputs:
+        for a, b in zip(o.samples, o.samples[1:]):
+            if a.ma > 0 and a.hz > 0:
+                key = (o.channel, a.ma, a.hz, a.phase_us, a.shape)
+                spans[key] = spans.get(key, 0.0) + (b.t_s - a.t_s)
+    doses = [AppliedDose(ch, ChannelSetting(ch, Shape(shape), hz, width, ma), True, seconds)
+             for (ch, ma, hz, width, shape), seconds in spans.items() if width > 0]
+    declared = session.setup.get("needles") or {}
+    needles = {o.channel: Needle(**declared[str(o.channel)]) if str(o.channel) in declared else Needle()
+               for o in session.outputs}
+    return doses, needles, {o.channel: o.charge_device_uc for o in session.outputs}
