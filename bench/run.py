@@ -3,7 +3,7 @@
     python -m bench [--quick] [--json PATH] [--only NAME ...]
     python bench/run.py ...          (same)
 
-NAME: estop, watchdog, link, cpu, cli, waveforms. Figures are never asserted in tests;
+NAME: estop, watchdog, link, cpu, cli, waveforms, record. Figures are never asserted in tests;
 compare `--json` files across commits instead.
 """
 
@@ -66,6 +66,21 @@ def run_waveforms(workdir: Path, quick: bool) -> list[Result]:
     ]
 
 
+def run_record(workdir: Path, quick: bool) -> list[Result]:
+    """Treatment record of a 4-channel dense-disperse session (30 min; 3 min with --quick)."""
+    from bench import record_bench
+
+    fig = record_bench.run(3.0 if quick else 30.0)
+    tag = f"{fig['minutes']:g}min_4ch"
+    return [
+        Result(f"record_size_{tag}", fig["size_mb"], "MB", *(("<= 5", fig["size_mb"] <= 5) if not quick else ())),
+        Result(f"record_verify_{tag}", fig["verify_s"], "s", *(("< 1", fig["verify_s"] < 1) if not quick else ())),
+        Result(f"record_read_readings_{tag}", fig["read_readings_s"], "s"),
+        Result(f"record_write_{tag}", fig["write_s"], "s"),
+        Result(f"record_bytes_per_reading_{tag}", fig["bytes_per_reading_all_in"], "B"),
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[Path, bool], list[Result]]] = {
     "estop": latency.run_estop,
     "watchdog": latency.run_watchdog,
@@ -73,6 +88,7 @@ BENCHMARKS: dict[str, Callable[[Path, bool], list[Result]]] = {
     "cpu": lambda _workdir, quick: link_bench.run_cpu(quick),
     "cli": run_cli,
     "waveforms": run_waveforms,
+    "record": run_record,
 }
 
 # (name, numerator, denominator), when both were measured; window_ratio_* are results (they have a target)
