@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import EXIT_OK, EXIT_REFUSED
-from .options import SENSITIVITY, ThresholdsError, add_program_options, program_from_args
+from .options import SENSITIVITY, ThresholdsError, add_program_options, load_thresholds, program_from_args
 
 EXAMPLES = """examples:
   estim preview programs/dense_disperse_2_100hz.toml --thresholds thresholds.json --out dd.png
@@ -49,9 +49,10 @@ def main(argv: list[str]) -> int:
 
     try:
         program = program_from_args(args)
+        marks = load_thresholds(args.thresholds, program) if args.thresholds is not None else None
     except (ProgramError, ThresholdsError, SafetyError, OSError, ValueError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    path = preview(program, args.out)
+    path = preview(program, args.out, thresholds=marks)
     print(f"{program.name}: {program.duration_s / 60:.1f} min -> {path}")
     return EXIT_OK

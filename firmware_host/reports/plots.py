@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..waveforms.preview import draw_thresholds, merge_span, spell_text
 from .session import Session
 
 EVENT_STYLE = {"stop": ("tab:red", "-"), "estop": ("darkred", "-"), "fault": ("tab:orange", "--"),
                "refusal": ("tab:purple", ":"), "feedback": ("tab:green", "-.")}
-THRESHOLD_STYLE = {"sensory": ":", "motor": "--", "tolerance": "-."}
 
 
 def record_figure(session: Session, fig: Any = None) -> Any:
@@ -37,11 +37,7 @@ def record_figure(session: Session, fig: Any = None) -> Any:
         line, = amp_ax.step([x.t_s / scale for x in o.samples], [x.ma for x in o.samples], where="post",
                             lw=1.1, label=f"channel {o.channel}")
         colours[o.channel] = line.get_color()
-    for th in session.thresholds:
-        for name, style in THRESHOLD_STYLE.items():
-            if th.get(name) is not None:
-                amp_ax.axhline(th[name], ls=style, lw=0.8, color=colours.get(th.get("channel"), "grey"),
-                               label=f"ch {th.get('channel')} {name} {th[name]:g} mA")
+    draw_thresholds(amp_ax, {th.get("channel"): th for th in session.thresholds}, colours)
     marked = [e for e in session.events if e.t_s is not None and e.kind in EVENT_STYLE]
     for n, e in enumerate(marked, start=1):
         colour, style = EVENT_STYLE[e.kind]
@@ -68,28 +64,22 @@ def _rates(ax: Any, session: Session, colours: dict[int, str], scale: float) -> 
     rates = sorted({x.hz for o in session.outputs for x in o.samples if x.ma > 0})
     rows = {hz: i for i, hz in enumerate(rates)}
     n = max(len(session.outputs), 1)
+    spells: dict[float, list[tuple[float, float]]] = {}
+    total = max((o.samples[-1].t_s - o.samples[0].t_s for o in session.outputs if o.samples), default=0.0)
     for k, o in enumerate(session.outputs):
         spans: dict[float, list[tuple[float, float]]] = {}
         for a, b in zip(o.samples, o.samples[1:]):
             if a.ma > 0:
-                spans.setdefault(a.hz, []).append((a.t_s / scale, (b.t_s - a.t_s) / scale))
+                merge_span(spans.setdefault(a.hz, []), a.t_s, b.t_s)
         for hz, bars in spans.items():
-            ax.broken_barh(_merge(bars), (rows[hz] - 0.4 + 0.8 * k / n, 0.8 / n), color=colours.get(o.channel))
-    ax.set_yticks(range(len(rates)), [f"{hz:g} Hz" for hz in rates])
+            spells.setdefault(hz, []).extend(bars)
+            ax.broken_barh([(s / scale, w / scale) for s, w in bars], (rows[hz] - 0.4 + 0.8 * k / n, 0.8 / n),
+                           color=colours.get(o.channel))
+    ax.set_yticks(range(len(rates)), [(f"{hz:g} Hz\n" + spell_text(spells.get(hz, []), total)).rstrip()
+                                      for hz in rates], fontsize="small")
     ax.set_ylim(-0.6, max(len(rates), 1) - 0.4)
     ax.set_ylabel("pulse rate")
     ax.grid(axis="x", alpha=0.3)
-
-
-def _merge(bars: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Join touching bars (readings 0.1 s apart) into one span each."""
-    out: list[list[float]] = []
-    for start, width in bars:
-        if out and abs(out[-1][0] + out[-1][1] - start) < 1e-6 + width:
-            out[-1][1] = start + width - out[-1][0]
-        else:
-            out.append([start, width])
-    return [(a, b) for a, b in out]
 
 
 def _wrap(text: str, width: int) -> str:
