@@ -1,0 +1,65 @@
+"""`estim keys` and `estim record verify`: plain messages and the documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from firmware_host.sim.process import child_env
+from safety import TreatmentRecord
+from safety.record_keys import RecordKeyError, create_key, key_dir, load_key
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def estim(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "firmware_host", *args], capture_output=True, text=True,
+                          env=child_env(), timeout=50)
+
+
+def test_keys_init_list_show_never_print_the_secret() -> None:
+    done = estim("keys", "init", "--label", "Room 2")
+    assert done.returncode == 0 and "created record key k-" in done.stdout
+    key_id = done.stdout.split("created record key ")[1].split()[0]
+    again = estim("keys", "init")
+    assert again.returncode == 0 and "already exists" in again.stdout and key_id in again.stdout
+    listed = json.loads(estim("keys", "list", "--json").stdout)
+    assert [(k["id"], k["label"], k["default"]) for k in listed] == [(key_id, "Room 2", True)]
+    shown = estim("keys", "show", key_id)
+    secret = load_key(key_id).secret.hex()
+    assert shown.returncode == 0 and "Room 2" in shown.stdout
+    assert all(secret not in out.stdout for out in (done, again, shown, estim("keys", "list")))
+    missing = estim("keys", "show", "k-0000000000000000")
+    assert missing.returncode == 2 and "not on this computer" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_key_file_others_can_read_is_refused() -> None:
+    key = create_key("loose")
+    os.chmod(key_dir() / f"{key.key_id}.json", 0o644)
+    with pytest.raises(RecordKeyError, match="chmod 600"):
+        load_key(key.key_id)
+
+
+def test_verify_exit_codes(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    with TreatmentRecord(path) as rec:
+        rec.append("stop", {"reason": "done"})
+    assert estim("record", "verify", str(path)).returncode == 0
+    other = create_key("other room", make_default=False)
+    wrong = estim("record", "verify", str(path), "--key", other.key_id)
+    assert wrong.returncode == 6 and other.key_id in wrong.stdout
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join(lines[:-2]) + b"\n")                     # the close record removed
+    open_ = estim("record", "verify", str(path))
+    assert open_.returncode == 5 and "record boundary" in open_.stdout
+    (key_dir() / f"{json.loads(lines[0])['data']['key_id']}.json").unlink()
+    nokey = estim("record", "verify", str(path))
+    assert nokey.returncode == 7 and "not on this computer" in nokey.stdout
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text("hello\n")
+    assert estim("record", "verify", str(junk)).returncode == 6
