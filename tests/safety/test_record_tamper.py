@@ -6,7 +6,7 @@ where a test says otherwise): they can recompute any hash, not a mac.
 
 import hashlib
 import json
-from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,16 +15,6 @@ from safety.record import encode_body, seal
 from safety.record_keys import create_key, load_key
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@dataclass(frozen=True)
-class Head:
-    record_id: str
-    path: str
-    count: int
-    last_hash: str
-    key_id: str | None
-    closed: bool
 
 
 class Heads:
@@ -36,7 +26,8 @@ class Heads:
     def put_record_head(self, record_id, path, count, last_hash, key_id, closed):
         old = self.heads.get(record_id)
         if old is None or count > old.count or (count == old.count and closed and not old.closed):
-            self.heads[record_id] = Head(record_id, path, count, last_hash, key_id, closed)
+            self.heads[record_id] = SimpleNamespace(record_id=record_id, path=path, count=count,
+                                                    last_hash=last_hash, key_id=key_id, closed=closed)
 
     def get_record_head(self, record_id):
         return self.heads.get(record_id)
