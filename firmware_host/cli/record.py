@@ -43,8 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
                                         "7: cannot check (key not on this computer, no entry in the visit store).")
     verify.add_argument("path", type=Path, metavar="PATH")
     verify.add_argument("--key", metavar="ID", help="insist the record was signed with this key")
-    verify.add_argument("--no-store", action="store_true",
-                        help="do not ask the visit store (then a cut-off end or a deleted file cannot be detected)")
     verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
     show = sub.add_parser("show", help="summarise a session: plan, operator, thresholds, commands, faults, output",
                           description="Summarise a session from its record. The output table is what the "
