@@ -17,8 +17,10 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from safety.interlock import Approved
+from safety.approvals import Approved
+from safety.errors import InterlockStateError, Refusal
 
 from . import icd, units
 from .drivers.base import Transport
@@ -32,6 +34,9 @@ from .errors import (
     TransportError,
     refusal_for,
 )
+
+if TYPE_CHECKING:
+    from safety.interlock import Interlock
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +86,9 @@ class Link:
     """A session with one device over one transport.
 
     `open()` performs the handshake; nothing but HELLO (and ESTOP, which only ever makes
-    the device safer) is written before it succeeded.
+    the device safer) is written before it succeeded. `bind()` then ties the link to the one
+    interlock whose approvals it will carry. The transport is private: nothing outside the
+    link writes frames.
     """
 
     def __init__(
@@ -95,7 +102,7 @@ class Link:
     ) -> None:
         if not 1 <= window <= icd.RETRANSMIT_WINDOW:
             raise ValueError(f"window {window} outside 1..{icd.RETRANSMIT_WINDOW}")
-        self.transport = transport
+        self._transport = transport
         self.window = window
         self.reply_timeout = reply_timeout
         self.max_attempts = max_attempts
@@ -119,6 +126,8 @@ class Link:
         self._subscribers: list[Subscriber] = []
         self._estop_waiters: dict[int, threading.Event] = {}  # ESTOP seq -> its ACK
         self._hold_queue = threading.Event()
+        self._interlock: Interlock | None = None
+        self._lease_until: float | None = None  # heartbeats only until then, once leased
         self._reader = threading.Thread(target=self._read_loop, name=f"link-reader {transport.url}", daemon=True)
 
     # --- lifecycle ------------------------------------------------------------------
@@ -126,22 +135,22 @@ class Link:
     def open(self, timeout: float = 2.0) -> icd.Identity:
         """Handshake: HELLO until IDENTITY; refuses a protocol version it does not know."""
         try:
-            self.transport.discard_input()
+            self._transport.discard_input()
             self._reader.start()
             reply = self._enqueue(icd.Hello(icd.PROTOCOL_VERSION), handshake=True).result(timeout)
         except TimeoutError:
             self.close()
-            raise HandshakeFailed(f"{self.transport.url}: no IDENTITY within {timeout:.1f} s") from None
+            raise HandshakeFailed(f"{self._transport.url}: no IDENTITY within {timeout:.1f} s") from None
         except (EstimError, TransportError) as exc:
             self.close()
-            raise HandshakeFailed(f"{self.transport.url}: handshake failed: {exc}") from exc
+            raise HandshakeFailed(f"{self._transport.url}: handshake failed: {exc}") from exc
         if not isinstance(reply, icd.Identity):
             self.close()
-            raise HandshakeFailed(f"{self.transport.url}: HELLO answered with {type(reply).__name__}")
+            raise HandshakeFailed(f"{self._transport.url}: HELLO answered with {type(reply).__name__}")
         if reply.protocol_version != icd.PROTOCOL_VERSION:
             self.close()
             raise ProtocolMismatch(
-                f"{self.transport.url}: device speaks protocol version {reply.protocol_version}; "
+                f"{self._transport.url}: device speaks protocol version {reply.protocol_version}; "
                 f"this host knows only {icd.PROTOCOL_VERSION}"
             )
         self.identity = reply
@@ -156,7 +165,32 @@ class Link:
         self._fail(LinkError("link closed"), notify=False)
         if self._reader.is_alive() and threading.current_thread() is not self._reader:
             self._reader.join(timeout=1.0)
-        self.transport.close()
+        self._transport.close()
+
+    @property
+    def url(self) -> str:
+        return self._transport.url
+
+    def bind(self, interlock: Interlock) -> None:
+        """Carry approvals of `interlock` only, for as long as this link lives. Refused when
+        the link is already bound, or when the interlock guards other device limits than
+        this device reported in IDENTITY."""
+        if self.identity is None:
+            raise LinkError("no session: the handshake has not succeeded")
+        if self._interlock is not None:
+            raise InterlockStateError("this link already carries another session's approvals")
+        reported = units.device_limits(self.identity)
+        if interlock.setup.device != reported:
+            raise Refusal("session.device_limits",
+                          f"the session's device limits are not those {self.identity.serial} reports",
+                          value=str(interlock.setup.device), limit=str(reported))
+        self._interlock = interlock
+
+    def lease_heartbeats(self, seconds: float) -> None:
+        """Send heartbeats for `seconds` more, then stop unless leased again: the session's
+        supervisor renews this as it runs, so a dead or stuck supervisor lets the device's
+        watchdog make it safe."""
+        self._lease_until = self._clock() + seconds
 
     @property
     def alive(self) -> bool:
@@ -178,11 +212,18 @@ class Link:
 
     def send(self, approved: Approved) -> Future[icd.Message]:
         """Send a command the interlock approved; the only way a command that can change
-        the output reaches the wire. The approval is redeemed here (verified, single-use,
-        unexpired), immediately before its frame is queued."""
+        the output reaches the wire. Only approvals of the interlock bound to this link are
+        taken; each is redeemed here (verified, single-use, unexpired), immediately before
+        its frame is queued, after its message was encoded (so it cannot fail later)."""
         if type(approved) is not Approved:
             raise TypeError(f"the link sends only interlock approvals, not {type(approved).__name__}")
-        return self._enqueue(units.command_to_wire(approved.consume()))
+        if self._interlock is None or not approved.issued_by(self._interlock):
+            raise InterlockStateError("approval refused: it was not issued by this session's interlock")
+        approved.verify()
+        message = units.command_to_wire(approved.command)
+        message.body()  # raises ValueError for a field beyond the wire, before anything is redeemed
+        approved.consume()
+        return self._enqueue(message)
 
     def query(self, message: icd.GetStatus | icd.Heartbeat) -> Future[icd.Message]:
         """Queue a command that cannot change the output (GET_STATUS, HEARTBEAT)."""
@@ -266,7 +307,7 @@ class Link:
 
     def _write(self, frame: bytes) -> None:
         with self._write_lock:
-            self.transport.write(frame)
+            self._transport.write(frame)
             self._last_tx = self._clock()
             self.stats.frames_sent += 1
 
@@ -302,7 +343,7 @@ class Link:
     def _read_loop(self) -> None:
         while not self._closing.is_set():
             try:
-                data = self.transport.read(self._timer_wait())
+                data = self._transport.read(self._timer_wait())
                 if data:
                     bad_before = self._decoder.bad_frames
                     packets = self._decoder.feed(data)
@@ -337,7 +378,8 @@ class Link:
                 if now - oldest.sent_at >= self.reply_timeout:
                     self.stats.timeouts += 1
                     self._go_back()
-            elif self._session and not self._queue and now - self._last_tx >= self._heartbeat_interval:
+            elif self._session and not self._queue and now - self._last_tx >= self._heartbeat_interval \
+                    and (self._lease_until is None or now < self._lease_until):
                 self.stats.heartbeats += 1
                 self._queue.append(_Pending(icd.Heartbeat()))
                 self._pump()
@@ -369,7 +411,7 @@ class Link:
                     self._go_back()
                 return
             if isinstance(message, icd.Nak) and message.code == icd.NakCode.NO_SESSION and self._session:
-                raise DeviceRebooted(f"{self.transport.url}: the device lost the session (rebooted?)")
+                raise DeviceRebooted(f"{self._transport.url}: the device lost the session (rebooted?)")
             del self._inflight[raw.seq]
             self._stalls = 0
             if isinstance(message, icd.Nak):
@@ -408,5 +450,5 @@ class Link:
             if not pending.future.done():
                 pending.future.set_exception(reason)
         if notify:
-            log.error("link to %s lost: %s", self.transport.url, reason)
+            log.error("link to %s lost: %s", self._transport.url, reason)
             self._notify(LinkLost(reason))

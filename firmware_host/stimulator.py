@@ -1,10 +1,18 @@
 """The host API: one Stimulator per device session.
 
 Every command that can change what the patient receives is approved by the session's
-interlock and redeemed by the link at the wire (`Link.send` takes nothing else). Telemetry
-and faults run through the safety supervisor on a thread of their own, so a slow caller
-never delays a stop. Leaving the `with` block always leaves the device safe: outputs
-zeroed and disabled on a normal exit, an e-stop on an exception or Ctrl-C.
+interlock and redeemed by the session's link at the wire (`Link.send` takes approvals of
+that interlock only). Three threads, none waiting on another to stop the output:
+
+- the link's reader puts telemetry, faults and link loss on a queue;
+- the supervisor thread judges them and acts, and renews the link's heartbeat lease as it
+  goes: if it dies or sticks, heartbeats stop and the device's watchdog makes it safe;
+- a delivery thread hands events to subscribers (user code never runs on the supervisor).
+
+Stopping depends on nothing but the wire: ESTOP is written first, then the interlock is
+tripped, then the record is written, and a record that cannot be written stops the session
+(with ESTOP) instead of stopping the stop. Leaving the `with` block always leaves the
+device safe: outputs zeroed and disabled on a normal exit, an e-stop on an exception.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from safety import (
     Needle,
     Patient,
     Prescription,
+    RecordWriteError,
     SessionSetup,
     Shape,
     Supervisor,
@@ -77,6 +86,49 @@ class DeviceStatus:
 SessionEvent = ChannelReading | DeviceFault | Notice | LinkLost
 
 
+class _Delivery:
+    """Hands session events to subscribers on a thread of its own, through a bounded queue:
+    a slow or stuck subscriber loses the oldest events (counted), never holds up supervision."""
+
+    MAX_QUEUED = 1000
+
+    def __init__(self) -> None:
+        self.subscribers: list[Callable[[SessionEvent], None]] = []
+        self.dropped = 0
+        self._queue: queue.Queue[SessionEvent | None] = queue.Queue(self.MAX_QUEUED)
+        self._thread = threading.Thread(target=self._run, name="stimulator-delivery", daemon=True)
+        self._thread.start()
+
+    def put(self, event: SessionEvent) -> None:
+        if not self.subscribers:
+            return
+        while True:
+            try:
+                self._queue.put_nowait(event)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
+    def close(self) -> None:
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=0.5)
+
+    def _run(self) -> None:
+        while (event := self._queue.get()) is not None:
+            for callback in list(self.subscribers):
+                try:
+                    callback(event)
+                except Exception:
+                    log.exception("session subscriber failed on %s", type(event).__name__)
+
+
 class Stimulator:
     """A handshaken device session guarded by an interlock and a supervisor."""
 
@@ -93,19 +145,29 @@ class Stimulator:
         self.identity = link.identity
         self.record = record
         self.interlock = Interlock(setup, clock=clock, record=record)
-        self.supervisor = Supervisor(self.interlock, self.identity.telemetry_hz, clock, record)
+        link.bind(self.interlock)
+        self.supervisor = Supervisor(self.interlock, self.identity.telemetry_hz, clock)
         self.readings: dict[int, ChannelReading] = {}
         self._link = link
         self._clock = clock
-        self._subscribers: list[Callable[[SessionEvent], None]] = []
+        self._period_s = 1.0 / max(self.identity.telemetry_hz, 1)
+        # heartbeats go on only while the supervisor runs (as long as telemetry may be missing);
+        # commands from other threads are refused once it has not run for a second
+        self._lease_s = 3.5 * self._period_s
+        self._unsupervised_s = max(1.0, 2 * self._lease_s)
+        self._supervised_at = clock()
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._delivery = _Delivery()
         self._closed = threading.Event()
+        self._estop_sent = False                       # ESTOP written since the last trip cleared
         self._last_supervisor_estop = float("-inf")
         self._faults_cleared_before_s = float("-inf")  # device clock of the last clear
         self._log("identity", _plain(self.identity))
         latched = icd.faults_from_mask(self.identity.latched_faults)
         if latched:
             self.interlock.stop("faults latched at session start: " + ", ".join(sorted(f.name for f in latched)))
+            self._estop_sent = True  # the device is in its safe state already (HELLO)
+        link.lease_heartbeats(self._lease_s)
         self._unsubscribe = link.subscribe(self._events.put)
         self._worker = threading.Thread(target=self._supervise, name="stimulator-supervisor", daemon=True)
         self._worker.start()
@@ -130,6 +192,11 @@ class Stimulator:
         """Why the session is stopped (latched until `clear_faults`), or None."""
         return self.interlock.tripped
 
+    @property
+    def events_dropped(self) -> int:
+        """Events a slow subscriber did not get (the oldest are dropped first)."""
+        return self._delivery.dropped
+
     def enabled(self) -> frozenset[int]:
         return frozenset(ch for ch in self.channels if self.interlock.applied(ch)[1])
 
@@ -137,9 +204,10 @@ class Stimulator:
         return self.interlock.applied(channel)[0]
 
     def subscribe(self, callback: Callable[[SessionEvent], None]) -> Callable[[], None]:
-        """Readings, faults, notices and link loss, on the supervisor thread (keep it quick)."""
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback)
+        """Readings, faults, notices and link loss, on a delivery thread of their own (a slow
+        callback loses the oldest events; it never delays supervision)."""
+        self._delivery.subscribers.append(callback)
+        return lambda: self._delivery.subscribers.remove(callback)
 
     def status(self) -> DeviceStatus:
         reply = self._link.wait(self._link.query(icd.GetStatus()), "GET_STATUS", REPLY_TIMEOUT_S)
@@ -212,9 +280,11 @@ class Stimulator:
                 on_step(amplitude_ma)
 
     def estop(self, reason: str = "operator e-stop") -> bool:
-        """Outputs off now: ESTOP goes out of band; the session stays stopped until cleared."""
-        self.interlock.stop(reason)
+        """Outputs off now: ESTOP goes to the wire first, then the session trips (latched
+        until cleared), then the record is written. True once the device ACKed the ESTOP."""
+        self._estop_sent = True  # the FAULT ESTOP the device answers with is this stop's echo
         acked = self._link.estop()
+        self.interlock.stop(reason)
         self._log("estop", {"reason": reason, "acked": acked})
         return acked
 
@@ -228,6 +298,7 @@ class Stimulator:
         approved = self.interlock.approve_clear_faults(operator)
         self._faults_cleared_before_s = self.status().device_time_s
         self._execute(approved)
+        self._estop_sent = False
 
     def safe_off(self) -> None:
         """Every channel to 0 mA, then every output disabled (decreases never wait)."""
@@ -249,16 +320,17 @@ class Stimulator:
         if self._closed.is_set():
             return
         try:
-            if self._link.alive:
+            if self._link.alive and self.interlock.tripped is None:
                 self.safe_off()
-        except (EstimError, Exception) as exc:  # whatever failed, the device must end safe
+        except Exception as exc:  # whatever failed, the device must end safe
             log.error("safe shutdown failed (%s); sending ESTOP", exc)
             self._link.estop()
         finally:
             self._closed.set()
             self._unsubscribe()
             self._worker.join(timeout=1.0)
-            self._log("session_closed", {"link": _plain(self._link.stats)})
+            self._delivery.close()
+            self._log("session_closed", {"link": _plain(self._link.stats), "events_dropped": self.events_dropped})
             self._link.close()
 
     def __enter__(self) -> Stimulator:
@@ -278,6 +350,11 @@ class Stimulator:
         return setting
 
     def _execute(self, approved: Approved) -> icd.Message:
+        if threading.current_thread() is not self._worker and \
+                self._clock() - self._supervised_at > self._unsupervised_s:
+            self.interlock.note_rejected(approved, "supervision is not running")
+            self._safe_estop("supervision stopped running; nothing more is sent")
+            raise LinkError("supervision is not running: the session was stopped")
         what = type(approved.command).__name__
         try:
             future: Future[icd.Message] = self._link.send(approved)
@@ -288,16 +365,17 @@ class Stimulator:
         except LinkError as exc:
             self.interlock.note_rejected(approved, str(exc))
             if not self._link.alive:
-                self.interlock.stop(f"link lost: {exc}")
+                self._safe_estop(f"link lost: {exc}")
             raise
         self.interlock.note_acknowledged(approved)
         return reply
 
     def _supervise(self) -> None:
-        period = 1.0 / max(self.identity.telemetry_hz, 1)
         while not self._closed.is_set():
+            self._supervised_at = self._clock()
+            self._link.lease_heartbeats(self._lease_s)
             try:
-                event = self._events.get(timeout=period / 2)
+                event = self._events.get(timeout=self._period_s / 2)
             except queue.Empty:
                 event = None
             try:
@@ -307,74 +385,92 @@ class Stimulator:
                 self._safe_estop("internal supervision error")
 
     def _handle(self, event: Any) -> None:
-        actions: list[Action] = []
         if isinstance(event, icd.Telemetry):
             reading = units.reading_from_telemetry(event)
             self.readings[reading.channel] = reading
+            self._act_all(self.supervisor.on_reading(reading))
             self._log("telemetry", _plain(event))
-            if reading.channel in self.channels:
-                actions += self.supervisor.on_reading(reading)
-            self._deliver(reading)
+            self._delivery.put(reading)
         elif isinstance(event, icd.Fault):
-            fault = _fault_event(event)
-            stale = fault.device_time_s < self._faults_cleared_before_s
-            self._log("fault", {"code": fault.code, "channel": fault.channel, "device_time_s": fault.device_time_s,
-                                "before_clear": stale})
-            if not stale:
-                for action in self.supervisor.on_fault(fault.code, fault.channel):
-                    if action.kind is ActionKind.ESTOP and fault.channel is None:
-                        # the device already latched it and is safe; an ESTOP back would only
-                        # echo (every ESTOP makes another FAULT): the supervisor tripped the session
-                        self._deliver(Notice(None, action.reason))
-                    else:
-                        actions.append(action)
-                self._deliver(fault)
+            self._on_fault(_fault_event(event))
         elif isinstance(event, LinkLost):
+            self._safe_estop(f"link lost: {event.reason}")  # best effort: the byte path may still carry it
             self._log("link_lost", {"reason": str(event.reason)})
-            self.interlock.stop(f"link lost: {event.reason}")
-            self._deliver(event)
+            self._delivery.put(event)
+        if self.interlock.tripped is not None and not self._estop_sent:
+            # tripped by a path that could not write the wire itself (a record that failed, say)
+            self._safe_estop(self.interlock.tripped)
         if self._link.alive and self.interlock.tripped is None:
-            actions += self.supervisor.poll()
+            self._act_all(self.supervisor.poll())
             for approved in self.interlock.session_tick():
                 self._execute(approved)
+
+    def _on_fault(self, fault: DeviceFault) -> None:
+        stale = fault.device_time_s < self._faults_cleared_before_s
+        actions = [] if stale else self.supervisor.on_fault(fault.code, fault.channel)
+        for action in actions:
+            if action.kind is ActionKind.ESTOP and fault.channel is None:
+                # the device already latched it and is safe; an ESTOP back would only echo
+                # (every ESTOP makes another FAULT): trip the session without one. The FAULT
+                # ESTOP that answers our own ESTOP leaves the stop's reason to whoever sent it.
+                if self.interlock.tripped is None and not (fault.code == "ESTOP" and self._estop_sent):
+                    self._estop_sent = True
+                    self.interlock.stop(action.reason)
+                    self._delivery.put(Notice(None, action.reason))
+                self._log("action", {"kind": action.kind.value, "channel": None, "reason": action.reason})
+            else:
+                self._act(action)
+        self._log("fault", {"code": fault.code, "channel": fault.channel, "device_time_s": fault.device_time_s,
+                            "before_clear": stale})
+        if not stale:
+            self._delivery.put(fault)
+
+    def _act_all(self, actions: list[Action]) -> None:
         for action in actions:
             self._act(action)
 
     def _act(self, action: Action) -> None:
+        """Carry out one action, the wire first; record it after."""
         if action.kind is ActionKind.ESTOP:
             self._safe_estop(action.reason)
-        elif action.kind is ActionKind.ZERO_CHANNEL and action.channel is not None:
+            return
+        if action.kind is ActionKind.ZERO_CHANNEL and action.channel is not None:
             setting = self.setting(action.channel)
             if setting is not None and setting.amplitude_ua > 0:
                 self.apply(setting.with_amplitude(0))
             if action.channel in self.enabled():
                 self.disable(action.channel)
         elif action.kind is ActionKind.NOTIFY:
-            self._deliver(Notice(action.channel, action.reason))
+            self._delivery.put(Notice(action.channel, action.reason))
+        self._log("action", {"kind": action.kind.value, "channel": action.channel, "reason": action.reason})
 
     def _safe_estop(self, reason: str) -> None:
-        """Supervisor stop: trip, ESTOP, tell the clinician. Repeats while the device still
-        shows output are limited to one per telemetry period."""
+        """Supervisor stop: ESTOP on the wire, then trip, then tell the clinician and record.
+        Repeats while the device still shows output are limited to one per telemetry period."""
         now = self._clock()
-        first = self.interlock.tripped is None
-        if first:
-            self.interlock.stop(reason)
-        if first or now - self._last_supervisor_estop >= 1.0 / max(self.identity.telemetry_hz, 1):
+        first = self.interlock.tripped is None or not self._estop_sent
+        if first or now - self._last_supervisor_estop >= self._period_s:
             self._last_supervisor_estop = now
             self._link.estop()
+            self._estop_sent = True
+        if self.interlock.tripped is None:
+            self.interlock.stop(reason)
         if first:
-            self._deliver(Notice(None, reason))
-
-    def _deliver(self, event: SessionEvent) -> None:
-        for callback in list(self._subscribers):
-            try:
-                callback(event)
-            except Exception:
-                log.exception("session subscriber failed on %s", type(event).__name__)
+            self._delivery.put(Notice(None, self.interlock.tripped or reason))
+            self._log("action", {"kind": ActionKind.ESTOP.value, "channel": None, "reason": reason})
 
     def _log(self, kind: str, data: dict[str, Any]) -> None:
-        if self.record is not None:
+        """Record after acting; a record that can no longer be written stops the session."""
+        if self.record is None:
+            return
+        try:
             self.record.append(kind, data)
+        except RecordWriteError as exc:
+            if self.interlock.tripped is None or not self._estop_sent:
+                self._link.estop()
+                self._estop_sent = True
+                self.interlock.stop(str(exc))
+                self._delivery.put(Notice(None, f"stimulation stopped: {exc}"))
 
 
 def _fault_event(message: icd.Fault) -> DeviceFault:

@@ -5,7 +5,7 @@ anything off it), so every conversion here is exact in both directions.
 
 from __future__ import annotations
 
-from safety.interlock import ClearFaults, Command, SetChannel, SetOutputs, SimControl
+from safety.approvals import ClearFaults, Command, SetChannel, SetOutputs, SimControl
 from safety.limits import DeviceLimits
 from safety.settings import ChannelReading, ChannelSetting, Shape
 

@@ -40,7 +40,7 @@ def forearm(*channels: int) -> dict[int, ChannelPlacement]:
 
 def prescription(max_ma: float = 10.0) -> Prescription:
     """Wide enough for every preset; the effective ramp is then the device's (80 % of slew)."""
-    return Prescription(max_amplitude_ma=max_ma, ramp_ma_per_s=4.0, frequency_hz=(1, 200),
+    return Prescription(max_amplitude_ma=max_ma, ramp_ma_per_s=2.0, frequency_hz=(1, 200),
                         pulse_width_us=(50, 600), sensitivity="hyposensitive")
 
 

@@ -5,8 +5,9 @@ See RULES.md for every rule and its source.
 """
 
 from .errors import InterlockStateError, Refusal, SafetyError
-from .interlock import (APPROVAL_TTL_S, JITTER_S, AppliedDose, Approved, ClearFaults, Command, Expected, Interlock,
-                        SessionSetup, SetChannel, SetOutputs, SimControl)
+from .approvals import APPROVAL_TTL_S, Approved, ClearFaults, Command, SetChannel, SetOutputs, SimControl
+from .dynamic import JITTER_S
+from .interlock import AppliedDose, Expected, Interlock, SessionSetup
 from .limits import (NEEDLE_RULES, SENSITIVITY_FACTORS, STANDARD, DeviceLimits, EffectiveLimits, Needle, NeedleRules,
                      Prescription, Sensitivity, StandardLimits, effective_limits)
 from .placement import ChannelPlacement, NeedleSite, Patient, Region, Side, check_placement

@@ -4,152 +4,39 @@ Two views of each channel are kept. The *applied* view advances only when the li
 reports the device's ACK (`note_acknowledged`), because a NAKed or lost command never
 reached the patient. The *worst-case* view adds every approved command still in flight,
 because it may reach the patient at any moment; zero start, step and ramp checks use the
-worst case, and one increase per channel may be in flight at a time. The ramp clock runs
-from the ACK of the last increase (or of enabling), which is later than the device's own
-clock point, so the host is never faster than its own check. `JITTER_S` (5 ms) is added to
-the elapsed time to absorb scheduler jitter; at 1 mA/s that is 5 µA.
+worst case, and one increase per channel may be in flight at a time. What may rise, and
+how fast, is `dynamic.py`: amplitude, charge per phase and r.m.s. current each on a ramp
+clock that runs from the device's ACKs, so the host is never faster than its own check.
 
-A waveform (frequency, phase) may change while a channel stimulates, as dense-disperse
-needs, as long as the new setting passes every static rule; only amplitude increases are
-rate-limited.
-
-Stopping never needs approval: `stop()` latches the trip at once and the link sends
-ESTOP; only `approve_clear_faults` with a person's name, then its ACK, unlatches.
+Stopping never needs approval: `stop()` latches the trip at once (the caller writes ESTOP
+to the wire first); only `approve_clear_faults` with a person's name, then its ACK,
+unlatches. The treatment record is written after every decision; a record that can no
+longer be written trips the interlock (treatment that cannot be documented does not go
+on) and never stops a stop.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
-import json
-import secrets
+import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields, is_dataclass
-from enum import Enum
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from .approvals import (APPROVAL_TTL_S, MINT, Approved, ClearFaults, Command, SetChannel, SetOutputs, SimControl,
+                        command_json)
+from .dynamic import RAMP_TICK_S, ChannelDynamics, refusal_text
 from .errors import InterlockStateError, Refusal
 from .limits import DeviceLimits, EffectiveLimits, Needle, Prescription, effective_limits
 from .placement import ChannelPlacement, Patient, check_placement
-from .record import TreatmentRecord
+from .record import RecordWriteError, TreatmentRecord
 from .rules import check_setting
-from .settings import ChannelSetting
+from .settings import ChannelSetting, exact_int
 
-APPROVAL_TTL_S = 2.0   # an approval unused for this long is refused at consume()
-JITTER_S = 0.005       # clock-jitter allowance on the ramp-rate check
-RAMP_TICK_S = 0.1      # ramp_plan step spacing (one telemetry period at 10 Hz)
 RECENT_S = 5.0         # applied states kept for matching telemetry snapshots
 SIM_REBOOT = 3         # SimControl op that restarts the simulated device in its safe state
-
-
-@dataclass(frozen=True)
-class SetChannel:
-    setting: ChannelSetting
-
-
-@dataclass(frozen=True)
-class SetOutputs:
-    enabled: frozenset[int]
-
-
-@dataclass(frozen=True)
-class ClearFaults:
-    operator: str
-
-
-@dataclass(frozen=True)
-class SimControl:
-    op: int
-    channel: int
-    value: int
-
-
-Command = SetChannel | SetOutputs | ClearFaults | SimControl
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, Enum):
-        return x.name
-    if isinstance(x, (frozenset, set)):
-        return sorted(x)
-    if is_dataclass(x):
-        return {"type": type(x).__name__, **{f.name: _plain(getattr(x, f.name)) for f in fields(x)}}
-    return x
-
-
-def command_json(command: Command) -> dict[str, Any]:
-    """Plain JSON-able form of a command (canonical input of the approval MAC)."""
-    return _plain(command)
-
-
-_KEY = secrets.token_bytes(32)
-_MINT = object()
-
-
-class Approved:
-    """A command the interlock approved: unforgeable, single-use and short-lived."""
-
-    __slots__ = ("_command", "_serial", "_issued_s", "_epoch", "_owner", "_warnings", "_mac")
-
-    def __init__(self, token: object, command: Command, serial: int, issued_s: float, epoch: int,
-                 owner: Interlock, warnings: tuple[str, ...] = ()) -> None:
-        if token is not _MINT:
-            raise InterlockStateError("only the Interlock may approve commands")
-        for name, value in (("_command", command), ("_serial", serial), ("_issued_s", issued_s),
-                            ("_epoch", epoch), ("_owner", owner), ("_warnings", warnings)):
-            object.__setattr__(self, name, value)
-        object.__setattr__(self, "_mac", self._compute_mac())
-
-    def _compute_mac(self) -> bytes:
-        body = json.dumps([self._serial, repr(self._issued_s), self._epoch, id(self._owner),
-                           command_json(self._command), list(self._warnings)], sort_keys=True).encode()
-        return hmac.new(_KEY, body, hashlib.sha256).digest()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("Approved is immutable")
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError("Approved cannot be pickled or copied")
-
-    def __copy__(self) -> Approved:
-        raise TypeError("Approved cannot be copied")
-
-    def __deepcopy__(self, memo: Any) -> Approved:
-        raise TypeError("Approved cannot be copied")
-
-    @property
-    def command(self) -> Command:
-        return self._command
-
-    @property
-    def serial(self) -> int:
-        return self._serial
-
-    @property
-    def warnings(self) -> tuple[str, ...]:
-        """Clinician warnings raised while approving (e.g. Shannon k at or above 1.5)."""
-        return self._warnings
-
-    def verify(self) -> None:
-        """Raise if anything in this approval changed after it was minted."""
-        try:
-            good = type(self) is Approved and hmac.compare_digest(self._mac, self._compute_mac())
-        except Exception as exc:  # a tampered field may not even serialise
-            raise InterlockStateError(f"approval {self._serial} was tampered with") from exc
-        if not good:
-            raise InterlockStateError(f"approval {self._serial} was tampered with")
-
-    def consume(self) -> Command:
-        """Redeem once, within `APPROVAL_TTL_S`; returns the command to send."""
-        self.verify()
-        self._owner._redeem(self)
-        return self._command
-
-    def __repr__(self) -> str:
-        return f"Approved(#{self._serial}, {self._command!r})"
 
 
 @dataclass(frozen=True)
@@ -183,20 +70,20 @@ class AppliedDose:
 
 @dataclass(frozen=True)
 class Expected:
-    """Values telemetry may legitimately show: the applied state or a command in flight."""
+    """States telemetry may legitimately show on a channel: the applied state, states applied
+    since the reading was sampled, and commands in flight. `settings` holds whole settings
+    (None: a channel this session has not configured, whose registers it does not own)."""
 
-    amplitudes_ua: frozenset[int]
+    settings: frozenset[ChannelSetting | None]
     enabled: frozenset[bool]
-    frequencies_mhz: frozenset[int]
-    phases_us: frozenset[int]
 
 
 @dataclass
 class _Channel:
     limits: EffectiveLimits
+    dynamics: ChannelDynamics
     setting: ChannelSetting | None = None
     enabled: bool = False
-    last_increase_s: float | None = None
     hold: str | None = None
 
 
@@ -209,28 +96,21 @@ class Interlock:
         self._clock = clock
         self._record = record
         self._lock = threading.RLock()
+        self._tripped: str | None = None
+        self._epoch = 0
         refusals = check_placement(setup.placements, setup.patient)
         channels: dict[int, _Channel] = {}
         for ch in setup.channels:
             try:
-                channels[ch] = _Channel(effective_limits(setup.device, setup.prescription, ch, setup.needle(ch)))
+                limits = effective_limits(setup.device, setup.prescription, ch, setup.needle(ch))
+                channels[ch] = _Channel(limits, ChannelDynamics(limits))
             except Refusal as refusal:
                 refusals.append(refusal)
-        self._log("session_setup", {"channels": list(setup.channels), "patient": vars(setup.patient),
-                                    "prescription": setup.prescription.model_dump(mode="json"),
-                                    "sites": {str(ch): [str(p.a), str(p.b)] for ch, p in setup.placements.items()},
-                                    "needles": {str(ch): vars(setup.needle(ch)) for ch in setup.channels}})
-        if refusals:
-            for refusal in refusals:
-                self._log("refusal", refusal.as_record())
-            raise refusals[0]
         self._channels = channels
         self._serials = itertools.count(1)
-        self._epoch = 0
         self._outstanding: dict[int, Approved] = {}   # minted, not yet consumed
         self._in_flight: dict[int, Approved] = {}     # SetChannel/SetOutputs approved, not yet ACK/NAK
         self._awaiting: dict[int, Approved] = {}      # consumed, waiting for ACK/NAK
-        self._tripped: str | None = None
         self._session_start: float | None = None
         self._session_ended = False
         # applied states: the open span per channel, closed spans folded into doses, and the
@@ -242,6 +122,14 @@ class Interlock:
         self._session_s = min(c.limits.session_s for c in channels.values()) if channels else 0.0
         for ch in channels:  # the power-on state is the first applied state
             self._applied_changed(ch, clock())
+        self._log("session_setup", {"channels": list(setup.channels), "patient": vars(setup.patient),
+                                    "prescription": setup.prescription.model_dump(mode="json"),
+                                    "sites": {str(ch): [str(p.a), str(p.b)] for ch, p in setup.placements.items()},
+                                    "needles": {str(ch): vars(setup.needle(ch)) for ch in setup.channels}})
+        if refusals:
+            for refusal in refusals:
+                self._log("refusal", refusal.as_record())
+            raise refusals[0]
 
     # ---- queries -------------------------------------------------------------------
 
@@ -271,10 +159,7 @@ class Interlock:
                 enabled.add(on)
                 if t < cutoff:  # the state in force at the cutoff: older ones cannot show
                     break
-            # a channel never set (None) shows the device's power-on registers: all zero
-            return Expected(frozenset(s.amplitude_ua if s else 0 for s in settings), frozenset(enabled),
-                            frozenset(round(s.frequency_hz * 1000) if s else 0 for s in settings),
-                            frozenset(round(s.pulse_width_us) if s else 0 for s in settings))
+            return Expected(frozenset(settings), frozenset(enabled))
 
     def session_remaining_s(self) -> float:
         if self._session_start is None:
@@ -293,6 +178,16 @@ class Interlock:
                 totals[(ch, setting, on)] = totals.get((ch, setting, on), 0.0) + max(0.0, now - start)
             return [AppliedDose(ch, setting, on, seconds) for (ch, setting, on), seconds in totals.items()]
 
+    def highest_amplitude_now(self, waveform: ChannelSetting) -> float:
+        """The largest amplitude (mA) of `waveform` the ramp rules accept on its channel now:
+        what a streaming engine may send without being refused (never above the static cap)."""
+        with self._lock:
+            state = self._state(waveform.channel)
+            if self._pending(waveform.channel, SetChannel) or self._pending(waveform.channel, SetOutputs):
+                return self._lowest_ua(waveform.channel) / 1000
+            cap_ua = state.dynamics.highest_amplitude_ua(waveform, self._lowest_ua(waveform.channel), self._clock())
+            return min(cap_ua, int(state.limits.max_amplitude_ma * 1000)) / 1000
+
     # ---- approvals -----------------------------------------------------------------
 
     def approve_set_channel(self, setting: ChannelSetting) -> Approved:
@@ -305,19 +200,15 @@ class Interlock:
                 for refusal in verdict.refusals[1:]:
                     self._log("refusal", refusal.as_record())
                 self._refuse(verdict.refusals[0])
-            if setting.amplitude_ua > 0:
-                self._check_nonzero(setting, state, now)
+            self._check_increase(setting, state, now)
             return self._mint(SetChannel(setting), now, verdict.warnings)
 
-    def _check_nonzero(self, setting: ChannelSetting, state: _Channel, now: float) -> None:
+    def _check_increase(self, setting: ChannelSetting, state: _Channel, now: float) -> None:
         ch = setting.channel
-        pending = self._pending(ch, SetChannel)
         # The device may be at the applied level or at any command still in flight when this
         # one arrives (in order, but some may be lost): an increase counts from the lowest.
-        lowest_ua = min([state.setting.amplitude_ua if state.setting else 0]
-                        + [a.command.setting.amplitude_ua for a in pending])
-        delta_ma = (setting.amplitude_ua - lowest_ua) / 1000
-        if delta_ma <= 0:
+        rises = state.dynamics.increases(setting, self._lowest_ua(ch), now)
+        if not rises:
             return
         if self._tripped:
             self._state_error(f"increase on channel {ch} refused: session stopped ({self._tripped})")
@@ -333,31 +224,30 @@ class Interlock:
             self._refuse(Refusal("supervision.hold", f"channel {ch} is held at zero ({state.hold}): "
                                  f"disable it and start again from 0 mA", value=setting.amplitude_ma,
                                  limit=0.0, channel=ch))
-        if pending:
-            self._state_error(f"an amplitude change on channel {ch} is still waiting for the device")
-        lim = state.limits
-        if delta_ma > lim.max_step_ma * (1 + 1e-9):
-            self._refuse(Refusal("device.max_step", f"amplitude step {delta_ma:.3f} mA exceeds "
-                                 f"{lim.max_step_ma:.3f} mA on channel {ch}", value=delta_ma,
-                                 limit=lim.max_step_ma, channel=ch))
-        assert state.last_increase_s is not None  # set when the channel was enabled
-        allowed = lim.ramp_ma_per_s * (now - state.last_increase_s + JITTER_S)
-        if delta_ma > allowed * (1 + 1e-9):
-            self._refuse(Refusal(f"{lim.sources['ramp']}.ramp_rate",
-                                 f"amplitude increase {delta_ma:.3f} mA after {now - state.last_increase_s:.3f} s "
-                                 f"exceeds the ramp {lim.ramp_ma_per_s:g} mA/s on channel {ch}",
-                                 value=delta_ma, limit=allowed, channel=ch))
+        if self._pending(ch, SetChannel):
+            self._state_error(f"a change on channel {ch} is still waiting for the device")
+        for rise in rises:
+            if not (rise.too_large or rise.too_fast):
+                continue
+            if rise.quantity == "amplitude":
+                rule = "device.max_step" if rise.too_large else f"{state.limits.sources['ramp']}.ramp_rate"
+            else:
+                rule = "dynamic.intensity_step" if rise.too_large else "dynamic.intensity_ramp"
+            highest = state.dynamics.highest_amplitude_ua(setting, self._lowest_ua(ch), now) / 1000
+            self._refuse(Refusal(rule, refusal_text(ch, setting, rise, highest), value=rise.size_ma,
+                                 limit=rise.step_ma if rise.too_large else rise.allowed_ma, channel=ch,
+                                 detail=rise.quantity))
 
     def approve_outputs(self, enabled: Iterable[int]) -> Approved:
         """Outputs enabled afterwards; enabling needs a configured channel at exactly 0 mA."""
         with self._lock:
             now = self._clock()
             self._purge(now)
-            target = frozenset(enabled)
+            target = frozenset(self._channel_number(ch) for ch in enabled)
             for ch in sorted(target):
                 state = self._state(ch)
-                if state.enabled:
-                    continue
+                if state.enabled and not any(ch not in a.command.enabled for a in self._pending(ch, SetOutputs)):
+                    continue  # on in every state the device may be in: not a (re-)enable
                 if self._tripped:
                     self._state_error(f"enabling channel {ch} refused: session stopped ({self._tripped})")
                 if self.session_expired():
@@ -396,7 +286,11 @@ class Interlock:
         with self._lock:
             now = self._clock()
             self._purge(now)
-            return self._mint(SimControl(int(op), int(channel), int(value)), now)
+            numbers = [exact_int(v) for v in (op, channel, value)]
+            if None in numbers:
+                self._refuse(Refusal("setting.invalid_number", f"simulator control {op!r}, {channel!r}, {value!r} "
+                                     "is not three whole numbers", value=(op, channel, value), limit="integers"))
+            return self._mint(SimControl(*numbers), now)
 
     def ramp_plan(self, channel: int, target_ma: float, gentle_down: bool = False) -> list[tuple[float, float]]:
         """Steps to reach `target_ma`: (seconds to wait after the previous step's ACK, or from
@@ -420,14 +314,20 @@ class Interlock:
                 levels = list(range(base_ua // asym * asym - step_ua, target_ua, -step_ua)) + [target_ua]
                 return [(0.0 if i == 0 else (levels[i - 1] - ua) / 1000 / lim.ramp_ma_per_s, ua / 1000)
                         for i, ua in enumerate(levels)]
-            # time already earned since the last increase counts towards the first step
-            credit = 0.0 if state.last_increase_s is None else self._clock() - state.last_increase_s
+            # the first step waits for every ramp clock; each later one for its own size
             plan, level = [], base_ua
             while level < target_ua:
                 nxt = min(target_ua, level // asym * asym + step_ua)
-                wait = (nxt - level) / 1000 / lim.ramp_ma_per_s
-                plan.append((max(0.0, wait - credit), nxt / 1000))
-                level, credit = nxt, 0.0
+                if plan:
+                    wait = (nxt - level) / 1000 / lim.ramp_ma_per_s
+                else:
+                    now = self._clock()
+                    wait = state.dynamics.wait_s(goal.with_amplitude(nxt / 1000), self._lowest_ua(channel), now)
+                    if wait == math.inf:  # never by waiting: say which rule stands in the way
+                        self._check_increase(goal.with_amplitude(nxt / 1000), state, now)
+                        self._state_error(f"channel {channel} cannot be ramped now")
+                plan.append((wait, nxt / 1000))
+                level = nxt
             return plan
 
     def session_tick(self) -> list[Approved]:
@@ -456,53 +356,48 @@ class Interlock:
     # ---- events from the link and the supervisor -----------------------------------------
 
     def stop(self, reason: str) -> None:
-        """Trip: latched until a person clears it. Pending approvals become void."""
+        """Trip: latched until a person clears it. Pending approvals become void. The state
+        changes first; recording it comes after and cannot undo it."""
         with self._lock:
-            now = self._clock()
-            self._tripped = reason
-            self._epoch += 1
-            self._outstanding.clear()
-            self._in_flight.clear()
-            self._awaiting.clear()
-            for ch, state in self._channels.items():
-                state.setting = state.setting.with_amplitude(0) if state.setting else None
-                state.enabled, state.last_increase_s = False, None
-                self._applied_changed(ch, now)
-            self._log("stop", {"reason": reason})
+            self._trip(reason, self._clock())
+        self._log("stop", {"reason": reason})
 
     def note_acknowledged(self, approved: Approved) -> None:
         """The device ACKed this command: the applied view advances."""
         with self._lock:
             approved.verify()
             now = self._clock()
-            if approved._owner is not self:
+            if not approved.issued_by(self):
                 raise InterlockStateError("approval belongs to another interlock")
-            if approved._epoch != self._epoch:
+            if approved.epoch != self._epoch:
                 self._log("ack_after_stop", {"serial": approved.serial})
                 return
             if self._awaiting.pop(approved.serial, None) is None:
                 raise InterlockStateError(f"approval {approved.serial} was not sent (or already acknowledged)")
             self._in_flight.pop(approved.serial, None)
-            self._log("ack", {"serial": approved.serial})
             cmd = approved.command
             if isinstance(cmd, SetChannel):
                 state = self._channels[cmd.setting.channel]
                 before = state.setting.amplitude_ua if state.setting else 0
                 state.setting = cmd.setting
-                if state.enabled and cmd.setting.amplitude_ua > before:
-                    state.last_increase_s = now
+                if state.enabled:
+                    state.dynamics.applied(cmd.setting, before, now)
                 self._applied_changed(cmd.setting.channel, now)
             elif isinstance(cmd, SetOutputs):
                 for ch, state in self._channels.items():
                     if ch in cmd.enabled and not state.enabled:
-                        state.last_increase_s = now
+                        state.dynamics.enabled(state.setting, now)
+                    elif ch not in cmd.enabled:
+                        state.dynamics.disabled()
                     state.enabled = ch in cmd.enabled
                     self._applied_changed(ch, now)
             elif isinstance(cmd, ClearFaults):
                 self._tripped = None
-                self._log("cleared", {"operator": cmd.operator})
             elif cmd.op == SIM_REBOOT:
-                self.stop("simulated device rebooted")
+                self._trip("simulated device rebooted", now)
+        self._log("ack", {"serial": approved.serial})
+        if isinstance(approved.command, ClearFaults):
+            self._log("cleared", {"operator": approved.command.operator})
 
     def note_rejected(self, approved: Approved, reason: str = "") -> None:
         """The device NAKed (or never answered) this command: nothing changed."""
@@ -510,63 +405,86 @@ class Interlock:
             approved.verify()
             self._in_flight.pop(approved.serial, None)
             self._awaiting.pop(approved.serial, None)
-            self._log("nak", {"serial": approved.serial, "reason": reason})
+        self._log("nak", {"serial": approved.serial, "reason": reason})
 
     def note_device_zeroed(self, channel: int, reason: str) -> None:
         """The device itself set a channel to 0 mA and disabled it (open circuit, compliance)."""
         with self._lock:
             state = self._state(channel)
             state.setting = state.setting.with_amplitude(0) if state.setting else None
-            state.enabled, state.last_increase_s = False, None
+            state.enabled = False
+            state.dynamics.disabled()
             self._applied_changed(channel, self._clock())
-            self._log("device_zeroed", {"channel": channel, "reason": reason})
+        self._log("device_zeroed", {"channel": channel, "reason": reason})
 
     def hold(self, channel: int, reason: str) -> None:
         """Refuse increases on a channel until it is back at 0 mA and disabled."""
         with self._lock:
             self._state(channel).hold = reason
-            self._log("hold", {"channel": channel, "reason": reason})
+        self._log("hold", {"channel": channel, "reason": reason})
 
     # ---- internals -----------------------------------------------------------------
+
+    def _trip(self, reason: str, now: float) -> None:
+        """Latch a stop (caller holds the lock): void every approval, every channel to its safe state."""
+        if self._tripped is None:
+            self._tripped = reason
+        self._epoch += 1
+        self._outstanding.clear()
+        self._in_flight.clear()
+        self._awaiting.clear()
+        for ch, state in self._channels.items():
+            state.setting = state.setting.with_amplitude(0) if state.setting else None
+            state.enabled = False
+            state.dynamics.disabled()
+            self._applied_changed(ch, now)
 
     def _redeem(self, approved: Approved) -> None:
         with self._lock:
             if self._outstanding.get(approved.serial) is not approved:
                 raise InterlockStateError(f"approval {approved.serial} is used, void or not from this interlock")
             del self._outstanding[approved.serial]
-            age = self._clock() - approved._issued_s
+            age = self._clock() - approved.issued_s
             if age > APPROVAL_TTL_S:
                 self._in_flight.pop(approved.serial, None)
                 self._refuse(Refusal("approval.expired", f"approval {approved.serial} expired: unused for "
                                      f"{age:.2f} s (limit {APPROVAL_TTL_S:g} s)", value=age, limit=APPROVAL_TTL_S))
             self._awaiting[approved.serial] = approved
-            self._log("consumed", {"serial": approved.serial})
+        self._log("consumed", {"serial": approved.serial})
 
     def _mint(self, command: Command, now: float, warnings: tuple[str, ...] = ()) -> Approved:
-        approved = Approved(_MINT, command, next(self._serials), now, self._epoch, self, warnings)
+        """Record first: a command that cannot be documented is not approved."""
+        approved = Approved(MINT, command, next(self._serials), now, self._epoch, self, warnings)
+        for text in warnings:
+            self._log("warning", {"serial": approved.serial, "message": text})
+        if not self._log("approved", {"serial": approved.serial, "command": command_json(command)}):
+            raise InterlockStateError(f"not approved: {self._tripped}")
         self._outstanding[approved.serial] = approved
         if isinstance(command, (SetChannel, SetOutputs)):
             self._in_flight[approved.serial] = approved
-        for text in warnings:
-            self._log("warning", {"serial": approved.serial, "message": text})
-        self._log("approved", {"serial": approved.serial, "command": command_json(command)})
         return approved
 
     def _purge(self, now: float) -> None:
         """Approvals that expired unused can no longer reach the device: stop counting them
         in the worst case (they stay outstanding so consume() reports the expiry)."""
         for serial, approved in self._outstanding.items():
-            if now - approved._issued_s > APPROVAL_TTL_S:
+            if now - approved.issued_s > APPROVAL_TTL_S:
                 self._in_flight.pop(serial, None)
 
     def _pending(self, channel: int, kind: type) -> list[Approved]:
         return [a for a in self._in_flight.values() if isinstance(a.command, kind)
                 and (kind is SetOutputs or a.command.setting.channel == channel)]
 
-    def _worst_ua(self, channel: int) -> int:
+    def _levels_ua(self, channel: int) -> list[int]:
         state = self._channels[channel]
-        amps = [state.setting.amplitude_ua if state.setting else 0]
-        return max(amps + [a.command.setting.amplitude_ua for a in self._pending(channel, SetChannel)])
+        return [state.setting.amplitude_ua if state.setting else 0] + [
+            a.command.setting.amplitude_ua for a in self._pending(channel, SetChannel)]
+
+    def _worst_ua(self, channel: int) -> int:
+        return max(self._levels_ua(channel))
+
+    def _lowest_ua(self, channel: int) -> int:
+        return min(self._levels_ua(channel))
 
     def _may_be_enabled(self, channel: int) -> bool:
         return self._channels[channel].enabled or any(
@@ -586,8 +504,15 @@ class Interlock:
         while len(recent) > 1 and recent[1][0] < now - RECENT_S:
             recent.popleft()
 
+    def _channel_number(self, channel: Any) -> int:
+        number = exact_int(channel)
+        if number is None or number not in self._channels:
+            self._refuse(Refusal("setup.channel", f"channel {channel!r} has no declared needles in this session",
+                                 value=channel, limit=list(self._channels), channel=None))
+        return number
+
     def _state(self, channel: int, requested: ChannelSetting | None = None) -> _Channel:
-        state = self._channels.get(channel) if isinstance(channel, int) else None
+        state = self._channels.get(channel) if type(channel) is int else None
         if state is None:
             self._refuse(Refusal("setup.channel", f"channel {channel} has no declared needles in this session",
                                  value=channel, limit=list(self._channels), channel=None,
@@ -602,6 +527,14 @@ class Interlock:
         self._log("state_error", {"message": message})
         raise InterlockStateError(message)
 
-    def _log(self, kind: str, data: dict[str, Any]) -> None:
-        if self._record is not None:
+    def _log(self, kind: str, data: dict[str, Any]) -> bool:
+        """Write to the record; False (and the session tripped) when it can no longer be written."""
+        if self._record is None:
+            return True
+        try:
             self._record.append(kind, data)
+            return True
+        except RecordWriteError as exc:
+            with self._lock:
+                self._trip(str(exc), self._clock())
+            return False

@@ -98,7 +98,7 @@ def densest_second(s: SettingArrays) -> np.ndarray:
     arithmetic in mHz (1 s = 1000 mHz·s)."""
     bursting = s.burst_pulses >= 2
     f = np.rint(s.frequency_hz * 1000).astype(np.int64)
-    fb = np.where(bursting, np.rint(s.burst_rate_hz * 1000).astype(np.int64), 1)
+    fb = np.maximum(np.where(bursting, np.rint(s.burst_rate_hz * 1000).astype(np.int64), 1), 1)
     starts = -(-fb // 1000)                                   # bursts starting in [0, 1 s)
     rest = np.maximum(fb - 1000 * (starts - 1), 0) * f        # pulses of the last one, x fb*1000
     last = np.minimum(s.burst_pulses, -(-rest // (fb * 1000)))

@@ -167,7 +167,10 @@ class ChannelSetting:
 
 @dataclass(frozen=True)
 class ChannelReading:
-    """One telemetry reading in physical units; `load_ohm` None means open circuit."""
+    """One telemetry reading in physical units; `load_ohm` None means open circuit.
+
+    The waveform fields after `charge_total_uc` are what ICD v2 telemetry adds (the
+    registers as applied); a v1 device does not report them and they stay None."""
 
     channel: int
     device_time_s: float
@@ -178,3 +181,13 @@ class ChannelReading:
     pulse_width_us: float
     load_ohm: float | None
     charge_total_uc: float
+    shape: int | None = None
+    asym_ratio: int | None = None
+    burst_pulses: int | None = None
+    interphase_us: float | None = None
+    burst_rate_hz: float | None = None
+
+    @property
+    def whole_waveform(self) -> bool:
+        """True when the device reported every register (ICD v2)."""
+        return self.shape is not None

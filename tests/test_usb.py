@@ -174,7 +174,7 @@ def test_unplugged_transport_fails_at_once_and_the_device_watchdog_acts(bus: Sim
     device = bus.devices[0]
     with session(URL) as stim:
         start(stim, 0.5)
-        transport = stim._link.transport  # noqa: SLF001 - the byte path under the session
+        transport = stim._link._transport  # noqa: SLF001 - the byte path under the session
         device.unplug()
         began = time.monotonic()
         with pytest.raises(errors.TransportClosed, match="unplugged"):

@@ -87,9 +87,33 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 
 def refused(exc: Exception) -> int:
-    """A safety refusal or bad input: one line naming the rule, and exit 2."""
-    print(f"refused: {exc}\nnothing was sent to the device.", file=sys.stderr)
+    """A safety refusal or bad input in plain words, and exit 2."""
+    print(f"refused: {plain(exc)}\nnothing was sent to the device.", file=sys.stderr)
     return EXIT_REFUSED
+
+
+_BOUNDS = {"less_than_equal": ("le", "at most"), "less_than": ("lt", "below"),
+           "greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "above")}
+
+
+def plain(exc: BaseException) -> str:
+    """An error as a person reads it: a validation error becomes one short clause per field
+    (what, the value given, the limit), with no library names or links."""
+    errors = getattr(exc, "errors", None)
+    if type(exc).__name__ != "ValidationError" or not callable(errors):
+        return str(exc)
+    parts = []
+    for error in errors(include_url=False):
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("function-after", "function-before"))
+        bound = _BOUNDS.get(error.get("type", ""))
+        if bound and bound[0] in error.get("ctx", {}):
+            what = f"must be {bound[1]} {error['ctx'][bound[0]]}"
+        else:
+            what = str(error.get("msg", "is not valid")).removeprefix("Value error, ")
+        given = error.get("input")
+        shown = "" if isinstance(given, (dict, list)) or given is None else f" (given: {given!r})"
+        parts.append(f"{where or 'value'} {what}{shown}".strip())
+    return "; ".join(parts)
 
 
 def stoppable(body: Callable[[], int]) -> int:

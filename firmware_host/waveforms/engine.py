@@ -5,12 +5,12 @@ reply, a retransmission or lost telemetry delays one update and never shifts the
 after it. The merged settings generator is consumed one item at a time and only
 O(channels) state is kept, so memory does not grow with the session's length.
 
-The interlock refuses an amplitude increase faster than the ramp rate or larger than the
-device step; the engine never asks for one: it sends the largest increase allowed now
-and keeps stepping toward the programmed amplitude between updates. The ramp credit is
-measured on `ramp_clock` from the return of the last increase (after its ACK, so never
-earlier than the interlock's own ramp clock), which must be the interlock's time base
-(real time for a real or `sim://` device), whatever clock drives the schedule.
+The interlock refuses an increase (of amplitude, charge per phase or r.m.s. current)
+faster than the ramp rate or larger than the device step; the engine never asks for one:
+it sends each programmed setting capped at the highest amplitude the interlock accepts for
+that waveform now (`Interlock.highest_amplitude_now`) and keeps stepping toward the
+programmed amplitude between updates. `estim check` predicts the same capping, so a
+program that passes it without rate-limit warnings is delivered as written.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING
 
-from safety.interlock import RAMP_TICK_S
+from safety.dynamic import RAMP_TICK_S
 from safety.settings import ChannelSetting
 
 from .check import UPDATE_PERIOD_S
@@ -97,12 +97,10 @@ class _Stopped(Exception):
 
 class _Run:
     def __init__(self, stim: Stimulator, clock: Callable[[], float], sleep: Callable[[float], None],
-                 cancel: threading.Event | None, on_update: Callable[[Update], None] | None,
-                 ramp_clock: Callable[[], float]) -> None:
+                 cancel: threading.Event | None, on_update: Callable[[Update], None] | None) -> None:
         self.stim, self.clock, self.sleep, self.cancel = stim, clock, sleep, cancel
-        self.on_update, self.ramp_clock = on_update, ramp_clock
+        self.on_update = on_update
         self.target: dict[int, ChannelSetting] = {}
-        self.last_increase: dict[int, float] = {}
         self.lateness = Lateness()
         self.program_updates = self.sent = self.skipped = self.rate_limited = 0
         self.start = 0.0
@@ -125,30 +123,23 @@ class _Run:
                 return
             self.sleep(min(remaining, POLL_S))
 
-    def allowed_ma(self, channel: int) -> float:
-        """The largest increase the interlock accepts on this channel now."""
-        limits = self.stim.interlock.limits(channel)
-        return min(limits.max_step_ma, limits.ramp_ma_per_s * (self.ramp_clock() - self.last_increase[channel]))
-
     def toward(self, channel: int, goal: ChannelSetting) -> ChannelSetting:
-        """`goal` with its amplitude capped at what may be reached now (whole µA, a multiple
-        of the recovery ratio so the cap never creates a residual)."""
+        """`goal` with its amplitude capped at what the interlock accepts for its waveform now
+        (whole µA, a multiple of the recovery ratio, so the cap never creates a residual)."""
         current = self.stim.setting(channel)
-        now_ua = current.amplitude_ua if current is not None else 0
-        if goal.amplitude_ua <= now_ua:
+        cap_ma = self.stim.interlock.highest_amplitude_now(goal)
+        if goal.amplitude_ma <= cap_ma:
             return goal
-        cap_ua = (now_ua + int(self.allowed_ma(channel) * 1000)) // goal.asym_ratio * goal.asym_ratio
-        return goal if goal.amplitude_ua <= cap_ua else goal.with_amplitude(max(now_ua, cap_ua) / 1000)
+        if current is not None and current.same_waveform(goal) and cap_ma <= current.amplitude_ma:
+            return current  # nothing more allowed yet: stay where the channel is
+        return goal.with_amplitude(cap_ma)
 
     def send(self, setting: ChannelSetting) -> bool:
         """Send unless equal to what the channel has; True when sent."""
-        current = self.stim.setting(setting.channel)
-        if setting == current:
+        if setting == self.stim.setting(setting.channel):
             return False
         self.stim.apply(setting)
         self.sent += 1
-        if current is None or setting.amplitude_ua > current.amplitude_ua:
-            self.last_increase[setting.channel] = self.ramp_clock()
         return True
 
     def step_ramps(self) -> None:
@@ -161,7 +152,7 @@ class _Run:
             limits = self.stim.interlock.limits(channel)
             tick_ma = min(limits.max_step_ma, limits.ramp_ma_per_s * RAMP_TICK_S)
             gap_ma = (goal.amplitude_ua - current.amplitude_ua) / 1000
-            if self.allowed_ma(channel) >= min(tick_ma, gap_ma):
+            if self.stim.interlock.highest_amplitude_now(goal) - current.amplitude_ma >= min(tick_ma, gap_ma) - 1e-9:
                 capped = self.toward(channel, goal)
                 if self.send(capped) and capped != goal:
                     self.rate_limited += 1
@@ -210,12 +201,11 @@ def run_program(
     sleep: Callable[[float], None] = time.sleep,
     cancel: threading.Event | None = None,
     on_update: Callable[[Update], None] | None = None,
-    ramp_clock: Callable[[], float] = time.monotonic,
 ) -> EngineReport:
     """Stream a resolved program to `stim`: configure at 0 mA, enable, send every setting at
     its deadline, ramp down, `safe_off()`. Returns early (outputs off) when the session
     trips or `cancel` is set; any other error leaves the device safe and propagates."""
-    run = _Run(stim, clock, sleep, cancel, on_update, ramp_clock)
+    run = _Run(stim, clock, sleep, cancel, on_update)
     stream = iter(program.settings(update_period_s))
     channels = sorted(program.needles)
     head = []
@@ -228,8 +218,6 @@ def run_program(
         for item in head:
             run.send(item.channel_setting().with_amplitude(0.0))
         stim.enable(*channels)
-        now = ramp_clock()
-        run.last_increase = dict.fromkeys(channels, now)
         run.start = clock()
         for item in chain(head, stream):
             run.wait_until(run.start + item.t_s)

@@ -2,7 +2,8 @@ import pytest
 
 from safety import (ClearFaults, InterlockStateError, Interlock, Patient, Prescription, Refusal, SetChannel,
                     SetOutputs)
-from safety.interlock import JITTER_S, SIM_REBOOT
+from safety.dynamic import JITTER_S
+from safety.interlock import SIM_REBOOT
 
 from .conftest import SLOW_DEVICE, ListRecord, make_setup, send, setting, start_channel
 
@@ -81,12 +82,16 @@ def test_zero_start(interlock, clock):
 
 
 def test_waveform_change_while_stimulating_is_checked_not_blocked(interlock, clock):
-    """Dense-disperse switches phase width at a constant amplitude; the static rules still hold."""
+    """Dense-disperse switches phase width at a constant amplitude; once the wider phase was
+    delivered at that level, switching back and forth needs no ramp; static rules still hold."""
     start_channel(interlock, clock)
     clock.advance(1.0)
     send(interlock, interlock.approve_set_channel(setting(1, 1.0)))
+    clock.advance(1.0)
     send(interlock, interlock.approve_set_channel(setting(1, 1.0, pulse_width_us=300.0)))
     assert interlock.applied(1)[0].pulse_width_us == 300.0
+    for width in (200.0, 300.0, 200.0, 300.0):
+        send(interlock, interlock.approve_set_channel(setting(1, 1.0, pulse_width_us=width)))
     with pytest.raises(Refusal):
         interlock.approve_set_channel(setting(1, 1.0, pulse_width_us=5000.0))
 

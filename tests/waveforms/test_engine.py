@@ -69,21 +69,45 @@ class Schedule:
         return self.jumps_virtual[i] if i >= 0 else 0.0
 
 
+class RampedIn:
+    """Both dense and disperse were delivered at the programmed 1 mA on every channel: the
+    ramp-in is over (the first switch to the more intense waveform is itself ramped)."""
+
+    def __init__(self, history) -> None:  # type: ignore[no-untyped-def]
+        self.history, self.seen, self.done = history, 0, False
+        self.full: dict[int, set[float]] = {ch: set() for ch in CHANNELS}
+
+    def channel(self, setting: ChannelSetting) -> bool:
+        if setting.amplitude_ua == 1000:
+            self.full[setting.channel].add(setting.frequency_hz)
+        return len(self.full[setting.channel]) == 2
+
+    def __call__(self) -> bool:
+        while not self.done and self.seen < len(self.history):
+            self.channel(self.history[self.seen][1])
+            self.seen += 1
+            self.done = all(len(f) == 2 for f in self.full.values())
+        return self.done
+
+
 def test_an_hour_of_four_channels_reaches_the_device_on_schedule() -> None:
     prog = program(60.0, {ch: dense_disperse_spec(1.0) for ch in CHANNELS})
     with open_for(prog) as stim:
-        schedule = Schedule(lambda: all((s := stim.setting(ch)) is not None and s.amplitude_ua == 1000 for ch in CHANNELS))
         history = acknowledged(stim)
+        schedule = Schedule(RampedIn(history))
         report = run_program(stim, prog, clock=schedule, sleep=schedule.sleep)
         assert stim.tripped is None and stim.enabled() == frozenset()
     assert report.completed and report.program_updates == 4 * 1200
     seg = prog.to_arrays(0.1)
     checked = 0
-    ramped: set[int] = set()
+    ramp = RampedIn(history)
     for real_s, s in history:
-        if s.amplitude_ua != 1000 or s.channel not in ramped:
-            ramped |= {s.channel} if s.amplitude_ua == 1000 else set()
-            continue  # configuring, ramping in (rate-limited, its last step included), ramping down
+        ramped_before = len(ramp.full[s.channel]) == 2
+        ramp.channel(s)
+        if not ramped_before:
+            continue  # configuring, ramping in (rate-limited, its last step included)
+        if s.amplitude_ua != 1000:
+            continue  # ramping down at the end
         t = schedule.virtual(real_s)
         row = np.flatnonzero((seg.channel == s.channel) & (seg.t_s <= t + 1e-9))[-1]
         programmed = ChannelSetting(s.channel, s.shape, float(seg.frequency_hz[row]), float(seg.pulse_width_us[row]),
@@ -95,7 +119,7 @@ def test_an_hour_of_four_channels_reaches_the_device_on_schedule() -> None:
 
 
 def test_ramp_in_is_rate_limited_never_above_the_program() -> None:
-    prog = program(2 / 60, {1: dense_disperse_spec(1.5, phase_s=0.5)})
+    prog = program(5 / 60, {1: dense_disperse_spec(1.5, phase_s=0.5)})
     updates: list[Update] = []
     with open_for(prog) as stim:
         history = acknowledged(stim)
@@ -142,6 +166,9 @@ class _Interlock:
     def limits(self, channel: int) -> _Limits:
         return _Limits()
 
+    def highest_amplitude_now(self, waveform: ChannelSetting) -> float:
+        return waveform.amplitude_ma
+
 
 class FakeStim:
     """Keeps only the current setting per channel: measures the engine, not the device."""
@@ -171,7 +198,7 @@ def peak_bytes(minutes: float) -> int:
     clock.sleep = lambda dt: setattr(clock, "t", clock.t + dt)  # type: ignore[method-assign]
     tracemalloc.start()
     try:
-        report = run_program(FakeStim(), prog, clock=clock, sleep=clock.sleep, ramp_clock=clock)  # type: ignore[arg-type]
+        report = run_program(FakeStim(), prog, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
