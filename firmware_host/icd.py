@@ -1,4 +1,5 @@
-"""ICD v1 codec: COBS framing, CRC-16/CCITT-FALSE and the typed messages of ICD.md.
+"""ICD codec (v2, and v1 as its subset): COBS framing, CRC-16/CCITT-FALSE and the typed
+messages of ICD.md.
 
 Pure data in, data out: no I/O, no clocks, no threads, so the host, the simulated device
 and the fuzzers all exercise the very same bytes. Integers here are wire units
@@ -12,7 +13,8 @@ from dataclasses import astuple, dataclass, fields
 from enum import IntEnum
 from typing import ClassVar
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # the highest version this host speaks (HELLO carries it)
+PROTOCOL_VERSIONS = frozenset({1, 2})  # the session versions this host works with
 MIN_PACKET = 4  # seq + type + crc
 MAX_PACKET = 64  # seq + type + 60-byte body + crc
 MAX_BODY = MAX_PACKET - MIN_PACKET
@@ -26,6 +28,7 @@ class MsgType(IntEnum):
     HELLO = 0x01
     HEARTBEAT = 0x02
     GET_STATUS = 0x03
+    BYE = 0x04
     SET_CHANNEL = 0x10
     OUTPUT = 0x11
     CLEAR_FAULT = 0x12
@@ -229,6 +232,13 @@ class GetStatus(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Bye(Message):
+    """v2: end the session latching nothing."""
+
+    TYPE = MsgType.BYE
+
+
+@dataclass(frozen=True, slots=True)
 class SetChannel(Message):
     TYPE = MsgType.SET_CHANNEL
     LAYOUT = _layout("BBBBIIHHI")
@@ -343,8 +353,12 @@ class Status(Message):
 
 @dataclass(frozen=True, slots=True)
 class Telemetry(Message):
+    """One channel's reading. v1 carries the first nine fields (26 bytes); v2 adds the whole
+    waveform as applied (36 bytes). The v2 fields are None in a v1 reading."""
+
     TYPE = MsgType.TELEMETRY
     LAYOUT = _layout("IBBHIIHII")
+    LAYOUT_V2 = _layout("IBBHIIHIIBBBBHI")
     device_time_ms: int
     channel: int
     flags: int
@@ -354,9 +368,34 @@ class Telemetry(Message):
     phase_us: int
     load_ohm: int
     charge_total_uc: int
+    shape: int | None = None
+    asym_ratio: int | None = None
+    burst_pulses: int | None = None
+    interphase_us: int | None = None
+    burst_rate_mhz: int | None = None
 
     FLAG_ENABLED: ClassVar[int] = 0x01
     FLAG_COMPLIANCE_LIMITED: ClassVar[int] = 0x02
+
+    def body(self) -> bytes:
+        values = astuple(self)
+        try:
+            if self.shape is None:
+                return self.LAYOUT.pack(*values[:9])
+            return self.LAYOUT_V2.pack(*values[:9], self.shape, self.asym_ratio, self.burst_pulses, 0,
+                                       self.interphase_us, self.burst_rate_mhz)
+        except struct.error as exc:
+            raise ValueError(f"Telemetry: field out of wire range: {exc}") from None
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Telemetry:
+        if len(body) == cls.LAYOUT.size:
+            return cls(*cls.LAYOUT.unpack(body))
+        if len(body) == cls.LAYOUT_V2.size:
+            *v1, shape, asym, burst, _reserved, interphase, burst_rate = cls.LAYOUT_V2.unpack(body)
+            return cls(*v1, shape, asym, burst, interphase, burst_rate)
+        raise BodyError(NakCode.BAD_LENGTH, f"Telemetry body is {len(body)} bytes, expected "
+                                            f"{cls.LAYOUT.size} (v1) or {cls.LAYOUT_V2.size} (v2)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +410,7 @@ class Fault(Message):
 MESSAGES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Hello, Heartbeat, GetStatus, SetChannel, Output, ClearFault, Estop, SimControl,
+        Hello, Heartbeat, GetStatus, Bye, SetChannel, Output, ClearFault, Estop, SimControl,
         Ack, Nak, Identity, Status, Telemetry, Fault,
     )
 }
@@ -380,7 +419,7 @@ REPLIES = frozenset({MsgType.ACK, MsgType.NAK, MsgType.IDENTITY, MsgType.STATUS}
 EVENTS = frozenset({MsgType.TELEMETRY, MsgType.FAULT})
 
 assert Identity.LAYOUT.size == 51 and Status.LAYOUT.size == 23
-assert Telemetry.LAYOUT.size == 26 and SetChannel.LAYOUT.size == 20
+assert Telemetry.LAYOUT.size == 26 and Telemetry.LAYOUT_V2.size == 36 and SetChannel.LAYOUT.size == 20
 
 
 def field_names(cls: type[Message]) -> tuple[str, ...]:

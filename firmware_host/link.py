@@ -147,11 +147,11 @@ class Link:
         if not isinstance(reply, icd.Identity):
             self.close()
             raise HandshakeFailed(f"{self._transport.url}: HELLO answered with {type(reply).__name__}")
-        if reply.protocol_version != icd.PROTOCOL_VERSION:
+        if reply.protocol_version not in icd.PROTOCOL_VERSIONS:
             self.close()
             raise ProtocolMismatch(
-                f"{self._transport.url}: device speaks protocol version {reply.protocol_version}; "
-                f"this host knows only {icd.PROTOCOL_VERSION}"
+                f"{self._transport.url}: the device answered with protocol version {reply.protocol_version}; "
+                f"this host works with versions {', '.join(map(str, sorted(icd.PROTOCOL_VERSIONS)))}"
             )
         self.identity = reply
         self._heartbeat_interval = reply.watchdog_ms / 4000.0
@@ -159,8 +159,20 @@ class Link:
             self._session = True
         return reply
 
-    def close(self) -> None:
-        """Stop the reader within its timer period and close the transport. Idempotent."""
+    @property
+    def protocol_version(self) -> int:
+        """The session's version (the lower of the host's and the device's), 0 before HELLO."""
+        return self.identity.protocol_version if self.identity is not None else 0
+
+    def close(self, bye_timeout: float = 0.5) -> None:
+        """End the session and close the transport. Idempotent. A v2 session is ended with
+        BYE (the device latches nothing); a v1 device has no end of session, so its watchdog
+        will expire and latch WATCHDOG for the next session to clear."""
+        if self.alive and self._session and self.protocol_version >= 2:
+            try:
+                self.wait(self._enqueue(icd.Bye()), "BYE", bye_timeout)
+            except (EstimError, TransportError) as exc:
+                log.warning("BYE to %s not acknowledged (%s): its watchdog will end the session", self.url, exc)
         self._closing.set()
         self._fail(LinkError("link closed"), notify=False)
         if self._reader.is_alive() and threading.current_thread() is not self._reader:
@@ -410,9 +422,14 @@ class Link:
                 if self._clock() - self._last_go_back >= self.reply_timeout:
                     self._go_back()
                 return
-            if isinstance(message, icd.Nak) and message.code == icd.NakCode.NO_SESSION and self._session:
+            no_session = isinstance(message, icd.Nak) and message.code == icd.NakCode.NO_SESSION
+            if no_session and isinstance(pending.message, icd.Bye):
+                message = icd.Ack()  # a resent BYE whose ACK was lost: the session has ended
+            elif no_session and self._session:
                 raise DeviceRebooted(f"{self._transport.url}: the device lost the session (rebooted?)")
             del self._inflight[raw.seq]
+            if isinstance(pending.message, icd.Bye) and isinstance(message, icd.Ack):
+                self._session = False  # nothing is sent after BYE, heartbeats included
             self._stalls = 0
             if isinstance(message, icd.Nak):
                 pending.future.set_exception(

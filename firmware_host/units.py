@@ -84,6 +84,11 @@ def reading_from_telemetry(message: icd.Telemetry) -> ChannelReading:
         pulse_width_us=float(message.phase_us),
         load_ohm=None if message.load_ohm == icd.OPEN_CIRCUIT_OHM else float(message.load_ohm),
         charge_total_uc=float(message.charge_total_uc),
+        shape=message.shape,
+        asym_ratio=message.asym_ratio,
+        burst_pulses=message.burst_pulses,
+        interphase_us=None if message.interphase_us is None else float(message.interphase_us),
+        burst_rate_hz=None if message.burst_rate_mhz is None else message.burst_rate_mhz / 1000,
     )
 
 

@@ -136,5 +136,23 @@ def test_out_of_wire_range_fields_refused_on_encode() -> None:
 def test_fault_masks() -> None:
     codes = {icd.FaultCode.WATCHDOG, icd.FaultCode.HARDWARE}
     assert icd.faults_from_mask(icd.mask_from_faults(codes)) == codes
-    assert [f.name for f in fields(icd.Telemetry)][-1] == "charge_total_uc"
+    assert [f.name for f in fields(icd.Telemetry)][8] == "charge_total_uc"
     assert struct.calcsize("<IBBHIIHII") == 26
+
+
+def test_telemetry_of_both_versions_round_trips() -> None:
+    """v1: 26 bytes; v2: 36 bytes with the whole waveform (and a reserved zero byte)."""
+    v1 = icd.Telemetry(1000, 2, 1, 0, 1500, 2000, 200, 1000, 7)
+    v2 = icd.Telemetry(1000, 2, 1, 0, 1500, 2000, 200, 1000, 7, 1, 3, 5, 40, 2000)
+    for message, size in ((v1, 26), (v2, 36)):
+        raw = icd.parse_packet(icd.encode_frame(9, message)[:-1])
+        assert len(raw.body) == size and raw.message() == message
+    assert icd.encode_frame(9, v2)[:-1] == icd.encode_frame(9, v2)[:-1]
+    assert icd.cobs_decode(icd.encode_frame(9, v2)[:-1])[2 + 29] == 0  # the reserved byte
+    with pytest.raises(icd.BodyError):
+        icd.RawPacket(0, icd.MsgType.TELEMETRY, bytes(30)).message()
+
+
+def test_bye_is_an_empty_command() -> None:
+    assert icd.parse_packet(icd.encode_frame(4, icd.Bye())[:-1]).message() == icd.Bye()
+    assert icd.MsgType.BYE == 0x04 and icd.MsgType.BYE in icd.HOST_COMMANDS

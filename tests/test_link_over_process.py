@@ -38,7 +38,7 @@ def test_handshake_reports_identity(sim_process: SimProcess) -> None:
     link = opened(sim_process.url)
     try:
         ident = link.identity
-        assert ident is not None and ident.protocol_version == 1
+        assert ident is not None and ident.protocol_version == 2
         assert (ident.channels, ident.watchdog_ms, ident.telemetry_hz) == (4, 300, 10)
         assert ident.serial == "SIM-0001"
     finally:

@@ -232,13 +232,16 @@ def test_nothing_but_hello_before_the_handshake() -> None:
         Stimulator(link, SessionSetup(units.device_limits(_identity(1)), prescription(), forearm_sites(1)))
 
 
-def test_unknown_protocol_version_is_refused() -> None:
-    peer = _SilentPeer(_identity(2))
-    link = Link(SocketTransport("peer://v2", peer.host_end))
-    with pytest.raises(fh.ProtocolMismatch, match="version 2"):
+@pytest.mark.parametrize("version", [0, 3])
+def test_unknown_protocol_version_is_refused(version: int) -> None:
+    """ICD: a v2 host refuses a device whose version is 0 or above the highest it knows."""
+    peer = _SilentPeer(_identity(version))
+    link = Link(SocketTransport(f"peer://v{version}", peer.host_end))
+    with pytest.raises(fh.ProtocolMismatch, match=f"version {version}"):
         link.open(timeout=1.0)
     time.sleep(0.1)
     assert all(raw.type == icd.MsgType.HELLO for raw in peer.received)
+    assert all(raw.body == bytes([icd.PROTOCOL_VERSION]) for raw in peer.received)
 
 
 HOST_SCRIPT = textwrap.dedent("""

@@ -106,7 +106,7 @@ def device_status(url: str) -> icd.Status:
 def test_handshake_reports_identity(rig: Rig) -> None:
     link = opened(rig.url)
     try:
-        assert link.identity.protocol_version == 1 and link.identity.channels == 4
+        assert link.identity.protocol_version == 2 and link.identity.channels == 4
         assert link.identity.serial == ("SIM-USB-0001" if rig.url.startswith("usb://") else "SIM-0001")
     finally:
         link.close()

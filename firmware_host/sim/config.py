@@ -68,10 +68,11 @@ class SimConfig:
         if not self.serial.isascii() or len(self.serial) > 12:
             raise ValueError(f"simulator setting 'serial': {self.serial!r} is not ASCII of at most 12 characters")
 
-    def identity(self, latched_faults: int = 0) -> Identity:
-        """The IDENTITY this hardware reports (also what `estim check` assumes by default)."""
+    def identity(self, latched_faults: int = 0, session_version: int | None = None) -> Identity:
+        """The IDENTITY this hardware reports (also what `estim check` assumes by default);
+        `session_version` is the version negotiated at HELLO (default: the device's own)."""
         return Identity(
-            self.protocol_version, self.fw_major, self.fw_minor, self.channels, self.serial,
+            self.protocol_version if session_version is None else session_version, self.fw_major, self.fw_minor, self.channels, self.serial,
             self.max_amplitude_ua, self.max_phase_us, self.min_frequency_mhz, self.max_frequency_mhz,
             self.max_phase_charge_nc, self.max_step_ua, self.max_slew_ua_per_s, self.compliance_mv,
             self.watchdog_ms, self.telemetry_hz, latched_faults,

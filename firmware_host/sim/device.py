@@ -20,8 +20,14 @@ Choices where ICD.md is silent (each is also noted where it is implemented):
   and OUT_OF_ORDER NAKs alike.
 - A CRC-valid ESTOP frame is honoured even with a malformed body (fail safe) and sends
   FAULT ESTOP every time, also when ESTOP is already latched.
-- HELLO with another protocol_version still starts the session and answers IDENTITY
-  (carrying the device's own version): the host decides.
+- HELLO with another protocol_version still starts the session; the session runs at the
+  lower of the host's and the device's version, and IDENTITY carries it (0 for a host that
+  says 0: the host decides). The device's own version decides what HELLO resets: a v2
+  device returns every register to zero, a v1 device keeps them (only amplitude and
+  enable go to the safe state). The session version decides the message set: BYE and
+  36-byte TELEMETRY in a v2 session, NAK UNKNOWN_TYPE for BYE and 26-byte TELEMETRY in v1.
+- BYE (v2): ACK, safe state, watchdog stopped, no session; nothing latched. Its reply is
+  not stored (there is no session to retransmit in), so a resent BYE meets NO_SESSION.
 - The watchdog fires once per silence: after tripping it re-arms on the next valid frame.
   The session survives a trip (telemetry continues; the host normally sends HELLO).
 - on_event "output_off" reasons: estop, watchdog, fault (other faults), hello, reboot,
@@ -58,6 +64,7 @@ from fractions import Fraction
 
 from firmware_host.icd import (
     DEVICE_WIDE,
+    Bye,
     DEVICE_WIDE_FAULTS,
     HOST_COMMANDS,
     OPEN_CIRCUIT_OHM,
@@ -206,6 +213,7 @@ class SimulatedDevice:
         self._channels = [_Channel(load_ohm=load) for load in self._loads]
         self._latched = 0
         self._in_session = False
+        self._session_version = 0
         self._expected = 0
         self._replies: dict[int, bytes] = {}
         self._event_seq = 0
@@ -344,6 +352,13 @@ class SimulatedDevice:
         """Apply a command (raising _Refused to NAK before any change); returns frames to follow."""
         if isinstance(message, (Heartbeat, GetStatus)):
             return b""
+        if isinstance(message, Bye):
+            if self._session_version < 2:
+                raise _Refused(NakCode.UNKNOWN_TYPE)
+            self._safe_state(now, "bye")
+            self._in_session = False
+            self._watchdog_armed = False
+            return b""
         if isinstance(message, SetChannel):
             self._set_channel(message, now)
             return self._supervise_loads(now)
@@ -360,6 +375,11 @@ class SimulatedDevice:
 
     def _hello(self, seq: int, hello: Hello, now: float) -> bytes:
         self._safe_state(now, "hello")
+        if self.config.protocol_version >= 2:  # v2: no setting survives into the next session
+            for ch in self._channels:
+                ch.shape, ch.asym_ratio, ch.burst_pulses = Shape.BIPHASIC, 1, 0  # power-on values
+                ch.frequency_mhz = ch.burst_rate_mhz = ch.phase_us = ch.interphase_us = 0
+        self._session_version = min(hello.protocol_version, self.config.protocol_version)
         self._in_session = True
         self._expected = (seq + 1) & 0xFF
         self._replies = {}
@@ -370,7 +390,7 @@ class SimulatedDevice:
         for ch in self._channels:
             ch.charge_nc = Fraction(0)
             ch.compliance_flag = False  # a trip before this session is not news to its host
-        reply = self._frame(seq, self.config.identity(self._latched))
+        reply = self._frame(seq, self.config.identity(self._latched, self._session_version))
         self._replies[seq] = reply
         return reply
 
@@ -511,9 +531,11 @@ class SimulatedDevice:
                 Telemetry.FLAG_COMPLIANCE_LIMITED if ch.compliance_flag else 0
             )
             ch.compliance_flag = False
+            waveform = (ch.shape, ch.asym_ratio, ch.burst_pulses, ch.interphase_us, ch.burst_rate_mhz) \
+                if self._session_version >= 2 else ()
             out += self._event_frame(Telemetry(
                 time_ms, i, flags, self._latched, ch.amplitude_ua, ch.frequency_mhz, ch.phase_us,
-                ch.load_ohm, math.floor(ch.charge_nc / 1000) & _U32,
+                ch.load_ohm, math.floor(ch.charge_nc / 1000) & _U32, *waveform,
             ))
         return bytes(out)
 

@@ -86,7 +86,7 @@ def test_config_defaults_are_icd_section_7() -> None:
     assert (c.channels, c.max_amplitude_ua, c.max_phase_us, c.min_frequency_mhz, c.max_frequency_mhz) == (
         4, 30000, 1000, 500, 200000)
     assert (c.max_phase_charge_nc, c.max_step_ua, c.max_slew_ua_per_s, c.compliance_mv) == (20000, 1000, 4000, 60000)
-    assert (c.watchdog_ms, c.telemetry_hz, c.load_ohm, c.protocol_version, c.serial) == (300, 10, 1000, 1, "SIM-0001")
+    assert (c.watchdog_ms, c.telemetry_hz, c.load_ohm, c.protocol_version, c.serial) == (300, 10, 1000, 2, "SIM-0001")
 
 
 def test_config_overrides_parse_and_name_the_bad_key() -> None:
@@ -127,9 +127,11 @@ def test_sim_control_and_estop_run_outside_a_session_whatever_their_seq() -> Non
 def test_hello_reports_identity_and_sets_expected_from_any_seq() -> None:
     h = Host(SimConfig(channels=2, serial="ABC"))
     identity = h.hello(seq=255)
-    assert identity == Identity(1, 1, 0, 2, "ABC", 30000, 1000, 500, 200000, 20000, 1000, 4000, 60000, 300, 10, 0)
+    assert identity == Identity(2, 1, 0, 2, "ABC", 30000, 1000, 500, 200000, 20000, 1000, 4000, 60000, 300, 10, 0)
     assert h.send(Heartbeat(), 0.0, seq=0) == [(0, Ack())]  # expected wrapped to 0
-    assert h.reply(Hello(protocol_version=2), 0.0, seq=77).protocol_version == 1  # host decides
+    # the session runs at the lower version; IDENTITY carries it, and the host decides
+    assert h.reply(Hello(protocol_version=1), 0.0, seq=77).protocol_version == 1
+    assert h.reply(Hello(protocol_version=9), 0.0, seq=78).protocol_version == 2
 
 
 def test_out_of_order_nak_carries_expected_and_executes_nothing() -> None:
