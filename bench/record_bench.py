@@ -4,7 +4,8 @@
 The session is replayed at machine speed through the real interlock and the real
 `TreatmentRecord` on a simulated clock: every programmed setting is approved, consumed
 and acknowledged as the link would, and every channel is read ten times a second with
-the fields the device sends (charge accumulating, load jittering by a few ohms).
+the fields an ICD v2 device sends (the whole waveform; charge accumulating, load jittering
+by a few ohms).
 
     python bench/record_bench.py [--minutes 30] [--json]
 """
@@ -69,7 +70,9 @@ def replay(path: Path, minutes: float, key_dir: Path) -> dict[str, int]:
                     "device_time_ms": tick * 100 + 3, "channel": ch - 1, "flags": 1 if enabled else 0,
                     "latched_faults": 0, "amplitude_ua": round(s.amplitude_ma * 1000),
                     "frequency_mhz": round(s.frequency_hz * 1000), "phase_us": round(s.pulse_width_us),
-                    "load_ohm": 1000 + rng.randint(-3, 3), "charge_total_uc": int(charge[ch])})
+                    "load_ohm": 1000 + rng.randint(-3, 3), "charge_total_uc": int(charge[ch]),
+                    "shape": int(s.shape), "asym_ratio": s.asym_ratio, "burst_pulses": s.burst_pulses,
+                    "interphase_us": round(s.interphase_us), "burst_rate_mhz": round(s.burst_rate_hz * 1000)})
                 counts["readings"] += 1
     return counts
 

@@ -218,11 +218,11 @@ class TreatmentRecord:
         with self._lock:
             self._check_writable()
             if kind == "telemetry" and compactable(data):
-                fields = fields_of(data)
-                if self._block is not None and self._block.fields != fields:
+                shape = fields_of(data)
+                if self._block is not None and self._block.shape != shape:
                     self._write_lines(self._block_line())
                 if self._block is None:
-                    self._block, self._block_since = BlockBuilder(fields), time.monotonic()
+                    self._block, self._block_since = BlockBuilder(shape), time.monotonic()
                 self._block.add(data)
                 return None
             return self._write_record(kind, data)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..waveforms.preview import draw_thresholds, merge_span, spell_text
+from ..waveforms.preview import draw_thresholds, merge_span, rate_label, spell_text
 from .session import Session
 
 EVENT_STYLE = {"stop": ("tab:red", "-"), "estop": ("darkred", "-"), "fault": ("tab:orange", "--"),
@@ -61,22 +61,22 @@ def record_figure(session: Session, fig: Any = None) -> Any:
 
 def _rates(ax: Any, session: Session, colours: dict[int, str], scale: float) -> None:
     """One row per pulse rate; a bar wherever a channel delivered at that rate."""
-    rates = sorted({x.hz for o in session.outputs for x in o.samples if x.ma > 0})
-    rows = {hz: i for i, hz in enumerate(rates)}
+    rates = sorted({x.rate for o in session.outputs for x in o.samples if x.ma > 0})
+    rows = {rate: i for i, rate in enumerate(rates)}
     n = max(len(session.outputs), 1)
-    spells: dict[float, list[tuple[float, float]]] = {}
+    spells: dict[tuple[float, int, float], list[tuple[float, float]]] = {}
     total = max((o.samples[-1].t_s - o.samples[0].t_s for o in session.outputs if o.samples), default=0.0)
     for k, o in enumerate(session.outputs):
-        spans: dict[float, list[tuple[float, float]]] = {}
+        spans: dict[tuple[float, int, float], list[tuple[float, float]]] = {}
         for a, b in zip(o.samples, o.samples[1:]):
             if a.ma > 0:
-                merge_span(spans.setdefault(a.hz, []), a.t_s, b.t_s)
-        for hz, bars in spans.items():
-            spells.setdefault(hz, []).extend(bars)
-            ax.broken_barh([(s / scale, w / scale) for s, w in bars], (rows[hz] - 0.4 + 0.8 * k / n, 0.8 / n),
+                merge_span(spans.setdefault(a.rate, []), a.t_s, b.t_s)
+        for rate, bars in spans.items():
+            spells.setdefault(rate, []).extend(bars)
+            ax.broken_barh([(s / scale, w / scale) for s, w in bars], (rows[rate] - 0.4 + 0.8 * k / n, 0.8 / n),
                            color=colours.get(o.channel))
-    ax.set_yticks(range(len(rates)), [(f"{hz:g} Hz\n" + spell_text(spells.get(hz, []), total)).rstrip()
-                                      for hz in rates], fontsize="small")
+    ax.set_yticks(range(len(rates)), [(rate_label(*rate) + "\n" + spell_text(spells.get(rate, []), total)).rstrip()
+                                      for rate in rates], fontsize="small")
     ax.set_ylim(-0.6, max(len(rates), 1) - 0.4)
     ax.set_ylabel("pulse rate")
     ax.grid(axis="x", alpha=0.3)

@@ -28,6 +28,13 @@ class Sample(NamedTuple):
     hz: float
     phase_us: float
     shape: int
+    burst_pulses: int = 0
+    burst_rate_hz: float = 0.0
+
+    @property
+    def rate(self) -> tuple[float, int, float]:
+        """Pulse rate and burst structure (what the rate panel draws one row for)."""
+        return self.hz, self.burst_pulses, self.burst_rate_hz
 
 
 @dataclass
@@ -180,7 +187,8 @@ def _reading(channels: dict[int, ChannelOutput], d: dict[str, Any], t: float) ->
     hz = d.get("frequency_mhz", 0) / 1000
     if out.samples and out.samples[-1].ma > 0:
         out.on_s += max(0.0, t - out.samples[-1].t_s)
-    out.samples.append(Sample(t, ma, hz if on else 0.0, float(d.get("phase_us", 0)), int(d.get("shape", 0))))
+    out.samples.append(Sample(t, ma, hz if on else 0.0, float(d.get("phase_us", 0)), int(d.get("shape") or 0),
+                              int(d.get("burst_pulses") or 0), (d.get("burst_rate_mhz") or 0) / 1000))
     out.peak_ma = max(out.peak_ma, ma)
     out.charge_device_uc = max(out.charge_device_uc, float(d.get("charge_total_uc", 0)))
     if on:

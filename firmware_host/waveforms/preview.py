@@ -86,7 +86,8 @@ def spell_text(spans: list[tuple[float, float]], total: float) -> str:
     return f"{median:.3g} s at a time" if median < total / 20 else ""
 
 
-def _rate_label(hz: float, burst_pulses: int, burst_rate_hz: float) -> str:
+def rate_label(hz: float, burst_pulses: int = 0, burst_rate_hz: float = 0.0) -> str:
+    """'100 Hz', or '7 x 100 Hz, 2 bursts/s' for bursts."""
     return f"{burst_pulses} x {hz:g} Hz, {burst_rate_hz:g} bursts/s" if burst_pulses >= 2 else f"{hz:g} Hz"
 
 
@@ -108,7 +109,7 @@ def _rate_rows(ax, seg, channels: list[int], colours: dict, scale: float) -> Non
             ax.broken_barh([(a / scale, w / scale) for a, w in spans], (row - 0.4 + 0.8 * k / n, 0.8 / n),
                            color=colours.get(ch))
     total = float(seg.t_end_s.max()) if len(seg) else 0.0
-    ax.set_yticks(range(len(keys)), [_rate_label(*key) + ("\n" + spell_text(spells.get(row, []), total)).rstrip()
+    ax.set_yticks(range(len(keys)), [rate_label(*key) + ("\n" + spell_text(spells.get(row, []), total)).rstrip()
                                      for key, row in row_of.items()], fontsize="small")
     ax.set_ylim(-0.6, max(len(keys), 1) - 0.4)
     ax.set_ylabel("pulse rate")
@@ -141,7 +142,7 @@ def _zoom(ax, pulse: Pulse, frequency_hz: float, burst_pulses: int, burst_rate_h
         inset.text(0.5, 0.02, f"one burst: {burst_pulses} pulses", transform=inset.transAxes, ha="center",
                    va="bottom", fontsize="x-small")
         inset.tick_params(labelsize="xx-small")
-    ax.set(title=_rate_label(frequency_hz, burst_pulses, burst_rate_hz) + f", {pulse.shape.name.lower()} "
+    ax.set(title=rate_label(frequency_hz, burst_pulses, burst_rate_hz) + f", {pulse.shape.name.lower()} "
            f"{pulse.pulse_width_us:g} µs", xlabel="ms", ylabel="mA")
     ax.title.set_fontsize("small")
     ax.annotate(f"phase charge {phase_charge_uc(pulse):.3f} µC", (0.02, 0.05), xycoords="axes fraction",

@@ -85,12 +85,13 @@ def test_telemetry_is_stored_compactly_and_every_reading_comes_back(tmp_path):
 
 def test_a_new_field_set_starts_a_new_block(tmp_path):
     path = tmp_path / "r.jsonl"
-    sent = [reading(0, 0), reading(100, 0), reading(200, 0, interphase_us=20), reading(300, 0, interphase_us=20)]
+    sent = [reading(0, 0), reading(100, 0), reading(200, 0, interphase_us=20), reading(300, 0, interphase_us=20),
+            reading(400, 0, interphase_us=None, shape=None), reading(500, 0, interphase_us=None, shape=None)]
     with TreatmentRecord(path) as rec:
         for r in sent:
             rec.append("telemetry", r)
-    assert list(read_readings(path)) == sent
-    assert sum(b'"kind":"telemetry_block"' in line for line in lines(path)) == 2
+    assert list(read_readings(path)) == sent                 # a v1 reading's null v2 fields come back null
+    assert sum(b'"kind":"telemetry_block"' in line for line in lines(path)) == 3
 
 
 def test_buffered_telemetry_reaches_the_disk_within_a_second(tmp_path):
