@@ -44,14 +44,16 @@ def prescription(max_ma: float = 10.0) -> Prescription:
                         pulse_width_us=(50, 600), sensitivity="hyposensitive")
 
 
-def open_session(url: str, channels: tuple[int, ...] = (1, 2, 3, 4),
+def open_session(url: str, channels: tuple[int, ...] | None = None,
                  wrap: Callable[[Transport], Transport] | None = None, **link_options: Any) -> Stimulator:
-    """`firmware_host.open` with an optional transport wrapper (the fault proxy), starting
-    clean: faults a previous test latched are cleared, as an operator would."""
+    """`firmware_host.open` with an optional transport wrapper (the fault proxy) on the given
+    channels (default: every channel the device has), starting clean: faults a previous test
+    or host latched are cleared, as an operator would."""
     transport = open_transport(url)
     link = Link(wrap(transport) if wrap else transport, **link_options)
     try:
         identity = link.open(2.0)
+        channels = channels or tuple(range(1, identity.channels + 1))
         setup = SessionSetup(device=units.device_limits(identity), prescription=prescription(),
                              placements=forearm(*channels), needles={}, patient=Patient())
         stim = Stimulator(link, setup)

@@ -1,8 +1,10 @@
-"""Handshake and identity: the device answers HELLO with an IDENTITY the host accepts and
-limits consistent with ICD v1."""
+"""Handshake, identity and the end of a session: the device answers HELLO with an IDENTITY
+the host accepts (ICD v1 or v2), and a v2 device ends a session with BYE latching nothing and
+starts the next one with every register at zero, whatever the session before left."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -11,6 +13,7 @@ from firmware_host import icd
 from firmware_host.drivers import open_transport
 from firmware_host.link import Link
 from hil_tests.conftest import DeviceUnderTest, Measure
+from hil_tests.harness import ask, wave
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -22,7 +25,8 @@ def test_handshake_and_identity(dut: DeviceUnderTest, measure: Measure) -> None:
     elapsed = time.monotonic() - started
     link.close()
     measure("handshake_time", elapsed * 1000, "ms", high=500, timing=True)
-    measure("protocol_version", identity.protocol_version, "", low=icd.PROTOCOL_VERSION, high=icd.PROTOCOL_VERSION)
+    measure("protocol_version", identity.protocol_version, "", low=min(icd.PROTOCOL_VERSIONS),
+            high=max(icd.PROTOCOL_VERSIONS))
     measure("channels", identity.channels, "", low=1, high=8)
     measure("watchdog_ms", identity.watchdog_ms, "ms", low=1)
     measure("telemetry_hz", identity.telemetry_hz, "Hz", low=1)
@@ -35,3 +39,42 @@ def test_handshake_and_identity(dut: DeviceUnderTest, measure: Measure) -> None:
 def test_hello_puts_the_device_in_the_safe_state(dut: DeviceUnderTest, link: Link) -> None:
     status = link.wait(link.query(icd.GetStatus()), "GET_STATUS")
     assert isinstance(status, icd.Status) and status.output_mask == 0
+
+
+def _registers(link: Link, channel: int, timeout: float = 2.0) -> icd.Telemetry:
+    """The next TELEMETRY of `channel` on a bare link."""
+    seen: list[icd.Telemetry] = []
+    done = threading.Event()
+
+    def on_event(event: object) -> None:
+        if isinstance(event, icd.Telemetry) and event.channel == channel:
+            seen.append(event)
+            done.set()
+
+    unsubscribe = link.subscribe(on_event)
+    try:
+        assert done.wait(timeout), f"no telemetry for channel {channel}"
+        return seen[0]
+    finally:
+        unsubscribe()
+
+
+def test_bye_ends_a_session_latching_nothing(dut: DeviceUnderTest) -> None:
+    link = Link(open_transport(dut.url))
+    identity = link.open(2.0)
+    if identity.protocol_version < 2:
+        link.close()
+        pytest.skip("ICD v1 has no BYE: a clean close leaves WATCHDOG latched (tested in test_watchdog)")
+    ask(link, icd.ClearFault())
+    ask(link, wave(0, frequency_mhz=max(dut.identity.min_frequency_mhz, 10_000), phase_us=100))
+    link.close()  # sends BYE
+    time.sleep(2 * dut.identity.watchdog_ms / 1000)  # long past the watchdog: nothing may latch
+    again = Link(open_transport(dut.url))
+    try:
+        assert again.open(2.0).latched_faults == 0, "BYE must latch nothing"
+        after = _registers(again, 0)
+        assert (after.amplitude_ua, after.frequency_mhz, after.phase_us) == (0, 0, 0), \
+            "v2 HELLO returns every register to zero"
+        assert (after.shape, after.burst_pulses, after.interphase_us, after.burst_rate_mhz) == (0, 0, 0, 0)
+    finally:
+        again.close()
