@@ -3,7 +3,7 @@ and hand it on as a PDF report or a FHIR R4 bundle.
 
 `verify` exit codes: 0 intact and closed; 5 intact but not closed (cut at a record
 boundary, or mid-line by a killed process); 6 altered, or not a treatment record; 7 cannot
-check (the key it names is not on this computer, or the visit store has no head for it).
+check (the key it names is not on this computer, or the file cannot be read).
 `show`, `report` and `export` read what the record holds and say when it does not verify.
 """
 
@@ -35,12 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    verify = sub.add_parser("verify", help="check a record: signed with the clinic's key, nothing changed, "
-                                           "nothing cut off (exit 0 / 5 / 6 / 7)",
-                            description="Check every line against the key the record names, and the record's "
-                                        "end against the head kept in the visit store. Exit 0: intact and "
-                                        "closed; 5: intact but not closed; 6: altered or not a record; "
-                                        "7: cannot check (key not on this computer, no entry in the visit store).")
+    verify = sub.add_parser("verify", help="check a record: signed with the clinic's key, nothing changed "
+                                           "(exit 0 / 5 / 6 / 7)",
+                            description="Check every line against the key the record names. Exit 0: intact "
+                                        "and closed; 5: intact but not closed; 6: altered or not a record; "
+                                        "7: cannot check (key not on this computer, file unreadable).")
     verify.add_argument("path", type=Path, metavar="PATH")
     verify.add_argument("--key", metavar="ID", help="insist the record was signed with this key")
     verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
