@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {args.path}: no such record file", file=sys.stderr)
         return EXIT_RECORD_UNCHECKABLE if args.action == "verify" else EXIT_REFUSED
     if args.action == "verify":
-        return _verify(args.path, args.key, None, args.json)
+        return _verify(args.path, args.key, args.json)
     if args.action == "report":
         return _report(args.path, args.out)
     if args.action == "export":
@@ -130,11 +130,11 @@ NEXT_STEP = {
 }
 
 
-def _verify(path: Path, key_id: str | None, anchors: Any, as_json: bool) -> int:
+def _verify(path: Path, key_id: str | None, as_json: bool) -> int:
     from safety import verify_record
 
     try:
-        verdict = verify_record(path, expect_key=key_id, anchors=anchors)
+        verdict = verify_record(path, expect_key=key_id)
     except OSError as exc:
         print(f"error: {path}: cannot read the record ({exc.strerror or exc})", file=sys.stderr)
         return EXIT_RECORD_UNCHECKABLE
@@ -152,8 +152,6 @@ def _verify(path: Path, key_id: str | None, anchors: Any, as_json: bool) -> int:
                                                        if verdict.records else "") + NEXT_STEP[status])
     else:
         print(f"{path}: cannot be checked: {verdict.reason}.")
-    if verdict.anchor:
-        print(f"visit store: {verdict.anchor}.")
     return EXIT_BY_STATUS[status]
 
 
