@@ -14,7 +14,7 @@ from .placement import ChannelPlacement, NeedleSite, Patient, Region, Side, chec
 from .record import KINDS, RecordWriteError, TreatmentRecord, UnknownRecordKind
 from .record_anchor import AnchorSink
 from .record_keys import RecordKey, RecordKeyError
-from .record_read import RecordStatus, RecordVerdict, read_entries, read_readings, verify_record
+from .record_read import RecordStatus, RecordVerdict, read_entries, read_readings, verify_anchored, verify_record
 from .report import ChannelSummary, format_summary, output_summary
 from .rules import RULES, ArrayVerdict, LimitArrays, SettingArrays, Verdict, check_setting, evaluate_arrays
 from .settings import ChannelReading, ChannelSetting, Shape
@@ -28,5 +28,6 @@ __all__ = [
     "Prescription", "RecordKey", "RecordKeyError", "RecordStatus", "RecordVerdict", "RecordWriteError", "Refusal", "Region", "SafetyError", "Sensitivity",
     "SessionSetup", "SetChannel", "SetOutputs", "SettingArrays", "Shape", "SimControl", "Side", "StandardLimits",
     "Supervisor", "TreatmentRecord", "UnknownRecordKind", "Verdict", "check_placement", "check_setting", "effective_limits",
-    "evaluate_arrays", "format_summary", "output_summary", "read_entries", "read_readings", "verify_record",
+    "evaluate_arrays", "format_summary", "output_summary", "read_entries", "read_readings", "verify_anchored",
+    "verify_record",
 ]

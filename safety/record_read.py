@@ -215,6 +215,25 @@ def verify_record(path: str | Path, *, keys: KeyLookup = load_key, expect_key: s
                    fragment=cut)
 
 
+def verify_anchored(record_id: str, anchors: AnchorSink, *, keys: KeyLookup = load_key) -> RecordVerdict:
+    """Check the record the anchor store knows by this id, at the path it was written to:
+    a file that is gone is reported as altered (deleted), not as merely missing."""
+    try:
+        head = anchors.get_record_head(record_id)
+    except Exception as exc:  # a store we cannot read is not evidence either way
+        return RecordVerdict(RecordStatus.UNCHECKABLE, 0, None, f"the visit store could not be read ({exc})",
+                             record_id=record_id)
+    if head is None:
+        return RecordVerdict(RecordStatus.UNCHECKABLE, 0, None, f"the visit store has no entry for record {record_id}",
+                             record_id=record_id)
+    try:
+        return verify_record(head.path, keys=keys, anchors=anchors)
+    except FileNotFoundError:
+        seen = f"the visit store saw {head.count} record(s){' and the close' if head.closed else ''} at {head.path}"
+        return RecordVerdict(RecordStatus.ALTERED, 0, None, f"{seen}; that file is gone (deleted or moved)",
+                             record_id=record_id, key_id=head.key_id, last_hash=head.last_hash, anchor=seen)
+
+
 def _sequence_problem(i: int, kind: str, data: dict[str, Any], count: int, last_kind: str,
                       fragment: bytes | None) -> str | None:
     """Why a well-formed, authentic line cannot stand here, or None."""

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from safety import RecordStatus, TreatmentRecord, read_entries, verify_record
+from safety import RecordStatus, TreatmentRecord, read_entries, verify_anchored, verify_record
 from safety.record import encode_body, seal
 from safety.record_keys import create_key, load_key
 
@@ -239,8 +239,11 @@ def test_anchor_agrees_with_an_intact_record_and_catches_whole_file_deletion(tmp
     head = heads.get_record_head(verdict.record_id)
     assert head.closed and head.count == verdict.records and head.last_hash == verdict.last_hash
     assert head.path == str(path.resolve())
+    assert verify_anchored(verdict.record_id, heads).closed
     path.unlink()
-    assert not path.exists() and heads.get_record_head(verdict.record_id).count == verdict.records
+    gone = verify_anchored(verdict.record_id, heads)
+    assert gone.status is RecordStatus.ALTERED and "gone" in gone.reason and str(path.resolve()) in gone.reason
+    assert verify_anchored("no-such-record", heads).status is RecordStatus.UNCHECKABLE
 
 
 def test_no_anchor_entry_cannot_be_checked(tmp_path):
