@@ -168,7 +168,7 @@ class Stimulator:
             self.interlock.stop("faults latched at session start: " + ", ".join(sorted(f.name for f in latched)))
             self._estop_sent = True  # the device is in its safe state already (HELLO)
         link.lease_heartbeats(self._lease_s)
-        self._unsubscribe = link.subscribe(self._events.put)
+        self._unsubscribe = link.subscribe(lambda event: self._events.put((self._clock(), event)))
         self._worker = threading.Thread(target=self._supervise, name="stimulator-supervisor", daemon=True)
         self._worker.start()
 
@@ -375,20 +375,25 @@ class Stimulator:
             self._supervised_at = self._clock()
             self._link.lease_heartbeats(self._lease_s)
             try:
-                event = self._events.get(timeout=self._period_s / 2)
+                self._handle(*self._events.get(timeout=self._period_s / 2))
+                while True:  # everything that arrived is judged before time is
+                    self._handle(*self._events.get_nowait())
             except queue.Empty:
-                event = None
-            try:
-                self._handle(event)
+                pass
             except Exception:  # supervision must outlive any single bad event
                 log.exception("supervision step failed; stopping outputs")
                 self._safe_estop("internal supervision error")
+            try:
+                self._periodic()
+            except Exception:
+                log.exception("supervision step failed; stopping outputs")
+                self._safe_estop("internal supervision error")
 
-    def _handle(self, event: Any) -> None:
+    def _handle(self, received_s: float, event: Any) -> None:
         if isinstance(event, icd.Telemetry):
             reading = units.reading_from_telemetry(event)
             self.readings[reading.channel] = reading
-            self._act_all(self.supervisor.on_reading(reading))
+            self._act_all(self.supervisor.on_reading(reading, received_s))
             self._log("telemetry", _plain(event))
             self._delivery.put(reading)
         elif isinstance(event, icd.Fault):
@@ -397,8 +402,11 @@ class Stimulator:
             self._safe_estop(f"link lost: {event.reason}")  # best effort: the byte path may still carry it
             self._log("link_lost", {"reason": str(event.reason)})
             self._delivery.put(event)
+
+    def _periodic(self) -> None:
+        """Once everything that arrived was judged: a trip that could not write the wire
+        itself (a record that failed, say) gets its ESTOP; then staleness and the session timer."""
         if self.interlock.tripped is not None and not self._estop_sent:
-            # tripped by a path that could not write the wire itself (a record that failed, say)
             self._safe_estop(self.interlock.tripped)
         if self._link.alive and self.interlock.tripped is None:
             self._act_all(self.supervisor.poll())

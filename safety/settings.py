@@ -149,16 +149,17 @@ class ChannelSetting:
         return rest_ua * self.pulse_width_us / 1e6
 
     def with_amplitude(self, amplitude_ma: float) -> ChannelSetting:
-        """The same waveform at another amplitude (rounded to the 1 µA grid)."""
-        if isinstance(amplitude_ma, bool) or not isinstance(amplitude_ma, (int, float)) \
-                or not math.isfinite(amplitude_ma) or amplitude_ma < 0:
+        """The same waveform at another amplitude (rounded to the 1 µA grid; the number is
+        copied to a plain float before any arithmetic touches it)."""
+        value = exact_float(amplitude_ma)
+        if value is None or math.isnan(value) or value < 0 or (math.isinf(value) and isinstance(amplitude_ma, float)):
             raise Refusal("setting.invalid_number",
                           f"amplitude_ma={amplitude_ma!r} is not a finite number >= 0 on channel {self.channel}",
                           value=amplitude_ma, limit="finite and >= 0", channel=self.channel,
                           detail="amplitude_ma")
-        return ChannelSetting(self.channel, self.shape, self.frequency_hz, self.pulse_width_us,
-                              round(amplitude_ma * 1000) / 1000, self.asym_ratio, self.interphase_us,
-                              self.burst_pulses, self.burst_rate_hz)
+        rounded = round(value * 1000) / 1000 if math.isfinite(value) else value
+        return ChannelSetting(self.channel, self.shape, self.frequency_hz, self.pulse_width_us, rounded,
+                              self.asym_ratio, self.interphase_us, self.burst_pulses, self.burst_rate_hz)
 
     def same_waveform(self, other: ChannelSetting) -> bool:
         """True when only the amplitude differs."""

@@ -93,8 +93,10 @@ class Supervisor:
         self._charge: dict[int, _ChargeWindow] = {}
         self._stale_reported = False
 
-    def on_reading(self, r: ChannelReading) -> list[Action]:
-        now = self._clock()
+    def on_reading(self, r: ChannelReading, received_s: float | None = None) -> list[Action]:
+        """Judge one reading; `received_s` is when it arrived from the device (host clock), so a
+        reading that waited behind others for the supervisor still counts as fresh when it came."""
+        now = self._clock() if received_s is None else received_s
         if r.channel not in self._last_seen:
             if r.enabled or r.amplitude_ma > 0:
                 return self._estop(f"channel {r.channel} is delivering current although this session never "

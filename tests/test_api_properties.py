@@ -1,10 +1,16 @@
-"""Property: whatever a caller does through the host API, every frame that reaches the
-transport decodes to settings inside every active limit, and a refused request sends nothing."""
+"""Property: whatever a caller does through the host API, interleaved with whatever goes
+wrong around it (the record's disk filling up, a subscriber that stalls, telemetry that
+stops arriving, faults the device raises), every frame that reaches the transport decodes
+to settings inside every active limit, a refused request sends nothing, and after any stop
+the device's outputs are off within one telemetry period."""
 
 from __future__ import annotations
 
 import math
+import os
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,9 +20,12 @@ import firmware_host as fh
 from firmware_host import icd, units
 from firmware_host.drivers import open_transport
 from firmware_host.drivers.base import Transport
+from firmware_host.drivers.faulty import FaultyTransport
+from firmware_host.drivers.socket_pair import SocketTransport
 from firmware_host.link import Link
+from firmware_host.sim import SimConfig, start_in_process
 from firmware_host.stimulator import Stimulator
-from safety import InterlockStateError, Refusal, SafetyError, SessionSetup, check_setting
+from safety import InterlockStateError, Refusal, SafetyError, SessionSetup, TreatmentRecord, check_setting
 
 from support import forearm_sites, prescription
 
@@ -65,6 +74,14 @@ calls = st.one_of(
     st.tuples(st.just("estop")),
     st.tuples(st.just("clear")),
 )
+MISHAPS = {"record_fails", "stall_subscriber", "telemetry_stall", "fault"}
+mishaps = st.one_of(
+    st.tuples(st.just("record_fails")),
+    st.tuples(st.just("stall_subscriber"), st.sampled_from([0.3, 2.0])),
+    st.tuples(st.just("telemetry_stall"), st.sampled_from([0.15, 0.6])),
+    st.tuples(st.just("fault"), st.sampled_from([icd.FaultCode.OVERCURRENT, icd.FaultCode.OPEN_CIRCUIT]),
+              st.sampled_from([1, 2])),
+)
 
 
 def _call(stim: Stimulator, op: tuple) -> None:
@@ -85,6 +102,48 @@ def _call(stim: Stimulator, op: tuple) -> None:
         stim.estop()
     elif kind == "clear":
         stim.clear_faults("JD")
+
+
+class Rig:
+    """The in-process device (inspectable) behind the fault proxy and the spy."""
+
+    def __init__(self, tmp: Path) -> None:
+        sock, self.stop_device, self.device = start_in_process(SimConfig())
+        self.device_offs: list[float] = []
+        self.device.on_event = lambda kind, now, detail: self.device_offs.append(now) if kind == "output_off" else None
+        self.faulty = FaultyTransport(SocketTransport("sim://", sock, on_close=self.stop_device))
+        self.spy = SpyTransport(self.faulty)
+        self.record = TreatmentRecord(tmp / "session.jsonl")
+        self.release = threading.Event()
+
+    def mishap(self, stim: Stimulator, op: tuple) -> None:
+        kind = op[0]
+        if kind == "record_fails":
+            full = os.open("/dev/full", os.O_WRONLY)
+            os.dup2(full, self.record._fd)  # noqa: SLF001 - the disk is full from now on
+            os.close(full)
+        elif kind == "stall_subscriber":
+            stim.subscribe(lambda event: self.release.wait(op[1]))
+        elif kind == "telemetry_stall":
+            self.faulty._rx.plan.blackout = True  # noqa: SLF001 - nothing arrives from the device
+            time.sleep(op[1])
+            self.faulty._rx.plan.blackout = False  # noqa: SLF001
+        elif kind == "fault":
+            stim.sim_control(icd.SimOp.INJECT_FAULT, op[2], op[1])
+
+    def assert_off_after_every_stop(self, stim: Stimulator) -> None:
+        """Each ESTOP on the wire met outputs that were off, or turned off, within one period;
+        a stopped session's device has every output off."""
+        period = 1 / stim.identity.telemetry_hz
+        for t, message in self.spy.frames:
+            if isinstance(message, icd.Estop):
+                assert any(t - period <= off <= t + period for off in self.device_offs) \
+                    or self.device.output_mask == 0, f"ESTOP at {t} left outputs on"
+        if stim.tripped is not None:
+            deadline = time.monotonic() + period
+            while self.device.output_mask and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert self.device.output_mask == 0, f"stopped ({stim.tripped}) but outputs on"
 
 
 def _check_wire(stim: Stimulator, frames: list[tuple[float, icd.Message]]) -> None:
@@ -115,20 +174,28 @@ def _check_wire(stim: Stimulator, frames: list[tuple[float, icd.Message]]) -> No
             enabled = set()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(calls, min_size=1, max_size=14))
-def test_every_frame_on_the_wire_is_inside_every_limit(ops: list[tuple]) -> None:
-    spy = SpyTransport(open_transport("sim://"))
-    link = Link(spy)
+@settings(max_examples=45, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.one_of(calls, mishaps), min_size=1, max_size=14))
+def test_every_frame_on_the_wire_is_inside_every_limit(ops: list[tuple], tmp_path_factory: pytest.TempPathFactory) -> None:
+    rig = Rig(tmp_path_factory.mktemp("rig"))
+    link = Link(rig.spy)
     identity = link.open()
     setup = SessionSetup(units.device_limits(identity), prescription(max_ma=2.0), forearm_sites(1, 2))
-    with Stimulator(link, setup) as stim:
-        for op in ops:
-            before = spy.output_changing()
-            try:
-                _call(stim, op)
-            except (Refusal, InterlockStateError):
-                assert spy.output_changing() == before, f"{op} was refused but sent something"
-            except (SafetyError, fh.EstimError):
-                pass  # e.g. a device NAK after a stop: the device's own layer held
-    _check_wire(stim, spy.frames)
+    try:
+        with Stimulator(link, setup, record=rig.record) as stim:
+            for op in ops:
+                before = rig.spy.output_changing()
+                try:
+                    if op[0] in MISHAPS:
+                        rig.mishap(stim, op)
+                    else:
+                        _call(stim, op)
+                except (Refusal, InterlockStateError):
+                    assert rig.spy.output_changing() == before, f"{op} was refused but sent something"
+                except (SafetyError, fh.EstimError):
+                    pass  # e.g. a device NAK after a stop: the device's own layer held
+                rig.assert_off_after_every_stop(stim)
+    finally:
+        rig.release.set()
+    _check_wire(stim, rig.spy.frames)

@@ -1,6 +1,6 @@
 import pytest
 
-from safety import (ClearFaults, InterlockStateError, Interlock, Patient, Prescription, Refusal, SetChannel,
+from safety import (ClearFaults, InterlockStateError, Interlock, Needle, Patient, Prescription, Refusal, SetChannel,
                     SetOutputs)
 from safety.dynamic import JITTER_S
 from safety.interlock import SIM_REBOOT
@@ -290,3 +290,87 @@ def test_gentle_ramp_down_steps_at_the_ramp_rate(interlock, clock):
     steps = [a - b for a, b in zip([2.0] + levels, levels)]
     for (wait, _), step in zip(plan[1:], steps[1:]):
         assert wait == pytest.approx(step / rate)
+
+
+# --- an increase is an increase, whatever field carries it --------------------------------
+
+WIDE_RX = Prescription(max_amplitude_ma=10.0, frequency_hz=(1.0, 200.0), pulse_width_us=(50.0, 1000.0),
+                       sensitivity="hyposensitive")
+BIG_NEEDLES = {1: Needle(0.3, 30.0), 2: Needle(0.3, 30.0)}
+
+
+def raised_to(il, clock, level_ma, **waveform):
+    """Enable channel 1 on `waveform` and ramp it to `level_ma` at the ramp rate."""
+    start_channel(il, clock, **waveform)
+    level = 0.0
+    while level < level_ma:
+        clock.advance(1.0)
+        level = min(level_ma, level + 1.0)
+        send(il, il.approve_set_channel(setting(1, level, **waveform)))
+
+
+def test_a_waveform_change_that_raises_charge_or_rms_is_an_increase(clock):
+    """At 3 mA, 2 Hz / 50 µs -> 200 Hz / 960 µs (19x the charge per phase, 44x the r.m.s.)
+    was accepted in one step. It is an increase like ~3 mA: refused, with the way to ramp it."""
+    il = Interlock(make_setup(WIDE_RX, needles=BIG_NEEDLES), clock=clock)
+    raised_to(il, clock, 3.0, frequency_hz=2.0, pulse_width_us=50.0)
+    clock.advance(10.0)
+    with pytest.raises(Refusal) as exc:
+        il.approve_set_channel(setting(1, 3.0, frequency_hz=200.0, pulse_width_us=960.0))
+    assert exc.value.rule == "dynamic.intensity_step" and exc.value.detail in ("phase_charge", "rms_current")
+    assert "start this waveform at" in str(exc.value) and "ramp" in str(exc.value)
+    highest = il.highest_amplitude_now(setting(1, 3.0, frequency_hz=200.0, pulse_width_us=960.0))
+    assert 0 < highest < 1.1
+    send(il, il.approve_set_channel(setting(1, highest, frequency_hz=200.0, pulse_width_us=960.0)))
+    with pytest.raises(Refusal) as exc:   # and from there it ramps like any amplitude
+        il.approve_set_channel(setting(1, highest + 0.5, frequency_hz=200.0, pulse_width_us=960.0))
+    assert exc.value.rule in ("device.ramp_rate", "prescription.ramp_rate", "dynamic.intensity_ramp")
+
+
+def test_dense_disperse_alternation_needs_no_ramp_once_both_were_delivered(clock):
+    """Alternating between states the patient has already received at that level stays free."""
+    il = Interlock(make_setup(WIDE_RX, needles=BIG_NEEDLES), clock=clock)
+    disperse, dense = dict(frequency_hz=2.0, pulse_width_us=600.0), dict(frequency_hz=100.0, pulse_width_us=200.0)
+    raised_to(il, clock, 2.0, **disperse)
+    clock.advance(3.0)
+    level = il.highest_amplitude_now(setting(1, 2.0, **dense))
+    while level < 2.0:  # the first time, dense is ramped up to the level
+        send(il, il.approve_set_channel(setting(1, level, **dense)))
+        clock.advance(0.1)
+        level = min(2.0, il.highest_amplitude_now(setting(1, 2.0, **dense)))
+    send(il, il.approve_set_channel(setting(1, 2.0, **dense)))
+    for _ in range(10):  # from then on, back and forth at once
+        send(il, il.approve_set_channel(setting(1, 2.0, **disperse)))
+        send(il, il.approve_set_channel(setting(1, 2.0, **dense)))
+
+
+def test_the_jitter_allowance_does_not_accumulate(clock):
+    """Steps every 3 ms each got 5 ms of jitter allowance: 8/3 of the prescribed rate. The
+    allowance is now granted once, so the total rise stays within rate x (time + one allowance)."""
+    il = Interlock(make_setup(), clock=clock)
+    start_channel(il, clock)
+    started, level_ua = clock(), 0
+    rate = il.limits(1).ramp_ma_per_s
+    step_ua = int(rate * (0.003 + JITTER_S) * 1000)  # what the old rule allowed every 3 ms
+    for _ in range(200):
+        clock.advance(0.003)
+        try:
+            send(il, il.approve_set_channel(setting(1, (level_ua + step_ua) / 1000)))
+            level_ua += step_ua
+        except Refusal:
+            pass
+    assert level_ua > 0
+    assert level_ua / 1000 <= rate * (clock() - started + JITTER_S) + 1e-6
+
+
+def test_zero_start_holds_while_a_disable_is_still_in_flight(interlock, clock):
+    """Disable (not yet ACKed), then enable: the channel may be off when the enable arrives,
+    so it is a re-enable and must start from 0 mA (it was approved at 1 mA)."""
+    start_channel(interlock, clock)
+    clock.advance(1.0)
+    send(interlock, interlock.approve_set_channel(setting(1, 1.0)))
+    disable = interlock.approve_outputs(set())
+    disable.consume()                                     # on the wire, no ACK yet
+    with pytest.raises(Refusal) as exc:
+        interlock.approve_outputs({1})
+    assert exc.value.rule == "dynamic.zero_start"
