@@ -25,12 +25,14 @@ from safety.errors import InterlockStateError, Refusal
 from . import icd, units
 from .drivers.base import Transport
 from .errors import (
+    DeviceBusy,
     DeviceRebooted,
     EstimError,
     HandshakeFailed,
     LinkError,
     LinkTimeout,
     ProtocolMismatch,
+    TransportClosed,
     TransportError,
     refusal_for,
 )
@@ -143,6 +145,9 @@ class Link:
             raise HandshakeFailed(f"{self._transport.url}: no IDENTITY within {timeout:.1f} s") from None
         except (EstimError, TransportError) as exc:
             self.close()
+            if isinstance(exc, TransportClosed) or isinstance(exc.__cause__, TransportClosed):
+                raise DeviceBusy(f"{self._transport.url}: the device closed the connection at once: it is in use "
+                                 f"by another program (or is shutting down)") from exc
             raise HandshakeFailed(f"{self._transport.url}: handshake failed: {exc}") from exc
         if not isinstance(reply, icd.Identity):
             self.close()
@@ -368,7 +373,9 @@ class Link:
                 return
             except TransportError as exc:
                 if not self._closing.is_set():
-                    self._fail(LinkError(f"lost the device: {exc}"))
+                    lost = LinkError(f"lost the device: {exc}")
+                    lost.__cause__ = exc
+                    self._fail(lost)
                 return
 
     def _timer_wait(self) -> float:

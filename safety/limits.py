@@ -221,9 +221,20 @@ def effective_limits(device: DeviceLimits, prescription: Prescription, channel: 
         compliance_v=device.compliance_v,
         sources=sources,
     )
-    for name, low, high in (("frequency", limits.min_frequency_hz, limits.max_frequency_hz),
-                            ("pulse width", limits.min_pulse_width_us, limits.max_pulse_width_us)):
+    for name, key, unit, low, high in (
+            ("frequency", "frequency", "Hz", limits.min_frequency_hz, limits.max_frequency_hz),
+            ("phase width", "pulse_width", "µs", limits.min_pulse_width_us, limits.max_pulse_width_us)):
         if low > high:
-            raise Refusal("limits.empty_range", f"no {name} satisfies every layer on channel {channel} "
-                          f"(at least {low:g}, at most {high:g})", value=low, limit=high, channel=channel)
+            by_low, by_high = _LAYER_TEXT[sources[f"{key}_min"]], _LAYER_TEXT[sources[f"{key}_max"]]
+            change = "prescription" if "prescription" in (sources[f"{key}_min"], sources[f"{key}_max"]) \
+                else "device"
+            raise Refusal("limits.empty_range",
+                          f"no {name} fits every limit on channel {channel}: {by_low} at least {low:g} {unit}, "
+                          f"but {by_high} at most {high:g} {unit}. Change the {change}'s {name} range to fit",
+                          value=low, limit=high, channel=channel, detail=f"{sources[f'{key}_min']} / "
+                                                                          f"{sources[f'{key}_max']}")
     return limits
+
+
+_LAYER_TEXT = {"prescription": "the prescription asks for", "device": "the device allows",
+               "standard": "the safety standard allows"}

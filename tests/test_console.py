@@ -36,9 +36,10 @@ def synchronous(test: Callable[..., Coroutine]) -> Callable[..., None]:
     return run
 
 
-def app_for(stim: fh.Stimulator) -> ConsoleApp:
+def app_for(stim: fh.Stimulator, operator: str = "") -> ConsoleApp:
     waves = [ChannelSetting(ch, Shape.BIPHASIC, 2, 200, 0) for ch in (1, 2)]
-    return ConsoleApp(stim, waves, ConsoleSettings(step_ma=0.4, feedback_step_ma=0.3, offer_step_ma=0.2))
+    return ConsoleApp(stim, waves, ConsoleSettings(step_ma=0.4, feedback_step_ma=0.3, offer_step_ma=0.2),
+                      operator=operator)
 
 
 async def until(pilot, predicate: Callable[[], bool], timeout: float = 8.0) -> None:  # noqa: ANN001
@@ -100,6 +101,42 @@ async def test_space_is_an_estop(stim: fh.Stimulator) -> None:
         await pilot.pause(0.2)
         assert applied_ma(stim, 1) == 0.0
         assert "STOPPED" in str(app.query_one("#timer").render())
+
+
+@synchronous
+async def test_x_clears_a_stop_in_the_operators_name_and_the_session_goes_on(stim: fh.Stimulator) -> None:
+    app = app_for(stim, operator="J. Doe")
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.press("space")
+        await until(pilot, lambda: stim.tripped is not None)
+        await pilot.press("x")
+        await until(pilot, lambda: stim.tripped is None)
+        assert not stim.status().latched_faults
+        assert any(r["kind"] == "cleared" and r["data"]["operator"] == "J. Doe" for r in kinds(stim))
+        await pilot.press("up")  # from zero again
+        await until(pilot, lambda: applied_ma(stim, 1) > 0)
+
+
+@synchronous
+async def test_x_without_a_name_clears_nothing(stim: fh.Stimulator) -> None:
+    app = app_for(stim)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.press("space")
+        await until(pilot, lambda: stim.tripped is not None)
+        await pilot.press("x")
+        await pilot.pause(0.2)
+        assert stim.tripped is not None and "ESTOP" in stim.status().latched_faults
+
+
+@synchronous
+async def test_ctrl_c_stops_and_leaves_as_interrupted(stim: fh.Stimulator) -> None:
+    app = app_for(stim)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.press("up")
+        await until(pilot, lambda: applied_ma(stim, 1) > 0)
+        await pilot.press("ctrl+c")
+        await pilot.pause(0.1)
+    assert app.interrupted and stim.tripped and stim.status().enabled == frozenset()
 
 
 @synchronous

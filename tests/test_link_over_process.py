@@ -206,9 +206,9 @@ def test_second_controller_cannot_open_the_same_device(sim_process: SimProcess) 
         if sim_process.url.startswith("/dev/"):
             with pytest.raises(errors.DeviceBusy):
                 open_transport(sim_process.url)
-        else:  # the simulator closes a second TCP client at once
+        else:  # the simulator closes a second TCP client at once: the user is told it is in use
             second = Link(open_transport(sim_process.url), reply_timeout=0.05, max_attempts=2)
-            with pytest.raises(errors.HandshakeFailed):
+            with pytest.raises(errors.DeviceBusy, match="in use"):
                 second.open(timeout=1.0)
         assert isinstance(ask(link, icd.GetStatus()), icd.Status)
     finally:

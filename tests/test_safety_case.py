@@ -42,6 +42,14 @@ def sim(tmp_path: Path) -> Iterator[SimProcess]:
         yield process
 
 
+def eventually(predicate, timeout: float = 2.0) -> bool:  # type: ignore[no-untyped-def]
+    """True once `predicate()` is (the wire goes first; the session's own state follows)."""
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(predicate())
+
+
 def stimulating(url: str, record: TreatmentRecord | None = None, level_ma: float = 2.0, **link: object) -> Stimulator:
     stim = fh.open(url, prescription=prescription(), placements=forearm_sites(1, 2), record=record)
     stim.configure(1, frequency_hz=50, pulse_width_us=200)
@@ -65,12 +73,10 @@ def test_a_record_that_can_no_longer_be_written_stops_the_session_and_never_the_
         os.dup2(full, record._fd)  # noqa: SLF001 - every later write fails with ENOSPC
         os.close(full)
         sim.wait_event(output_off("estop"), timeout=3.0)
-        assert stim.tripped is not None and "can no longer be written" in stim.tripped
+        assert eventually(lambda: stim.tripped is not None) and "can no longer be written" in stim.tripped
         assert stim.estop("operator") is True   # an operator's stop still reaches the device
     assert not stim._link.alive  # noqa: SLF001 - __exit__ reached close()
-    deadline = time.monotonic() + 2
-    while not notices and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert eventually(lambda: bool(notices))
     assert any("stimulation stopped" in n and "can no longer be written" in n for n in notices)
 
 
@@ -159,10 +165,7 @@ def test_a_number_that_lies_about_itself_goes_out_as_checked() -> None:
     with stimulating("sim://", level_ma=0.5) as stim:
         time.sleep(1.0)  # ramp credit for the next step
         stim.set_amplitude(1, Doubling(0.9))
-        deadline = time.monotonic() + 2
-        while stim.readings[1].amplitude_ma != 0.9 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert stim.readings[1].amplitude_ma == 0.9 and stim.tripped is None
+        assert eventually(lambda: stim.readings[1].amplitude_ma == 0.9) and stim.tripped is None
 
 
 # --- 4 and 11. a frame the host did not approve is caught ----------------------------------
@@ -189,9 +192,7 @@ def test_a_waveform_nobody_commanded_is_stopped(version: int) -> None:
         time.sleep(0.3)
         assert stim.tripped is None
         inject(stim, units.setting_to_wire(ChannelSetting(1, Shape.BIPHASIC, 100.0, 200.0, 2.0)))
-        deadline = time.monotonic() + 5
-        while stim.tripped is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert eventually(lambda: stim.tripped is not None, timeout=5.0)
         expected = "waveform" if version == 2 else "not delivering what was commanded"
         assert stim.tripped is not None and expected in stim.tripped
 
@@ -224,10 +225,7 @@ def test_the_host_estops_when_its_link_is_broken_by_garbage(sim: SimProcess) -> 
         proxies[0]._rx.plan.corrupt = 1.0  # noqa: SLF001 - every frame from the device damaged
         event = sim.wait_event(lambda e: e["kind"] == "output_off", timeout=3.0)
         assert event["reason"] == "estop"
-        deadline = time.monotonic() + 2  # the wire went first; the session's trip follows
-        while stim.tripped is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert stim.tripped is not None
+        assert eventually(lambda: stim.tripped is not None)
 
 
 # --- 6. supervision runs on its own ------------------------------------------------------
@@ -243,10 +241,7 @@ def test_a_stalled_subscriber_never_holds_up_supervision(sim: SimProcess) -> Non
         assert not release.is_set() and 1 not in stim.enabled()
         sim.pause()                                          # and lost telemetry still trips
         try:
-            deadline = time.monotonic() + 2
-            while stim.tripped is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert stim.tripped is not None and "telemetry" in stim.tripped
+            assert eventually(lambda: stim.tripped is not None) and "telemetry" in stim.tripped
         finally:
             sim.resume()
             release.set()

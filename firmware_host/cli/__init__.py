@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import signal
 import sys
 from collections.abc import Callable
@@ -35,6 +36,7 @@ COMMANDS = {
     "preview": ("preview", "draw a program (intensity and frequency over time, each pulse shape) to a PNG"),
     "record": ("record", "verify a treatment record, summarise a session, write its PDF report or FHIR export"),
     "keys": ("keys", "create and list the keys that sign treatment records"),
+    "clear-faults": ("clear_faults", "show what the device has latched and why, and clear it with your name"),
 }
 
 EPILOG = """examples:
@@ -45,10 +47,15 @@ EPILOG = """examples:
   estim titrate --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm --out th.json
   estim console --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm
   estim check programs/low_rate_2hz.toml --thresholds th.json
+  estim clear-faults --device /dev/ttyUSB0 --operator "J. Doe"
   estim record verify session.jsonl
   estim record show session.jsonl --plot session.png
   estim record report session.jsonl --out visit.pdf
   estim keys init --label "Room 2"
+
+exit codes: 0 done; 2 refused or bad input (nothing sent); 3 a device fault, lost link or STOP
+ended the session; 4 device not found or in use; 5-7 record verify (not closed, altered,
+cannot check); 130 Ctrl-C; 143 SIGTERM. Research and investigational use only.
 """
 
 
@@ -65,8 +72,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _SurvivingStream:
+    """stdout/stderr that outlive their reader: `estim run ... | head` closes the pipe, and a
+    session must not stop because nobody reads its progress (writes go nowhere from then on)."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+        self._lost = False
+
+    def write(self, text: str) -> int:
+        if not self._lost:
+            try:
+                return self._stream.write(text)  # type: ignore[attr-defined]
+            except (BrokenPipeError, OSError, ValueError):
+                self._lost = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._lost:
+            try:
+                self._stream.flush()  # type: ignore[attr-defined]
+            except (BrokenPipeError, OSError, ValueError):
+                self._lost = True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    sys.stdout = _SurvivingStream(sys.stdout)  # type: ignore[assignment]
+    sys.stderr = _SurvivingStream(sys.stderr)  # type: ignore[assignment]
     parser = build_parser()
     if not argv:
         parser.print_help(sys.stderr)
@@ -86,10 +122,28 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
-def refused(exc: Exception) -> int:
-    """A safety refusal or bad input in plain words, and exit 2."""
+def refused(exc: Exception, as_json: bool = False) -> int:
+    """A safety refusal or bad input in plain words (with --json, also as JSON on stdout), and exit 2."""
     print(f"refused: {plain(exc)}\nnothing was sent to the device.", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"outcome": "refused", "message": plain(exc), "rule": getattr(exc, "rule", None),
+                          "value": _jsonable(getattr(exc, "value", None)),
+                          "limit": _jsonable(getattr(exc, "limit", None)), "sent": False}))
     return EXIT_REFUSED
+
+
+def unreachable(exc: Exception, as_json: bool = False) -> int:
+    """The device could not be reached (not found, in use, no answer): say so, and exit 4."""
+    print(f"error: {exc}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"outcome": "device not reachable", "message": str(exc), "sent": False}))
+    return EXIT_NO_DEVICE
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
 _BOUNDS = {"less_than_equal": ("le", "at most"), "less_than": ("lt", "below"),

@@ -1,8 +1,8 @@
 """`estim console`: the full-screen treatment-room console for one supervised session.
 
 Exit codes: 0 the session ended (outputs ramped down and off); 2 refused or bad input before
-anything was sent; 3 a device fault, lost link or the operator's STOP ended it (outputs off);
-130 Ctrl-C (e-stop); 1 the device could not be reached.
+anything was sent; 3 a device fault, lost link or the operator's STOP ended it (outputs off)
+and was not cleared; 4 the device was not found or is in use; 130 Ctrl-C (e-stop).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import EXIT_DEVICE_FAULT, EXIT_OK, refused, stoppable
+from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, refused, stoppable
 from .options import add_session_options, fixed_waveform_setup, open_record, open_session, session_plan
 
 EXAMPLES = """keys:
@@ -20,7 +20,9 @@ EXAMPLES = """keys:
   f        patient: "too strong"   — drops the channel by the feedback step at once
   c        patient: "can't feel it" — offers one step more within the prescription (y / n)
   q        end the session: ramp everything down, outputs off
+  x        clear a stop in your name (--operator): after a STOP, or a stop latched from before
   space, Esc, or the STOP button: e-stop everything at once
+  Ctrl-C   e-stop everything and leave
 
 examples:
   estim console --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm
@@ -82,24 +84,31 @@ def _console(args: argparse.Namespace) -> int:
                               value=getattr(args, name), limit="> 0")
         waveforms = [ChannelSetting(ch, shapes[args.shape], args.frequency, args.pulse_width, 0.0)
                      for ch in args.channel]
-        setup = fixed_waveform_setup(args, dict(zip(args.channel, args.sites)),
-                                                                 args.minutes)
+        setup = fixed_waveform_setup(args, dict(zip(args.channel, args.sites)), args.minutes)
+        record = open_record(args.record)
     except (SafetyError, ValueError) as exc:
         return refused(exc)
 
-    record = open_record(args.record)
-    record.append("session_plan", session_plan(args, console=True))
+    try:
+        record.append("session_plan", session_plan(args, console=True))
+    except SafetyError as exc:  # the record cannot be written: nothing is sent
+        record.close()
+        return refused(exc)
     stim = open_session(args, setup, record)
     if isinstance(stim, int):
         return stim
     try:
         with stim:
-            ConsoleApp(stim, waveforms, ConsoleSettings(args.step, args.feedback_step, args.step),
-                       operator=args.operator).run()
+            app = ConsoleApp(stim, waveforms, ConsoleSettings(args.step, args.feedback_step, args.step),
+                             operator=args.operator)
+            app.run()
             tripped = stim.tripped
     finally:
         record.close()
     print(f"record: {record.path}")
+    if app.interrupted:
+        print("stopped: Ctrl-C — output off (e-stop)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if tripped:
         print(f"stopped: {tripped}", file=sys.stderr)
         return EXIT_DEVICE_FAULT

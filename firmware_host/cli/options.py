@@ -98,21 +98,68 @@ def fixed_waveform_setup(args: argparse.Namespace, sites: dict[int, str], minute
 
 def open_session(args: argparse.Namespace, setup: tuple[Any, dict, dict], record: TreatmentRecord) -> Any:
     """`firmware_host.open` for --device with the set-up from `fixed_waveform_setup`; on a
-    refusal or an unreachable device, the exit code instead of a session."""
+    refusal or an unreachable device, the exit code instead of a session. Tells the user once
+    what a v1 device means for the end of the session."""
     import firmware_host as fh
     from safety import SafetyError
 
-    from . import EXIT_NO_DEVICE, refused
+    from . import refused, unreachable
 
     prescription, placements, needles = setup
     try:
-        return fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
+        stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
                        patient=patient(args), record=record)
     except SafetyError as exc:
-        return refused(exc)
+        return refused(exc, getattr(args, "json", False))
     except fh.EstimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NO_DEVICE
+        return unreachable(exc, getattr(args, "json", False))
+    version_notice(stim.identity, args.device)
+    return stim
+
+
+def version_notice(identity: Any, device: str) -> None:
+    """ICD v1 has no end of session: say once what that means for the next one."""
+    if identity.protocol_version < 2:
+        from ..fault_text import clear_command
+
+        print(f"note: {identity.serial} speaks ICD v1, which has no end of session: after this session closes "
+              f"its watchdog will latch WATCHDOG, and the next session must first clear it "
+              f"({clear_command(device)}).", file=sys.stderr)
+
+
+def latched_at_start(stim: Any, device: str) -> int | None:
+    """EXIT_DEVICE_FAULT with what is latched, why, and the command that clears it; None when
+    the device is ready."""
+    if stim.tripped is None:
+        return None
+    from .. import fault_text
+    from . import EXIT_DEVICE_FAULT
+
+    latched = sorted(stim.status().latched_faults)
+    print(f"refused: the device has a stop latched from before, so nothing was sent:", file=sys.stderr)
+    for code in latched or ["(none reported now)"]:
+        print(f"  - {fault_text.explain(code)}", file=sys.stderr)
+    print(f"check the patient and the device, then clear it with your name:\n  {fault_text.clear_command(device)}",
+          file=sys.stderr)
+    return EXIT_DEVICE_FAULT
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse (before any device is opened) a file this command could not write: by trying,
+    since permission bits say nothing to root and nothing about read-only file systems."""
+    existed = path.exists()
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise Refusal("output.not_writable", f"the {what} {path} cannot be written there "
+                      f"({exc.strerror or exc}): choose another place", value=str(path),
+                      limit="a writable file") from None
 
 
 def session_plan(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
@@ -139,20 +186,36 @@ def _thresholds_as_given(path: Path | None) -> Any:
         return str(path)  # unreadable: the run refuses it on its own; the record names the file
 
 
-def open_record(path: Path | None) -> TreatmentRecord:
-    """A new record signed with this computer's key; on a first run the key is created here,
-    with a notice (the README's quick start must work on a fresh machine)."""
-    from safety.record_keys import default_key_or_create, key_dir
+def open_record(path: Path | None, kind: str = "session") -> TreatmentRecord:
+    """The treatment record at `path` (default: a timestamped file in the user's data dir),
+    signed with this computer's record key; a place that cannot be written, or an existing
+    file that is not an intact record, is a refusal before any device is opened. On a first
+    run the key is created here, with a notice (the README's quick start must work on a
+    fresh machine)."""
+    from safety.record_keys import RecordKeyError, default_key_or_create, key_dir
 
     if path is None:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-        path = base / "estim" / "records" / time.strftime("session-%Y%m%d-%H%M%S.jsonl")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key, created = default_key_or_create()
+        path = base / "estim" / "records" / time.strftime(f"{kind}-%Y%m%d-%H%M%S.jsonl")
+    check_writable(path, "treatment record")
+    try:
+        key, created = default_key_or_create()
+    except (OSError, RecordKeyError) as exc:
+        raise Refusal("output.no_record_key", f"no usable record key in {key_dir()} "
+                      f"({getattr(exc, 'strerror', None) or exc}); fix it or run `estim keys init`",
+                      value=str(key_dir()), limit="a readable key, or a writable folder for one") from None
     if created:
         print(f"notice: this computer had no record key; created {key.key_id} in {key_dir()} to sign treatment "
               "records. Back up that folder: records cannot be checked without it.", file=sys.stderr)
-    return TreatmentRecord(path, key=key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return TreatmentRecord(path, key=key)
+    except OSError as exc:
+        raise Refusal("output.not_writable", f"the treatment record {path} cannot be written ({exc.strerror}): "
+                      "choose another place with --record", value=str(path), limit="a writable file") from None
+    except ValueError as exc:
+        raise Refusal("output.not_a_record", f"{exc}: choose a new file with --record", value=str(path),
+                      limit="an intact record or a new file") from None
 
 
 class ThresholdsError(ValueError):
@@ -199,7 +262,8 @@ def add_program_options(parser: argparse.ArgumentParser) -> None:
 
 def program_from_args(args: argparse.Namespace) -> Any:
     """The resolved Program named by --program, or --preset for --channel/--sites/--needle,
-    --sensitivity and --minutes; raises ProgramError, ThresholdsError, Refusal or ValueError."""
+    --sensitivity and --minutes/--seconds, capped by --max-amplitude and --ramp when given;
+    raises ProgramError, ThresholdsError, Refusal or ValueError."""
     from ..waveforms import preset_program
     from ..waveforms.program import Needle as NeedleSpec
     from ..waveforms.program import Program, Site
@@ -207,11 +271,42 @@ def program_from_args(args: argparse.Namespace) -> Any:
     if args.program is not None:
         program = Program.load(args.program)
     else:
+        minutes = args.seconds / 60 if getattr(args, "seconds", None) is not None else args.minutes
+        if minutes is not None and not 0 < minutes <= 60:
+            raise Refusal("session.too_long", f"a preset of {minutes:g} minutes is outside 0 to the 60 minutes "
+                          "allowed", value=minutes, limit=60)
         placement, needle = parse_sites(args.sites), parse_needle(args.needle)
         spec = NeedleSpec(diameter_mm=needle.diameter_mm, length_mm=needle.length_mm,
                           site_a=Site(region=placement.a.region, side=placement.a.side),
                           site_b=Site(region=placement.b.region, side=placement.b.side))
-        program = preset_program(args.preset, {args.channel: spec}, SENSITIVITY[args.sensitivity], args.minutes)
+        program = preset_program(args.preset, {args.channel: spec}, SENSITIVITY[args.sensitivity], minutes)
+        if minutes is not None and program.duration_s < minutes * 60 - 1e-6:
+            raise Refusal("preset.minutes", f"{args.preset} for a {args.sensitivity} patient lasts at most "
+                          f"{program.duration_s / 60:g} minutes, not {minutes:g}: choose --minutes "
+                          f"{program.duration_s / 60:g} or less", value=minutes, limit=program.duration_s / 60)
+    program = _capped(program, getattr(args, "max_amplitude", None), getattr(args, "ramp", None))
     if program.needed_thresholds:
         program = program.resolve(load_thresholds(args.thresholds, program))
+    elif getattr(args, "thresholds", None) is not None:
+        raise Refusal("usage.conflict", f"--thresholds is not used: {program.name!r} sets every intensity in mA",
+                      value=str(args.thresholds), limit="a threshold-relative program or preset")
     return program
+
+
+def _capped(program: Any, max_amplitude: float | None, ramp: float | None) -> Any:
+    """`program` with its prescription's amplitude caps and ramp rate lowered to the given ones
+    (a cap never raises what the program prescribes; a dose above it is then refused)."""
+    rx = program.prescription
+    update: dict[str, Any] = {}
+    if max_amplitude is not None:
+        if not max_amplitude > 0:
+            raise Refusal("setup.max_amplitude", f"--max-amplitude {max_amplitude:g} mA is not a positive cap",
+                          value=max_amplitude, limit="> 0")
+        update["max_amplitude_ma"] = {ch: min(cap, max_amplitude) for ch, cap in rx.max_amplitude_ma.items()}
+    if ramp is not None:
+        if not ramp > 0:
+            raise Refusal("setup.ramp", f"--ramp {ramp:g} mA/s is not a positive rate", value=ramp, limit="> 0")
+        update["ramp_rate_ma_per_s"] = min(rx.ramp_rate_ma_per_s, ramp)
+    if not update:
+        return program
+    return type(program).model_validate({**program.model_dump(), "prescription": {**rx.model_dump(), **update}})

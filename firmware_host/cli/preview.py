@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from . import EXIT_OK, EXIT_REFUSED
-from .options import SENSITIVITY, ThresholdsError, add_program_options, load_thresholds, program_from_args
+from .options import (SENSITIVITY, ThresholdsError, add_program_options, check_writable, load_thresholds,
+                      program_from_args)
 
 EXAMPLES = """examples:
   estim preview programs/dense_disperse_2_100hz.toml --thresholds thresholds.json --out dd.png
@@ -48,6 +49,7 @@ def main(argv: list[str]) -> int:
     from ..waveforms.preview import preview
 
     try:
+        check_writable(args.out, "picture")
         program = program_from_args(args)
         marks = load_thresholds(args.thresholds, program) if args.thresholds is not None else None
     except (ProgramError, ThresholdsError, SafetyError, OSError, ValueError) as exc:

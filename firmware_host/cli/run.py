@@ -1,9 +1,14 @@
 """`estim run`: one supervised session with a live progress line — direct parameters (ramp
 up, hold, ramp down), a dosing program file, or a preset for a target mechanism.
 
-Exit codes: 0 completed (ramped down, every output off); 2 refused by a safety rule or bad
-input, before any stimulation command was sent; 3 a device fault or lost link stopped the
-session; 130 Ctrl-C (e-stop); 143 SIGTERM (e-stop); 1 the device could not be reached.
+A flag is never silently unused: each combination either does what it says (`--max-amplitude`
+and `--ramp` cap a program or preset, `--minutes`/`--seconds` set a preset's length) or is
+refused, naming the conflict. Sessions longer than the standard's 60 minutes are refused
+before anything is sent.
+
+Exit codes (README, "Exit codes"): 0 completed (ramped down, every output off); 2 refused or
+bad input, nothing sent; 3 a device fault, a lost link or a stop latched from before;
+4 the device was not found or is in use; 130 Ctrl-C (e-stop); 143 SIGTERM (e-stop).
 """
 
 from __future__ import annotations
@@ -12,21 +17,41 @@ import argparse
 import sys
 import time
 
-from . import EXIT_DEVICE_FAULT, EXIT_NO_DEVICE, EXIT_OK, refused, stoppable
+from . import EXIT_DEVICE_FAULT, EXIT_OK, refused, stoppable, unreachable
 from .options import (ThresholdsError, add_program_options, add_session_options, fixed_waveform_setup,
-                      open_record, open_session, patient, program_from_args, session_plan)
+                      latched_at_start, open_record, open_session, patient, program_from_args, session_plan,
+                      version_notice)
 
+MAX_SESSION_MIN = 60.0  # safety.STANDARD.max_session_minutes, without importing safety for --help
+DEFAULTS = {"max_amplitude": 10.0, "ramp": 1.0, "shape": "biphasic"}
 
 EXAMPLES = """examples:
   estim run --channel 1 --frequency 2 --pulse-width 200 --amplitude 2 --seconds 20 \\
             --sites left:forearm,left:forearm
   estim run --program programs/dense_disperse_2_100hz.toml --thresholds thresholds.json
-  estim run --preset segmental --channel 1 --sites left:forearm,left:forearm \\
+  estim run --preset segmental_inhibition --channel 1 --sites left:forearm,left:forearm \\
             --thresholds thresholds.json --sensitivity hyper --minutes 20
   estim run --device /dev/ttyUSB0 --channel 2 --frequency 100 --pulse-width 200 --amplitude 3 \\
             --minutes 20 --sites right:lower_leg,right:lower_leg --sensitivity hyper
+
+which flags go with what:
+  direct      --channel --sites --frequency --pulse-width --amplitude and --seconds or --minutes
+              (optional: --shape --max-amplitude --ramp --needle --sensitivity)
+  --preset    --channel --sites (optional: --minutes/--seconds for its length, --max-amplitude and
+              --ramp as caps, --needle --sensitivity --thresholds)
+  --program   (optional: --max-amplitude and --ramp as caps, --thresholds); the file sets the
+              channels, needles, waveform, length and sensitivity
 """
 
+# flags each source of the dose decides itself, so giving them is a conflict
+_NOT_WITH = {
+    "program": ("channel", "sites", "needle", "frequency", "pulse_width", "amplitude", "shape", "seconds",
+                "minutes", "sensitivity"),
+    "preset": ("frequency", "pulse_width", "amplitude", "shape"),
+    "direct": ("thresholds",),
+}
+_WHY = {"program": "the program file sets it", "preset": "the preset sets it",
+        "direct": "direct parameters are in mA, not relative to thresholds"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ramp down and switch every output off. Ctrl-C stops output at once.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     add_program_options(parser)
     parser.add_argument("--channel", type=int, help="channel number as printed on the device (1-based)")
@@ -43,15 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pulse-width", type=float, metavar="US", help="phase width in µs")
     parser.add_argument("--amplitude", type=float, metavar="MA", help="intensity in mA")
     duration = parser.add_mutually_exclusive_group()
-    duration.add_argument("--seconds", type=float, help="time at the set intensity (ramps come on top)")
+    duration.add_argument("--seconds", type=float, help="time at the set intensity (ramps come on top); "
+                                                        "with --preset, its length")
     duration.add_argument("--minutes", type=float,
                           help="time at the set intensity (ramps come on top); with --preset, its length")
-    parser.add_argument("--shape", choices=["biphasic", "alternating", "monophasic"], default="biphasic")
-    parser.add_argument("--max-amplitude", type=float, default=10.0, metavar="MA",
-                        help="the prescription's cap in mA (default 10; the sensitivity profile scales it: "
-                             "hyper x0.6, typical x0.85, hypo x1.0)")
-    parser.add_argument("--ramp", type=float, default=1.0, metavar="MA_PER_S",
-                        help="ramp rate in mA/s (default 1.0; the sensitivity profile may lower it)")
+    parser.add_argument("--shape", choices=["biphasic", "alternating", "monophasic"],
+                        help="pulse shape (default biphasic)")
+    parser.add_argument("--max-amplitude", type=float, metavar="MA",
+                        help="the prescription's cap in mA (default 10 for direct runs; with --program or "
+                             "--preset it caps them: a dose above it is refused)")
+    parser.add_argument("--ramp", type=float, metavar="MA_PER_S",
+                        help="ramp rate in mA/s (default 1.0; at most 2; with --program or --preset a cap)")
+    parser.add_argument("--json", action="store_true", help="refusals and the outcome as JSON on stdout too")
     add_session_options(parser, sites_required=False)
     return parser
 
@@ -59,58 +88,86 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.program is None:
-        needed = ["--channel", "--sites"] + ([] if args.preset else
-                                             ["--frequency", "--pulse-width", "--amplitude", "--seconds"])
-        missing = [flag for flag in needed if getattr(args, flag[2:].replace("-", "_")) is None
-                   and not (flag == "--seconds" and args.minutes is not None)]
-        if missing:
-            parser.error("give --program FILE, --preset NAME, or direct parameters; missing: "
-                         + ", ".join(m if m != "--seconds" else "--seconds/--minutes" for m in missing))
-    return stoppable(lambda: _run_program(args) if args.program or args.preset else _run(args))
+    given = _given(parser, argv)
+    mode = "program" if args.program else "preset" if args.preset else "direct"
+    conflicts = [flag for flag in _NOT_WITH[mode] if flag in given]
+    if conflicts:
+        from safety import Refusal
 
+        flags = ", ".join("--" + flag.replace("_", "-") for flag in conflicts)
+        source = {"program": "--program", "preset": "--preset", "direct": "direct parameters"}[mode]
+        return refused(Refusal("usage.conflict", f"{flags} cannot be used with {source}: {_WHY[mode]}",
+                               value=flags, limit=source), args.json)
+    needed = {"program": [], "preset": ["channel", "sites"],
+              "direct": ["channel", "sites", "frequency", "pulse_width", "amplitude"]}[mode]
+    missing = ["--" + flag.replace("_", "-") for flag in needed if getattr(args, flag) is None]
+    if mode == "direct" and args.seconds is None and args.minutes is None:
+        missing.append("--seconds or --minutes")
+    if missing:
+        parser.error("missing for this kind of run: " + ", ".join(missing) + " (see the examples: estim run --help)")
+    for name, value in DEFAULTS.items():
+        if getattr(args, name) is None and (mode == "direct" or name == "shape"):
+            setattr(args, name, value)
+    return stoppable(lambda: _run_program(args) if mode != "direct" else _run(args))
+
+
+def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the options the user typed (abbreviations are disallowed)."""
+    options = parser._option_string_actions  # noqa: SLF001 - argparse keeps no public map
+    return {options[a.split("=", 1)[0]].dest for a in argv if a.split("=", 1)[0] in options}
 
 
 def _run(args: argparse.Namespace) -> int:
     from safety import ChannelSetting, Refusal, SafetyError, Shape
 
     shapes = {"biphasic": Shape.BIPHASIC, "alternating": Shape.BIPHASIC_ALTERNATING, "monophasic": Shape.MONOPHASIC}
-    hold_s = args.seconds if args.seconds is not None else (args.minutes or 0) * 60
+    hold_s = args.seconds if args.seconds is not None else args.minutes * 60
     try:
         setting = ChannelSetting(args.channel, shapes[args.shape], args.frequency, args.pulse_width, args.amplitude)
-        if not hold_s > 0 or hold_s != hold_s:
+        if not hold_s > 0 or hold_s != hold_s or hold_s == float("inf"):
             raise Refusal("setup.duration", f"session time {hold_s!r} s is not a positive number",
                           value=hold_s, limit="> 0")
-        ramp_s = args.amplitude / args.ramp if args.ramp > 0 else float("inf")
-        setup = fixed_waveform_setup(
-            args, {args.channel: args.sites}, min(60.0, (hold_s + 2 * ramp_s) / 60 + 0.5))
+        if not args.ramp > 0:
+            raise Refusal("setup.ramp", f"--ramp {args.ramp:g} mA/s is not a positive rate", value=args.ramp,
+                          limit="> 0")
+        total_min = (hold_s + 2 * args.amplitude / args.ramp) / 60
+        if total_min > MAX_SESSION_MIN:
+            longest = MAX_SESSION_MIN - 2 * args.amplitude / args.ramp / 60
+            raise Refusal("session.too_long", f"a session of {total_min:.1f} minutes (ramps included) is longer "
+                          f"than the {MAX_SESSION_MIN:g} minutes allowed: hold for at most {longest:.1f} minutes",
+                          value=total_min, limit=MAX_SESSION_MIN)
+        setup = fixed_waveform_setup(args, {args.channel: args.sites}, min(MAX_SESSION_MIN, total_min + 0.5))
+        record = open_record(args.record)
     except (SafetyError, ValueError) as exc:
-        return refused(exc)
+        return refused(exc, args.json)
 
-    with open_record(args.record) as record:
-        record.append("session_plan", session_plan(args, hold_s=hold_s))
+    with record:
+        try:
+            record.append("session_plan", session_plan(args, hold_s=hold_s))
+        except SafetyError as exc:  # the record cannot be written: nothing is sent
+            return refused(exc, args.json)
         print(f"record: {record.path}")
         stim = open_session(args, setup, record)
         if isinstance(stim, int):
             return stim
         with stim:
-            return _session(stim, setting, hold_s)
+            return _session(stim, setting, hold_s, args)
 
 
-def _session(stim, setting, hold_s: float) -> int:  # noqa: ANN001 - Stimulator, ChannelSetting
+def _session(stim, setting, hold_s: float, args: argparse.Namespace) -> int:  # noqa: ANN001
     import firmware_host as fh
     from safety import SafetyError, check_setting, output_summary
 
     ident = stim.identity
     print(f"device: {ident.serial} firmware {ident.fw_major}.{ident.fw_minor}, {ident.channels} channels, "
-          f"watchdog {ident.watchdog_ms} ms")
-    if stim.tripped:
-        print(f"refused: {stim.tripped}; clear the device's faults before a session", file=sys.stderr)
-        return EXIT_DEVICE_FAULT
+          f"watchdog {ident.watchdog_ms} ms, ICD v{ident.protocol_version}")
+    latched = latched_at_start(stim, args.device)
+    if latched is not None:
+        return latched
     ch = setting.channel
     verdict = check_setting(setting, stim.interlock.limits(ch))
     if verdict.refusals:
-        return refused(verdict.refusals[0])
+        return refused(verdict.refusals[0], args.json)
     for text in verdict.warnings:
         print(f"warning: {text}")
     ramp_rate = stim.interlock.limits(ch).ramp_ma_per_s
@@ -134,12 +191,11 @@ def _session(stim, setting, hold_s: float) -> int:  # noqa: ANN001 - Stimulator,
             stim.safe_off()
     except (SafetyError, fh.EstimError) as exc:
         if not stim.tripped:
-            raise
+            stim.estop(f"the session could not go on: {exc}")
         print(f"\nerror: {exc}", file=sys.stderr)
     print()
     if stim.tripped:
-        print(f"stopped: {stim.tripped}", file=sys.stderr)
-        return EXIT_DEVICE_FAULT
+        return _stopped(stim, args)
     device_charge = {c: r.charge_total_uc for c, r in stim.readings.items()}
     needles = {c: stim.interlock.setup.needle(c) for c in stim.channels}
     _, table = output_summary(stim.interlock.applied_doses(), needles, device_charge)
@@ -161,6 +217,16 @@ def _progress(stim, channel: int, remaining_s: float | None) -> None:  # noqa: A
     print(line.ljust(100), end=end, flush=True)
 
 
+def _stopped(stim, args: argparse.Namespace) -> int:  # noqa: ANN001 - Stimulator
+    """The session ended early: why, in plain words, and how to go on."""
+    from ..fault_text import clear_command
+
+    print(f"stopped: {stim.tripped}", file=sys.stderr)
+    print(f"every output is off. Before the next session, check the patient and the device, then clear the stop "
+          f"with your name: {clear_command(args.device)}", file=sys.stderr)
+    return EXIT_DEVICE_FAULT
+
+
 def _run_program(args: argparse.Namespace) -> int:
     """A program file or a preset: checked whole against every rule before anything is sent,
     then streamed on time by the engine."""
@@ -175,38 +241,42 @@ def _run_program(args: argparse.Namespace) -> int:
 
     try:
         program = program_from_args(args)
+        record = open_record(args.record)
     except (ProgramError, ThresholdsError, SafetyError) as exc:
-        return refused(exc)
+        return refused(exc, args.json)
     except (OSError, ValueError) as exc:
-        return refused(ValueError(f"{args.program or args.preset}: {exc}"))
+        return refused(ValueError(f"{args.program or args.preset}: {exc}"), args.json)
 
-    with open_record(args.record) as record:
+    with record:
         plan = session_plan(args, program=program.name, duration_s=program.duration_s)
-        record.append("session_plan", {**plan, "mechanism": plan["mechanism"] or str(program.mechanism)})
+        try:
+            record.append("session_plan", {**plan, "mechanism": plan["mechanism"] or str(program.mechanism)})
+        except SafetyError as exc:  # the record cannot be written: nothing is sent
+            return refused(exc, args.json)
         print(f"record: {record.path}")
         try:
             link = fh.connect(args.device)
         except fh.EstimError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_NO_DEVICE
+            return unreachable(exc, args.json)
         try:
             limits = device_limits(link.identity)
             verdict = check(program, limits, patient(args))
             if not verdict.ok:
                 print(verdict.table(), file=sys.stderr)
                 link.close()
-                return refused(ValueError(f"{program.name!r} breaks the rules above"))
+                return refused(ValueError(f"{program.name!r} breaks the rules above"), args.json)
             stim = Stimulator(link, program.session_setup(limits, patient(args)), record=record)
         except SafetyError as exc:
             link.close()
-            return refused(exc)
+            return refused(exc, args.json)
         except BaseException:
             link.close()
             raise
+        version_notice(stim.identity, args.device)
         with stim:
-            if stim.tripped:
-                print(f"refused: {stim.tripped}; clear the device's faults before a session", file=sys.stderr)
-                return EXIT_DEVICE_FAULT
+            latched = latched_at_start(stim, args.device)
+            if latched is not None:
+                return latched
             print(f"plan: {program.name} ({program.mechanism}), {program.duration_s / 60:.1f} min on channel(s) "
                   + ", ".join(str(ch) for ch in sorted(program.needles)) + "; ramps are part of the program")
             last = [0.0]
@@ -216,11 +286,15 @@ def _run_program(args: argparse.Namespace) -> int:
                     last[0] = update.sent_s
                     _progress(stim, update.setting.channel, program.duration_s - update.planned_s)
 
-            report = run_program(stim, program, on_update=progress)
+            try:
+                report = run_program(stim, program, on_update=progress)
+            except (SafetyError, fh.EstimError) as exc:
+                if not stim.tripped:
+                    stim.estop(f"the program could not go on: {exc}")
+                print(f"\nerror: {exc}", file=sys.stderr)
             print()
-            if not report.completed:
-                print(f"stopped: {report.stop_reason}", file=sys.stderr)
-                return EXIT_DEVICE_FAULT
+            if stim.tripped:
+                return _stopped(stim, args)
             print(f"program complete: every output off. {report.sent} updates sent, send lateness "
                   f"p50 {report.late_p50_s * 1e3:.1f} ms / p99 {report.late_p99_s * 1e3:.1f} ms")
             return EXIT_OK

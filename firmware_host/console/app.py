@@ -22,6 +22,7 @@ from textual.widgets import Button, Footer, Header, RichLog, Sparkline, Static
 
 from safety import ChannelSetting, SafetyError
 
+from .. import fault_text
 from ..errors import EstimError
 from ..link import LinkLost
 from ..stimulator import DeviceFault, Notice, Stimulator
@@ -136,7 +137,7 @@ class ConsoleApp(App[None]):
     BINDINGS = [
         Binding("space", "stop", "STOP", priority=True),
         Binding("escape", "stop", "STOP", show=False, priority=True),
-        Binding("ctrl+c", "stop", "STOP", show=False, priority=True),
+        Binding("ctrl+c", "interrupt", "STOP and leave", show=False, priority=True),
         Binding("up,plus", "raise", "raise"),
         Binding("down,minus", "lower", "lower"),
         Binding("left", "select(-1)", "channel", show=False),
@@ -145,6 +146,7 @@ class ConsoleApp(App[None]):
         Binding("c", "cant_feel", "can't feel it"),
         Binding("y", "accept_offer", "yes", show=False),
         Binding("n", "decline_offer", "no", show=False),
+        Binding("x", "clear", "clear a stop"),
         Binding("q", "finish", "end session"),
     ] + [Binding(str(n), f"pick({n})", show=False) for n in range(1, 9)]
 
@@ -159,6 +161,7 @@ class ConsoleApp(App[None]):
         self.selected = self.order[0]
         self.offer: tuple[int, float] | None = None
         self.finishing = False
+        self.interrupted = False  # left with Ctrl-C (the command exits 130)
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._unsubscribe = stim.subscribe(self._events.put)
 
@@ -181,7 +184,8 @@ class ConsoleApp(App[None]):
         self.sub_title = f"{ident.serial} firmware {ident.fw_major}.{ident.fw_minor}"
         self.query_one("#stop", Button).can_focus = False
         if self.stim.tripped:
-            self._say(f"session stopped before it began: {self.stim.tripped}")
+            self._say(f"the device has a stop latched from before: {self.stim.tripped}. Check the patient and the "
+                      f"device, then press x to clear it in your name, or q to leave.")
         else:
             try:
                 for control in self.controls.values():
@@ -218,8 +222,36 @@ class ConsoleApp(App[None]):
             control.cancel()
         self.offer = None
         self._note("operator_stop", {})
-        self._say("STOPPED: every output is off. The session is over; end it with q and start a new one "
-                  "once the patient and the needles are checked.")
+        self._say("STOPPED: every output is off. Check the patient and the needles; then press x to clear the "
+                  "stop in your name and go on, or q to end the session.")
+        self._refresh()
+
+    def action_interrupt(self) -> None:
+        """Ctrl-C: e-stop everything, then leave."""
+        self.action_stop()
+        self.interrupted = True
+        self.exit()
+
+    def action_clear(self) -> None:
+        """Clear a stop in the operator's name: what was latched, why, and who cleared it go into
+        the record; refused while any output is on (the interlock checks)."""
+        if not self.stim.tripped:
+            self._say("nothing to clear: the session is not stopped.")
+            return
+        if len(self.operator.strip()) < 2:
+            self._say("clearing a stop needs your name: start the console with --operator NAME.")
+            return
+        try:
+            latched = sorted(self.stim.status().latched_faults)
+            self.stim.clear_faults(self.operator)
+        except (SafetyError, EstimError) as exc:
+            self._say(f"not cleared: {exc}")
+            return
+        for code in latched:
+            self._say(f"cleared {fault_text.explain(code)}")
+        self._say(f"stop cleared by {self.operator}. Outputs are off; raise a channel from 0 mA when ready.")
+        for control in self.controls.values():
+            control.target_ma = 0.0
         self._refresh()
 
     def action_raise(self) -> None:

@@ -1,0 +1,28 @@
+"""What each latched device fault means, in the words a clinician reads, and how to clear it.
+
+One place, so the command line, the console and the records say the same thing.
+"""
+
+from __future__ import annotations
+
+MEANING = {
+    "WATCHDOG": "the device stopped hearing from its controller and switched its outputs off by itself "
+                "(a controller that was closed without ending the session, crashed or lost the cable; "
+                "devices speaking ICD v1 do this after every session)",
+    "ESTOP": "someone stopped the stimulation at once (an e-stop) in an earlier session",
+    "OVERCURRENT": "the device measured more current than it allows and switched off: check the needles, "
+                   "the leads and the patient before going on",
+    "HARDWARE": "the device reported a hardware fault: have it checked before using it on a patient",
+    "OPEN_CIRCUIT": "a needle circuit was open",
+    "COMPLIANCE": "a load was too high for the current asked",
+}
+
+
+def explain(code: str) -> str:
+    """`code: what it means` for a fault name (unknown codes are named as they are)."""
+    return f"{code}: {MEANING.get(code, 'a fault this host does not know; have the device checked')}"
+
+
+def clear_command(device: str) -> str:
+    """The command that clears a latched stop, for messages that ask a person to clear one."""
+    return f'estim clear-faults --device {device} --operator "YOUR NAME"'
