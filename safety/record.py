@@ -142,11 +142,14 @@ class TreatmentRecord:
 
         self.path = Path(path)
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()    # the chain, the buffer and the lines not yet written
+        self._io = threading.Lock()      # one writer at a time, in the order lines were sealed
         self._failed: RecordWriteError | None = None
         self._failure_raised = False
         self._block: BlockBuilder | None = None
         self._block_since = 0.0
+        self._pending: list[bytes] = []
+        self._closed_sealed = False
         self._durable = Head(0, GENESIS, False)
         self.key_created = False
         resume: dict[str, Any] | None = None
@@ -175,10 +178,13 @@ class TreatmentRecord:
         self._anchorer = Anchorer(anchor, self.record_id, str(self.path.resolve()), self._key.key_id) \
             if anchor is not None else None
         if resume is None:
-            self._write_record("open", {"format": FORMAT, "record_id": self.record_id, "key_id": self._key.key_id,
-                                        "t": now_iso()})
+            self._seal("open", {"format": FORMAT, "record_id": self.record_id, "key_id": self._key.key_id,
+                                "t": now_iso()})
         else:
-            self._write_record("resume", resume, prefix=b"\n" if resume["fragment_bytes"] else b"")
+            if resume["fragment_bytes"]:
+                self._pending.append(b"\n")  # ends the killed writer's partial line
+            self._seal("resume", resume)
+        self._commit(self._next, reporting=True)
         self._closing = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="record-flush", daemon=True)
         self._flusher.start()
@@ -195,12 +201,12 @@ class TreatmentRecord:
     @property
     def last_hash(self) -> str:
         """The mac of the last record written (the head the anchor keeps)."""
-        return self._prev
+        return self._durable.last_hash
 
     @property
     def count(self) -> int:
         """Records written so far (telemetry blocks count as one each)."""
-        return self._next
+        return self._durable.count
 
     @property
     def anchor_error(self) -> str | None:
@@ -208,10 +214,10 @@ class TreatmentRecord:
         return self._anchorer.error if self._anchorer is not None else None
 
     def append(self, kind: str, data: dict[str, Any]) -> str | None:
-        """Record one event. Telemetry is buffered (see the module text); anything else is
-        written and fsynced before this returns, with its mac returned. Raises
-        `RecordWriteError` (latched) when a write failed, `UnknownRecordKind` for a kind
-        not in `KINDS`."""
+        """Record one event. Telemetry is buffered (see the module text) and never waits for
+        the disk; anything else is written and fsynced before this returns, with its mac
+        returned. Raises `RecordWriteError` (latched) when a write failed,
+        `UnknownRecordKind` for a kind not in `KINDS`."""
         if kind not in KINDS or kind in WRITER_KINDS:
             raise UnknownRecordKind(f"record kind {kind!r} is not registered in safety.record.KINDS"
                                     if kind not in KINDS else f"record kind {kind!r} is written by the record itself")
@@ -220,19 +226,24 @@ class TreatmentRecord:
             if kind == "telemetry" and compactable(data):
                 shape = fields_of(data)
                 if self._block is not None and self._block.shape != shape:
-                    self._write_lines(self._block_line())
+                    self._seal_block()
                 if self._block is None:
                     self._block, self._block_since = BlockBuilder(shape), time.monotonic()
                 self._block.add(data)
                 return None
-            return self._write_record(kind, data)
+            self._seal_block()
+            mac = self._seal(kind, data)
+            upto = self._next
+        self._commit(upto, reporting=True)
+        return mac
 
     def flush(self) -> None:
         """Write buffered telemetry now."""
         with self._lock:
             self._check_writable()
-            if self._block is not None:
-                self._write_lines(self._block_line())
+            self._seal_block()
+            upto = self._next
+        self._commit(upto, reporting=True)
 
     def close(self) -> None:
         """Write buffered telemetry and a `close` record, anchor the final head, close the file.
@@ -246,11 +257,16 @@ class TreatmentRecord:
                 if self._failed is not None and self._failure_raised:
                     return
                 self._check_writable()
-                self._write_record("close", {}, closed=True)
+                self._seal_block()
+                self._seal("close", {})
+                self._closed_sealed = True
+                upto = self._next
+            self._commit(upto, reporting=True)
         finally:
-            with self._lock:
-                os.close(self._fd)
-                self._fd = -1
+            with self._io, self._lock:
+                if self._fd >= 0:
+                    os.close(self._fd)
+                    self._fd = -1
             if self._anchorer is not None:  # the head as it is on disk, closed or not
                 self._anchorer.close(self._durable)
 
@@ -260,50 +276,60 @@ class TreatmentRecord:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- internals (called with the lock held, except __init__) ----------------------
+    # --- internals ---------------------------------------------------------------------
 
     def _check_writable(self) -> None:
+        """With the state lock held."""
         if self._failed is not None:
             self._failure_raised = True
             raise self._failed
         if self._fd < 0:
             raise ValueError("treatment record is closed")
 
-    def _write_record(self, kind: str, data: dict[str, Any], prefix: bytes = b"", closed: bool = False) -> str:
-        lines = [prefix] if prefix else []
+    def _seal_block(self) -> None:
+        """With the state lock held: buffered telemetry becomes the next line."""
         if self._block is not None:
-            lines.append(self._block_line())
-        lines.append(self._line(kind, data))
-        self._write_lines(*lines, closed=closed)
-        return self._prev
+            block, self._block = self._block, None
+            self._seal("telemetry_block", block.data())
 
-    def _block_line(self) -> bytes:
-        assert self._block is not None
-        line, self._block = self._line("telemetry_block", self._block.data()), None
-        return line
-
-    def _line(self, kind: str, data: dict[str, Any]) -> bytes:
-        """Seal the next line and advance the chain in memory (`_write_lines` makes it durable)."""
+    def _seal(self, kind: str, data: dict[str, Any]) -> str:
+        """With the state lock held: seal the next line, advance the chain, queue the line."""
         body = encode_body(self._next, kind, round(self._clock(), 6), canonical(data))
         line, mac = seal(self._key, self._prev, body)
         self._next, self._prev = self._next + 1, mac
-        return line
+        self._pending.append(line)
+        return mac
 
-    def _write_lines(self, *lines: bytes, closed: bool = False) -> None:
-        try:
-            view = memoryview(b"".join(lines))
-            while view:
-                view = view[os.write(self._fd, view):]
-            os.fsync(self._fd)
-        except OSError as exc:
-            self._failed = RecordWriteError(
-                f"the treatment record {self.path} can no longer be written ({exc.strerror or exc}); "
-                f"free space or choose another place for records before the next session")
-            self._failure_raised = True
-            raise self._failed from exc
-        self._durable = Head(self._next, self._prev, closed)
-        if self._anchorer is not None and not closed:
-            self._anchorer.post(self._durable)
+    def _commit(self, upto: int, reporting: bool) -> None:
+        """Make every line sealed up to record `upto` durable: one writer at a time writes
+        and fsyncs all that is queued (group commit), so a line another thread already
+        wrote costs nothing. `reporting`: the caller raises a failure to its own caller."""
+        with self._io:
+            with self._lock:
+                if self._failed is not None:
+                    if reporting:
+                        self._failure_raised = True
+                    raise self._failed
+                if self._durable.count >= upto:
+                    return
+                batch, self._pending = b"".join(self._pending), []
+                head = Head(self._next, self._prev, self._closed_sealed)
+            try:
+                view = memoryview(batch)
+                while view:
+                    view = view[os.write(self._fd, view):]
+                os.fsync(self._fd)
+            except OSError as exc:
+                with self._lock:
+                    self._failed = RecordWriteError(
+                        f"the treatment record {self.path} can no longer be written ({exc.strerror or exc}); "
+                        f"free space or choose another place for records before the next session")
+                    self._failure_raised = reporting
+                raise self._failed from exc
+            with self._lock:
+                self._durable = head
+        if self._anchorer is not None and not head.closed:
+            self._anchorer.post(head)
 
     def _flush_loop(self) -> None:
         """Background flusher: buffered telemetry reaches the disk at least once a second."""
@@ -312,7 +338,9 @@ class TreatmentRecord:
                 if (self._block is None or self._fd < 0 or self._failed is not None
                         or time.monotonic() - self._block_since < FLUSH_S - _FLUSH_TICK_S):
                     continue
-                try:
-                    self._write_lines(self._block_line())
-                except RecordWriteError:
-                    self._failure_raised = False  # latched: the next append or close raises it
+                self._seal_block()
+                upto = self._next
+            try:
+                self._commit(upto, reporting=False)
+            except RecordWriteError:
+                continue  # latched: the next append or close raises it
