@@ -110,7 +110,8 @@ class Session:
 
     @property
     def patient_code(self) -> str | None:
-        return self.plan.get("patient_code") or None
+        """The patient's code when the session was run for a patient (`--patient CODE`)."""
+        return self.plan.get("patient") or None
 
 
 def read_session(path: str | Path) -> Session:
