@@ -41,10 +41,10 @@ def dense_disperse(minutes: float, amplitude_ma: float = 2.0, ramp_in_s: float =
     if ramp_in_s:
         spec["ramp"] = {"in_s": ramp_in_s, "out_s": 0}
     return Program.from_data({
-        "name": f"{minutes:g} min dense-disperse", "mechanism": "descending_inhibition",
+        "name": f"{minutes:g} min dense-disperse", "mechanism": "descending_modulation",
         "prescription": {"max_amplitude_ma": {ch: 5.0 for ch in SITES}, "max_minutes": 60, "ramp_rate_ma_per_s": 1.0,
                          "sensitivity": "hyposensitive", "frequency_hz": [1, 100], "pulse_width_us": [100, 400]},
-        "needles": {ch: {"diameter_mm": 0.25, "length_mm": 25, "site_a": {"region": a, "side": side},
+        "needles": {ch: {"diameter_mm": 0.25, "length_mm": 25, "inserted_mm": 15, "site_a": {"region": a, "side": side},
                          "site_b": {"region": b, "side": side}} for ch, (a, b, side) in SITES.items()},
         "segments": [{"duration_s": minutes * 60.0, "channels": {ch: spec for ch in SITES}}],
     })

@@ -115,6 +115,14 @@ SENSITIVITY_FACTORS: Mapping[Sensitivity, SensitivityFactors] = {
     Sensitivity.HYPOSENSITIVE: SensitivityFactors(amplitude=1.0, ramp=1.0),
 }
 
+def describe_sensitivity(sensitivity: Sensitivity, cap_ma: float, ramp_ma_per_s: float) -> str:
+    """The one place sensitivity changes the prescription, in words: what it did to the cap
+    and to the ramp rate."""
+    f = SENSITIVITY_FACTORS[sensitivity]
+    return (f"{sensitivity.value}: cap {cap_ma:g} mA x {f.amplitude:g} = {cap_ma * f.amplitude:.3g} mA, "
+            f"ramp {ramp_ma_per_s:g} mA/s x {f.ramp:g} = {ramp_ma_per_s * f.ramp:.3g} mA/s")
+
+
 PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 

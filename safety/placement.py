@@ -50,14 +50,18 @@ UPPER_LIMB = frozenset({Region.SHOULDER, Region.UPPER_ARM, Region.FOREARM, Regio
 TRUNK = frozenset({Region.CHEST, Region.UPPER_BACK, Region.ABDOMEN, Region.LUMBOSACRAL, Region.SACRAL})
 LOWER_LIMB = frozenset({Region.BUTTOCK, Region.HIP, Region.THIGH, Region.KNEE, Region.LOWER_LEG, Region.FOOT})
 PREGNANCY_FORBIDDEN = frozenset({Region.ABDOMEN, Region.LUMBOSACRAL, Region.SACRAL})
+ARM = frozenset({Region.UPPER_ARM, Region.FOREARM, Region.HAND})
 MIDLINE_ALLOWED = FORBIDDEN_SITES | TRUNK | {Region.NECK_BACK}
 OPPOSITE = {Side.LEFT: Side.RIGHT, Side.RIGHT: Side.LEFT}
 
 
 @dataclass(frozen=True)
 class NeedleSite:
+    """Where one needle goes: the region the rules judge, its side, and the point's name if given."""
+
     region: Region
     side: Side
+    point: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.region, Region) or not isinstance(self.side, Side):
@@ -68,7 +72,8 @@ class NeedleSite:
                           value=self.side.value, limit="left/right", detail=self.region.value)
 
     def __str__(self) -> str:
-        return f"{self.side.value} {self.region.value}"
+        where = f"{self.side.value} {self.region.value.replace('_', ' ')}"
+        return f"{where} ({self.point})" if self.point else where
 
 
 @dataclass(frozen=True)
@@ -95,9 +100,16 @@ def _crosses_heart(a: NeedleSite, b: NeedleSite) -> bool:
         return True                                         # arm/thorax <-> leg runs through the trunk
     if OPPOSITE.get(a.side) is b.side:                      # left <-> right
         return (a.region in upper and b.region in upper | TRUNK) or (b.region in upper and a.region in upper | TRUNK)
-    for arm, mid in ((a, b), (b, a)):                       # left arm <-> sternum or thoracic spine
-        if arm.region in UPPER_LIMB and arm.side is Side.LEFT and mid.region in THORAX and mid.side is Side.MIDLINE:
-            return True
+    for limb, other in ((a, b), (b, a)):
+        if limb.region in UPPER_LIMB and other.side is Side.MIDLINE:
+            if other.region is Region.CHEST:                # either arm <-> sternum
+                return True
+            if limb.side is Side.LEFT and other.region is Region.UPPER_BACK:   # left arm <-> thoracic spine
+                return True
+        if limb.region in ARM and other.region is Region.CHEST and limb.side is other.side:
+            return True                                     # hand/arm <-> chest of the same side
+        if limb.region is Region.CHEST and limb.side is Side.MIDLINE and other.side is Side.LEFT and other.region in upper:
+            return True                                     # sternum <-> left chest, the heart below
     return False
 
 
@@ -119,6 +131,15 @@ def check_placement(placements: Mapping[int, ChannelPlacement], patient: Patient
                                         f"needle on the {site} is refused in pregnancy on channel {ch}",
                                         value=str(site), limit="no abdominal, lumbosacral or sacral site",
                                         channel=ch))
+        if OPPOSITE.get(p.a.side) is p.b.side and p.a.region is p.b.region is Region.NECK_BACK:
+            refusals.append(Refusal("placement.across_neck",
+                                    f"pair {pair} puts the current across the neck on channel {ch}",
+                                    value=pair, limit="both needles on one side of the neck", channel=ch))
+        if (patient.pregnant and OPPOSITE.get(p.a.side) is p.b.side
+                and {p.a.region, p.b.region} <= LOWER_LIMB):
+            refusals.append(Refusal("placement.pregnancy",
+                                    f"pair {pair} puts the current across the pelvis in pregnancy on channel {ch}",
+                                    value=pair, limit="both needles on one side in pregnancy", channel=ch))
         if OPPOSITE.get(p.a.side) is p.b.side and (p.a.region in THORAX or p.b.region in THORAX):
             refusals.append(Refusal("placement.bridges_thorax",
                                     f"pair {pair} bridges left and right across the thorax on channel {ch}",

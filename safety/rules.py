@@ -160,6 +160,7 @@ class Rule:
     limit: Callable[[LimitArrays], np.ndarray | float]
     applies: Callable[[SettingArrays], np.ndarray] | None = None
     source: str = ""
+    remedy: str = ""    # what to change, in plain words, when it refuses
 
 
 RULES: tuple[Rule, ...] = (
@@ -194,7 +195,9 @@ RULES: tuple[Rule, ...] = (
          lambda s, m: m.residual_current_ua, lambda lim: NEEDLE_RULES.max_residual_current_ua,
          source="needle electrode practice (10 µA)"),
     Rule("shannon_k", "needle", "charge density k=", "", "max", lambda s, m: m.shannon_k,
-         lambda lim: NEEDLE_RULES.shannon_k_max, source="Shannon 1992 (k = 1.85)"),
+         lambda lim: NEEDLE_RULES.shannon_k_max, source="Shannon 1992 (k = 1.85)",
+         remedy="the charge per phase is too concentrated on the needle: use a shorter phase, a lower current, "
+                "or insert the needle deeper (a larger conducting surface)"),
     Rule("pulse_fits_period", "setting", "pulse length ", " µs", "max", lambda s, m: m.pulse_span_us,
          lambda lim: np.inf, source="device (pulse must end before the next one)"),
     Rule("burst_fits_period", "setting", "burst length ", " s", "max", lambda s, m: m.burst_span_s,
@@ -283,7 +286,8 @@ def check_setting(setting: ChannelSetting, limits: EffectiveLimits) -> Verdict:
         else:
             verb = {"max": "exceeds", "below": "is not below", "min": "is below"}[rule.bound]
             head = f"{rule.label}{_num(value)}{rule.unit} {verb} {_num(limit)}{rule.unit}"
-        refusals.append(Refusal(f"{layer}.{rule.key}", f"{head} {where}", value=value, limit=limit,
+        remedy = f"; {rule.remedy}" if rule.remedy else ""
+        refusals.append(Refusal(f"{layer}.{rule.key}", f"{head} {where}{remedy}", value=value, limit=limit,
                                 channel=setting.channel, detail=rule.source))
     warnings: tuple[str, ...] = ()
     if verdict.warnings[SHANNON_WARN_KEY][0]:

@@ -25,3 +25,22 @@ def sim_process(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimP
     listen = "pty" if request.param == "pty" else "tcp:127.0.0.1:0"
     with spawn_sim(listen, trace_path=tmp_path / "device-trace.jsonl") as sim:
         yield sim
+
+
+@pytest.fixture(scope="session")
+def postgres_url_template() -> Iterator[str]:
+    """One PostgreSQL server for the whole test session (started on first use)."""
+    from postgres_server import postgres_server
+
+    with postgres_server() as template:
+        yield template
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty visit store, on SQLite and on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'visits.sqlite3'}"
+    from postgres_server import new_database
+
+    return new_database(request.getfixturevalue("postgres_url_template"))

@@ -14,12 +14,20 @@ from pathlib import Path
 import pytest
 
 from firmware_host.sim.process import SimProcess, child_env, spawn_sim
-from support import REPO
+from firmware_host.waveforms import Needle, Program, Site, preset_program
+from firmware_host.waveforms.thresholds import load as load_thresholds
+from support import REPO, wait_for, write_thresholds
 
 pytestmark = pytest.mark.timeout(40)
 
-SITES = ["--sites", "left:forearm,left:forearm"]
-THRESHOLDS = {"sensory": 1.0, "motor": 2.0, "tolerance": 4.0}
+SITES = ["--sites", "left:forearm,left:forearm", "--inserted", "10"]
+FOREARM = Needle(diameter_mm=0.25, length_mm=15, inserted_mm=10, site_a=Site(region="forearm", side="left"),
+                 site_b=Site(region="forearm", side="left"))
+
+
+def preset_thresholds(path: Path, preset: str) -> Path:
+    """Thresholds measured now on channel 1 at SITES, on the preset's waveform."""
+    return write_thresholds(path, preset_program(preset, {1: FOREARM}, "typical"))
 
 
 @pytest.fixture
@@ -48,13 +56,6 @@ def records(path: Path) -> list[dict]:
 def run_args(sim: SimProcess, record: Path, *extra: str, seconds: str = "1") -> list[str]:
     return ["run", "--device", sim.url, "--channel", "1", "--frequency", "2", "--pulse-width", "200",
             "--amplitude", "1", "--ramp", "2", "--seconds", seconds, *SITES, "--record", str(record), *extra]
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def holding(record: Path) -> bool:
@@ -185,9 +186,11 @@ def test_titrate_with_fed_keys_writes_thresholds(sim: SimProcess, tmp_path: Path
         proc.stdin.flush()
     stdout, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0, stderr
-    marks = json.loads(out.read_text())
-    assert set(marks) == {"sensory", "motor", "tolerance"}
+    [bound] = load_thresholds(out)
+    marks = {"sensory": bound.sensory_ma, "motor": bound.motor_ma, "tolerance": bound.tolerance_ma}
     assert 0 < marks["sensory"] < marks["motor"] < marks["tolerance"] <= 10
+    assert (bound.channel, str(bound.placement.a), bound.waveform.frequency_hz, bound.waveform.pulse_width_us) == (
+        1, "left forearm", 2.0, 200.0)
     assert json.loads(stdout.strip().splitlines()[-1]) == {"channel": 1, **marks}
     kept = [r["data"] for r in records(record) if r["kind"] == "thresholds"]
     assert kept and kept[-1]["tolerance"] == marks["tolerance"]
@@ -214,11 +217,18 @@ def test_titrate_other_key_is_an_estop(sim: SimProcess, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("program", sorted((REPO / "programs").glob("*.toml")), ids=lambda p: p.stem)
 def test_check_passes_shipped_programs(program: Path, tmp_path: Path) -> None:
-    thresholds = tmp_path / "thresholds.json"
-    thresholds.write_text(json.dumps(THRESHOLDS))
-    done = estim("check", str(program), "--thresholds", str(thresholds))
+    loaded = Program.load(program)
+    given = ["--thresholds", str(write_thresholds(tmp_path / "th.json", loaded))] if loaded.needed_thresholds else []
+    done = estim("check", str(program), *given)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "program passes every rule" in done.stdout
+    assert "lengthen the ramp" not in done.stdout   # delivered as written: no rate-limited rises
+
+
+def test_shipped_programs_cover_every_mechanism() -> None:
+    from firmware_host.waveforms import Mechanism
+
+    assert {Program.load(p).mechanism for p in (REPO / "programs").glob("*.toml")} == set(Mechanism)
 
 
 BAD_PROGRAM = """
@@ -236,6 +246,7 @@ sensitivity = "typical"
 [needles.1]
 diameter_mm = 0.16
 length_mm = 5
+inserted_mm = 5
 site_a = { region = "forearm", side = "left" }
 site_b = { region = "forearm", side = "left" }
 
@@ -256,7 +267,8 @@ def test_check_refuses_a_bad_program_naming_rule_channel_value(tmp_path: Path) -
     done = estim("check", str(program))
     assert done.returncode == 2, done.stdout + done.stderr
     assert "program refused" in done.stdout
-    assert "shannon_k" in done.stdout
+    assert "charge density" in done.stdout and "insert the needle deeper" in done.stdout
+    assert "shannon_k" not in done.stdout      # plain words for the clinician; the id is in --json
     verdict = json.loads(estim("check", str(program), "--json").stdout)
     assert verdict["ok"] is False
     finding = next(v for v in verdict["violations"] if "shannon_k" in v["rule"])
@@ -278,8 +290,7 @@ def test_bad_input_is_a_calm_message(tmp_path: Path) -> None:
 
 
 def test_run_preset_streams_the_program_and_ends_safe(sim: SimProcess, tmp_path: Path) -> None:
-    thresholds = tmp_path / "thresholds.json"
-    thresholds.write_text(json.dumps(THRESHOLDS))
+    thresholds = preset_thresholds(tmp_path / "thresholds.json", "segmental_inhibition")
     record = tmp_path / "preset.jsonl"
     done = estim("run", "--device", sim.url, "--preset", "segmental_inhibition", "--channel", "1", *SITES,
                  "--thresholds", str(thresholds), "--minutes", "0.1", "--record", str(record), timeout=60)
@@ -296,17 +307,18 @@ def test_run_program_that_breaks_a_rule_sends_nothing(sim: SimProcess, tmp_path:
     record = tmp_path / "bad.jsonl"
     done = estim("run", "--device", sim.url, "--program", str(program), "--record", str(record))
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "shannon_k" in done.stderr and "Traceback" not in done.stderr
+    assert "charge density" in done.stderr and "Traceback" not in done.stderr
     kinds = {r["kind"] for r in records(record)}
     assert "approved" not in kinds and "consumed" not in kinds
     assert not [e for e in sim.events() if e["kind"] == "output_off" and e.get("reason") != "hello"]
 
 
 def test_preview_draws_a_program_and_a_preset(tmp_path: Path) -> None:
-    thresholds = tmp_path / "thresholds.json"
-    thresholds.write_text(json.dumps(THRESHOLDS))
-    for args, out in (([str(REPO / "programs" / "dense_disperse_2_100hz.toml")], tmp_path / "dd.png"),
-                      (["--preset", "descending_inhibition", *SITES], tmp_path / "dnic.png")):
+    dd = REPO / "programs" / "dense_disperse_2_100hz.toml"
+    for args, thresholds, out in (
+            ([str(dd)], write_thresholds(tmp_path / "dd.json", Program.load(dd)), tmp_path / "dd.png"),
+            (["--preset", "descending_modulation", *SITES],
+             preset_thresholds(tmp_path / "dm.json", "descending_modulation"), tmp_path / "dm.png")):
         done = estim("preview", *args, "--thresholds", str(thresholds), "--out", str(out), timeout=60)
         assert done.returncode == 0, done.stderr
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

@@ -19,7 +19,7 @@ from support import REPO
 
 pytestmark = pytest.mark.timeout(60)
 
-SITES = ["--sites", "left:forearm,left:forearm"]
+SITES = ["--sites", "left:forearm,left:forearm", "--inserted", "10"]
 DIRECT = ["--channel", "1", "--frequency", "20", "--pulse-width", "200", "--amplitude", "1", *SITES]
 
 

@@ -42,7 +42,7 @@ def app_for(stim: fh.Stimulator, operator: str = "") -> ConsoleApp:
                       operator=operator)
 
 
-async def until(pilot, predicate: Callable[[], bool], timeout: float = 8.0) -> None:  # noqa: ANN001
+async def until(pilot, predicate: Callable[[], bool], timeout: float = 15.0) -> None:  # noqa: ANN001
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():
@@ -82,7 +82,7 @@ async def test_raise_stops_at_the_prescription_cap(stim: fh.Stimulator) -> None:
     cap = stim.interlock.limits(1).max_amplitude_ma
     async with app.run_test(size=(140, 44)) as pilot:
         await pilot.press(*["plus"] * 12)
-        await until(pilot, lambda: applied_ma(stim, 1) == pytest.approx(cap), timeout=8)
+        await until(pilot, lambda: applied_ma(stim, 1) == pytest.approx(cap))
         assert app.controls[1].target_ma == pytest.approx(cap)
 
 
@@ -110,7 +110,11 @@ async def test_x_clears_a_stop_in_the_operators_name_and_the_session_goes_on(sti
         await pilot.press("space")
         await until(pilot, lambda: stim.tripped is not None)
         await pilot.press("x")
-        await until(pilot, lambda: stim.tripped is None)
+        try:
+            await until(pilot, lambda: stim.tripped is None)
+        except AssertionError:
+            log = app.query_one("#messages")
+            raise AssertionError("\n".join(str(line.text) for line in log.lines)) from None
         assert not stim.status().latched_faults
         assert any(r["kind"] == "cleared" and r["data"]["operator"] == "J. Doe" for r in kinds(stim))
         await pilot.press("up")  # from zero again

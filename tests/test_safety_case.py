@@ -93,7 +93,7 @@ def test_a_full_disk_under_estim_run_stops_stimulation(sim: SimProcess, tmp_path
     proc = subprocess.run(
         [sys.executable, "-m", "firmware_host", "run", "--device", sim.url, "--channel", "1", "--frequency", "50",
          "--pulse-width", "200", "--amplitude", "1", "--seconds", "30", "--sites", "left:forearm,left:forearm",
-         "--record", str(record)],
+         "--inserted", "10", "--record", str(record)],
         capture_output=True, text=True, timeout=40, env=child_env(), cwd=REPO, preexec_fn=small_files)
     assert proc.returncode == 3, proc.stderr
     assert "can no longer be written" in proc.stderr and "Traceback" not in proc.stderr
@@ -277,6 +277,7 @@ def test_impossible_numbers_are_refused_and_nothing_is_sent(change: dict) -> Non
 def test_a_needle_size_typed_wrong_is_refused_before_anything_is_sent() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "firmware_host", "run", "--channel", "1", "--frequency", "2", "--pulse-width", "200",
-         "--amplitude", "2", "--seconds", "5", "--sites", "left:forearm,left:forearm", "--needle", "0.25x1e200"],
+         "--amplitude", "2", "--seconds", "5", "--sites", "left:forearm,left:forearm", "--needle", "0.25x1e200",
+         "--inserted", "10"],
         capture_output=True, text=True, timeout=30, env=child_env(), cwd=REPO)
     assert proc.returncode == 2 and "needle" in proc.stderr and "Traceback" not in proc.stderr

@@ -36,16 +36,27 @@ COMMANDS = {
     "preview": ("preview", "draw a program (intensity and frequency over time, each pulse shape) to a PNG"),
     "record": ("record", "verify a treatment record, summarise a session, write its PDF report or FHIR export"),
     "keys": ("keys", "create and list the keys that sign treatment records"),
+    "presets": ("presets", "list the presets by target mechanism, or show one with its evidence and sources"),
+    "patient": ("patient", "add a patient by code, show their last visits, plot their outcomes over visits"),
+    "visit": ("visit", "a visit: start it with the screening, record the outcomes, end it with the plan"),
     "clear-faults": ("clear_faults", "show what the device has latched and why, and clear it with your name"),
 }
 
-EPILOG = """examples:
-  estim run --channel 1 --frequency 2 --pulse-width 200 --amplitude 2 --seconds 20
+EPILOG = """a visit:
+  estim patient add P001
+  estim visit start P001 --no all
+  estim titrate --patient P001 --preset segmental_inhibition --channel 1 --sites left:forearm,left:hand --inserted 10
+  estim run --patient P001 --preset segmental_inhibition --channel 1 --sites left:forearm,left:hand --inserted 10
+  estim visit outcome P001 --pain-before 6 --pain-after 4 --felt "strong buzzing"
+  estim visit end P001 --plan loading --text "step-downs 3x10"
+
+examples:
+  estim run --channel 1 --frequency 2 --pulse-width 200 --amplitude 2 --seconds 20 --sites left:forearm,left:forearm --inserted 10
   estim sim --listen pty
   estim sim --listen tcp:127.0.0.1:0 --set channels=2
   estim devices
-  estim titrate --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm --out th.json
-  estim console --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm
+  estim titrate --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm --inserted 10 --out th.json
+  estim console --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm --inserted 10
   estim check programs/low_rate_2hz.toml --thresholds th.json
   estim clear-faults --device /dev/ttyUSB0 --operator "J. Doe"
   estim record verify session.jsonl

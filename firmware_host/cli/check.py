@@ -1,13 +1,14 @@
-"""`estim check FILE`: the interlock's verdict on a whole program before anything is sent.
+"""`estim check FILE | --preset NAME`: the interlock's verdict on a whole program before anything is sent.
 
 Every rule the interlock applies during a session is run over every segment of every
 channel at once, so a problem at minute 40 is seen now, with its time, channel, value and
 limit. The verdict depends on the device's own limits (amplitude, phase, frequency, charge,
 step and slew): by default those of the simulated device as it ships (ICD section 7); with
 `--device URL` the connected device's IDENTITY is read (a handshake only, no output command).
+With `--patient CODE` the thresholds and the screening come from today's visit.
 
 Exit codes: 0 the program passes every rule (warnings may remain); 2 refused, or the file
-or thresholds are unusable; 1 the device could not be reached.
+or thresholds are unusable; 4 the device could not be reached.
 """
 
 from __future__ import annotations
@@ -15,60 +16,74 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from . import EXIT_NO_DEVICE, EXIT_OK, EXIT_REFUSED
-from .options import ThresholdsError, load_thresholds
+from .options import (add_patient_options, add_preset_options, add_program_options, patient, print_dose,
+                      program_from_args)
 
 EXAMPLES = """examples:
   estim check programs/high_rate_100hz.toml --thresholds thresholds.json
+  estim check --preset segmental_inhibition --sites left:forearm,left:hand --inserted 10 --thresholds thresholds.json
+  estim check --preset segmental_inhibition --sites left:forearm,left:hand --inserted 10 --patient P001
   estim check my_program.toml --thresholds thresholds.json --json
   estim check my_program.toml --thresholds thresholds.json --device /dev/ttyUSB0
 
-thresholds: the JSON `estim titrate --out` writes, {"sensory": mA, "motor": mA, "tolerance": mA},
-used for every channel; or per channel, {"1": {"sensory": 1.2}, "2": {"sensory": 1.5}}.
-Programs whose intensities are in mA need no thresholds.
+thresholds: the file `estim titrate --out FILE` writes; each threshold is used only on its own channel,
+needle sites and waveform, on the day it was measured. Programs whose intensities are in mA need none.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="estim check",
-        description="Check a dosing program (TOML or JSON) against every safety rule, for every segment and "
-                    "channel, before a session. Device limits: the simulated device's defaults unless --device "
-                    "names a device to read them from.",
+        description="Check a dosing program (TOML or JSON) or a preset against every safety rule, for every "
+                    "segment and channel, before a session. Device limits: the simulated device's defaults unless "
+                    "--device names a device to read them from.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("program", type=Path, metavar="FILE", help="the program file")
-    parser.add_argument("--thresholds", type=Path, metavar="FILE",
-                        help="measured thresholds for threshold-relative intensities (see below)")
+    parser.add_argument("file", nargs="?", metavar="FILE", help="the program file (same as --program)")
+    add_program_options(parser)
+    add_preset_options(parser)
     parser.add_argument("--device", metavar="URL",
                         help="read the limits from this device's IDENTITY (sim://, /dev/ttyUSB0, socket://HOST:PORT)")
-    parser.add_argument("--implanted-device", action="store_true",
-                        help="the patient has a pacemaker, ICD or other implanted electronic device")
-    parser.add_argument("--pregnant", action="store_true", help="the patient is pregnant")
+    add_patient_options(parser)
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     return parser
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    from safety import Patient, SafetyError
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pathlib import Path
+
+    if args.file is not None:
+        if args.program is not None or args.preset is not None:
+            parser.error("give one program: FILE, --program FILE or --preset NAME")
+        args.program = Path(args.file)
+    if args.program is None and args.preset is None:
+        parser.error("give a program FILE or --preset NAME")
+    if args.preset is not None and args.sites is None:
+        parser.error("--preset needs --sites SIDE:REGION,SIDE:REGION and --inserted MM")
+    from safety import SafetyError, screen
 
     from ..errors import EstimError
-    from ..waveforms import Program, ProgramError
+    from ..waveforms import ProgramError
     from ..waveforms.check import check
+    from ..waveforms.thresholds import ThresholdError
+    from .options import sensitivity
+    from .visit_context import attach_visit
 
+    code = attach_visit(args)
+    if code is not None:
+        return code
     try:
-        program = Program.load(args.program)
-        if program.needed_thresholds:
-            program = program.resolve(load_thresholds(args.thresholds, program))
-    except (ProgramError, ThresholdsError) as exc:
+        program, notes = program_from_args(args)
+    except (ProgramError, ThresholdError, SafetyError) as exc:
         return _bad_input(str(exc))
     except (OSError, ValueError) as exc:
-        return _bad_input(f"{args.program}: {exc}")
+        return _bad_input(f"{args.program or args.preset}: {exc}")
     try:
         device, source = _device_limits(args.device)
     except SafetyError as exc:
@@ -76,14 +91,24 @@ def main(argv: list[str]) -> int:
     except EstimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NO_DEVICE
-    result = check(program, device, Patient(implanted_device=args.implanted_device, pregnant=args.pregnant))
+    result = check(program, device, patient(args))
+    placements = {ch: n.placement() for ch, n in program.needles.items()}
+    screening = screen(args.visit.screening, placements, sensitivity(args)) if args.visit is not None else None
+    ok = result.ok and (screening is None or screening.ok)
     if args.json:
-        print(json.dumps({"program": str(args.program), "device_limits": source, **result.as_dict()}, indent=2,
-                         default=str))
+        print(json.dumps({"program": str(args.program or args.preset), "device_limits": source, **result.as_dict(),
+                          "ok": ok, "notes": list(notes),
+                          "screening": None if screening is None else {
+                              "refusals": [r.as_record() for r in screening.refusals],
+                              "warnings": list(screening.warnings)}}, indent=2, default=str))
     else:
-        print(f"program: {program.name} ({args.program}), {program.duration_s:g} s\nlimits: {source}")
+        print(f"program: {program.name} ({args.program or 'preset'}), {program.duration_s:g} s\nlimits: {source}")
+        print_dose(args, program, notes)
+        if screening is not None:
+            print(*(f"refused by today's screening: {r}" for r in screening.refusals),
+                  *(f"caution: {w}" for w in screening.warnings), sep="\n")
         print(result.table())
-    return EXIT_OK if result.ok else EXIT_REFUSED
+    return EXIT_OK if ok else EXIT_REFUSED
 
 
 def _bad_input(message: str) -> int:

@@ -12,6 +12,7 @@ import sys
 
 from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, refused, stoppable
 from .options import add_session_options, fixed_waveform_setup, open_record, open_session, session_plan
+from .visit_context import attach_visit, keep_record, screening_verdict
 
 EXAMPLES = """keys:
   ↑ or +   raise the selected channel one step (ramps at the prescribed rate)
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    code = attach_visit(args)
+    if code is not None:
+        return code
     return stoppable(lambda: _console(args))
 
 
@@ -85,6 +89,12 @@ def _console(args: argparse.Namespace) -> int:
         waveforms = [ChannelSetting(ch, shapes[args.shape], args.frequency, args.pulse_width, 0.0)
                      for ch in args.channel]
         setup = fixed_waveform_setup(args, dict(zip(args.channel, args.sites)), args.minutes)
+    except (SafetyError, ValueError) as exc:
+        return refused(exc)
+    code = screening_verdict(args, setup[1])
+    if code is not None:
+        return code
+    try:
         record = open_record(args.record)
     except (SafetyError, ValueError) as exc:
         return refused(exc)
@@ -94,6 +104,7 @@ def _console(args: argparse.Namespace) -> int:
     except SafetyError as exc:  # the record cannot be written: nothing is sent
         record.close()
         return refused(exc)
+    keep_record(args, record.path)
     stim = open_session(args, setup, record)
     if isinstance(stim, int):
         return stim

@@ -23,15 +23,11 @@ def add_session_options(parser: argparse.ArgumentParser, sites_required: bool = 
     parser.add_argument("--device", default="sim://", metavar="URL",
                         help="device URL: sim:// (built-in simulated device), /dev/ttyUSB0, socket://HOST:PORT")
     parser.add_argument("--sites", required=sites_required, metavar="SIDE:REGION,SIDE:REGION", help=SITES_HELP)
-    parser.add_argument("--needle", default="0.25x15", metavar="DIAMETER_MMxLENGTH_MM",
-                        help="needle diameter and inserted length in mm (default 0.25x15)")
-    parser.add_argument("--sensitivity", choices=["hyper", "typical", "hypo"], default="typical",
-                        help="the patient's sensitivity profile (hyper lowers caps and ramp rate)")
-    parser.add_argument("--implanted-device", action="store_true",
-                        help="the patient has a pacemaker, ICD or other implanted electronic device "
-                             "(stimulation is then refused)")
-    parser.add_argument("--pregnant", action="store_true",
-                        help="the patient is pregnant (abdominal, lumbosacral and sacral sites refused)")
+    add_needle_options(parser, sites_required)
+    parser.add_argument("--sensitivity", choices=["hyper", "typical", "hypo"],
+                        help="the patient's sensitivity profile (hyper lowers the cap and the ramp rate); "
+                             "default: the patient's, or typical")
+    add_patient_options(parser)
     parser.add_argument("--record", type=Path, metavar="PATH",
                         help="treatment record (JSON lines); default: a timestamped file in the user's data dir")
     parser.add_argument("--operator", default=os.environ.get("USER", ""),
@@ -43,6 +39,32 @@ def add_session_options(parser: argparse.ArgumentParser, sites_required: bool = 
                              "e.g. 'graded loading of the knee extensors, 3x10'")
 
 
+def add_needle_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--needle", default="0.25x15", metavar="DIAMETER_MMxLENGTH_MM",
+                        help="needle diameter and nominal length in mm (default 0.25x15)")
+    parser.add_argument("--inserted", type=float, required=required, metavar="MM",
+                        help="how deep the needles are in, in mm (the conducting part the charge-density rule "
+                             "judges; required)")
+
+
+def add_patient_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--patient", metavar="CODE",
+                        help="the patient's code: the session is part of today's visit (screened with "
+                             "`estim visit start CODE`), its thresholds and dose are kept with the visit")
+    add_store_option(parser)
+    parser.add_argument("--implanted-device", action="store_true",
+                        help="without --patient: the patient has a pacemaker, ICD or other implanted electronic "
+                             "device (stimulation is then refused)")
+    parser.add_argument("--pregnant", action="store_true",
+                        help="without --patient: the patient is pregnant (pelvic sites refused)")
+
+
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", metavar="URL",
+                        help="the visit store (default: $ESTIM_STORE_URL, else a SQLite file in the user's data "
+                             "directory), e.g. postgresql+psycopg://estim@db.clinic/estim")
+
+
 def parse_sites(text: str) -> ChannelPlacement:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 2:
@@ -52,30 +74,58 @@ def parse_sites(text: str) -> ChannelPlacement:
 
 
 def _site(text: str) -> NeedleSite:
-    side, _, region = text.partition(":")
+    side, _, rest = text.partition(":")
+    region, _, point = rest.partition(":")
     try:
-        return NeedleSite(Region(region.strip().lower()), Side(side.strip().lower()))
+        return NeedleSite(Region(region.strip().lower()), Side(side.strip().lower()), point.strip() or None)
     except ValueError:
-        raise Refusal("setup.sites", f"needle site {text!r} is not SIDE:REGION (e.g. left:forearm)",
-                      value=text, limit="SIDE:REGION") from None
+        raise Refusal("setup.sites", f"needle site {text!r} is not SIDE:REGION[:POINT] (e.g. left:forearm or "
+                      "left:hand:LI4)", value=text, limit="SIDE:REGION[:POINT]") from None
 
 
-def parse_needle(text: str) -> Needle:
-    diameter, sep, length = text.lower().partition("x")
+def needle_size(args: argparse.Namespace) -> tuple[float, float]:
+    """(diameter, nominal length) from --needle DxL."""
+    diameter, sep, length = args.needle.lower().partition("x")
     try:
         if not sep:
             raise ValueError
-        return Needle(float(diameter), float(length))
+        return float(diameter), float(length)
     except ValueError:
-        raise Refusal("setup.needle", f"--needle {text!r} is not DIAMETER_MMxLENGTH_MM (e.g. 0.25x15)",
-                      value=text, limit="DIAMETER_MMxLENGTH_MM") from None
+        raise Refusal("setup.needle", f"--needle {args.needle!r} is not DIAMETER_MMxLENGTH_MM (e.g. 0.25x15)",
+                      value=args.needle, limit="DIAMETER_MMxLENGTH_MM") from None
+
+
+def parse_needle(args: argparse.Namespace) -> Needle:
+    """The needle as the safety rules judge it: its diameter and the depth it is inserted (the
+    nominal size is checked to be a needle's too)."""
+    diameter, length = needle_size(args)
+    Needle(diameter, length)
+    if args.inserted is None:
+        raise Refusal("setup.needle", "give --inserted MM: how deep the needles are in (the charge-density rule "
+                      "judges the inserted part, not the nominal length)", value=None, limit="> 0")
+    if not 0 < args.inserted <= length:
+        raise Refusal("setup.needle", f"--inserted {args.inserted:g} mm: give how deep the needle is in, above 0 "
+                      f"and at most its length ({length:g} mm)", value=args.inserted, limit=length)
+    return Needle(diameter, args.inserted)
 
 
 SENSITIVITY = {"hyper": Sensitivity.HYPERSENSITIVE, "typical": Sensitivity.TYPICAL, "hypo": Sensitivity.HYPOSENSITIVE}
 
 
 def patient(args: argparse.Namespace) -> Patient:
+    """What the placement rules know of the patient: today's screening with --patient, else the flags."""
+    visit = getattr(args, "visit", None)
+    if visit is not None:
+        return visit.screening.patient()
     return Patient(implanted_device=args.implanted_device, pregnant=args.pregnant)
+
+
+def sensitivity(args: argparse.Namespace) -> Sensitivity:
+    """--sensitivity, else the patient's profile from today's visit, else typical."""
+    if args.sensitivity is not None:
+        return SENSITIVITY[args.sensitivity]
+    visit = getattr(args, "visit", None)
+    return Sensitivity(visit.sensitivity) if visit is not None else Sensitivity.TYPICAL
 
 
 def fixed_waveform_setup(args: argparse.Namespace, sites: dict[int, str], minutes: float) -> tuple[Any, dict, dict]:
@@ -89,10 +139,10 @@ def fixed_waveform_setup(args: argparse.Namespace, sites: dict[int, str], minute
         ramp_ma_per_s=args.ramp,
         frequency_hz=(args.frequency, args.frequency),
         pulse_width_us=(args.pulse_width, args.pulse_width),
-        sensitivity=SENSITIVITY[args.sensitivity],
+        sensitivity=sensitivity(args),
     )
     placements = {ch: parse_sites(text) for ch, text in sites.items()}
-    needles = {ch: parse_needle(args.needle) for ch in sites}
+    needles = {ch: parse_needle(args) for ch in sites}
     return prescription, placements, needles
 
 
@@ -169,7 +219,8 @@ def session_plan(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     return {
         "operator": args.operator,
         "mechanism": args.mechanism,
-        "sensitivity": SENSITIVITY[args.sensitivity].value,
+        "sensitivity": sensitivity(args).value,
+        "patient": getattr(args, "patient", None),
         "thresholds": _thresholds_as_given(thresholds),
         "integration_plan": args.plan,
         "argv": sys.argv[1:],
@@ -218,35 +269,56 @@ def open_record(path: Path | None, kind: str = "session") -> TreatmentRecord:
                       limit="an intact record or a new file") from None
 
 
-class ThresholdsError(ValueError):
-    """The program needs thresholds that were not given."""
+def dose_thresholds(args: argparse.Namespace, program: Any) -> tuple[Any, tuple[str, ...]]:
+    """The program with its threshold-relative intensities in mA, and notes on what was converted
+    or held down. Thresholds come from --thresholds FILE or, with --patient, from today's visit,
+    each used only on its own channel, needle sites and waveform; raises ThresholdError or
+    ProgramError saying what to do."""
+    from ..waveforms.thresholds import ThresholdError, for_dose, load
+
+    if not program.needed_thresholds:
+        return program, ()
+    if args.thresholds is not None:
+        candidates = load(args.thresholds)
+    elif getattr(args, "visit", None) is not None:
+        candidates = list(args.visit.thresholds)
+    else:
+        needs = ", ".join(f"{kind} on channel {ch}" for ch, kind in sorted(program.needed_thresholds))
+        raise ThresholdError(f"{program.name!r} sets intensities relative to thresholds ({needs}); titrate first "
+                             "(`estim titrate --patient CODE ...`) or give --thresholds FILE")
+    measured: dict[int, dict[str, float]] = {}
+    notes: list[str] = []
+    for ch in sorted({ch for ch, _ in program.needed_thresholds}):
+        waveform = program.titration_waveform(ch)
+        found = for_dose(candidates, ch, program.needles[ch].placement(), waveform,
+                         patient=getattr(args, "patient", None), retitrate=_retitrate_hint(args, ch, waveform))
+        measured[ch] = dict(found.values)
+        notes += found.notes
+    resolved, held = program.resolve_noted(measured)
+    return resolved, (*notes, *held)
 
 
-def load_thresholds(path: Path | None, program: Any) -> dict[int, dict[str, float]]:
-    """Per-channel thresholds from a titration file (flat: every channel) or a per-channel map."""
-    needs = ", ".join(f"{kind} on channel {ch}" for ch, kind in sorted(program.needed_thresholds))
-    if path is None:
-        raise ThresholdsError(f"{program.name!r} sets intensities relative to thresholds ({needs}); "
-                            "give --thresholds FILE (e.g. from `estim titrate --out FILE`)")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ThresholdsError(f"{path}: not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ThresholdsError(f"{path}: expected a JSON object of thresholds in mA")
-
-    def marks(d: Any) -> dict[str, float]:
-        if not isinstance(d, dict):
-            raise ThresholdsError(f"{path}: expected {{\"sensory\": mA, ...}}, got {d!r}")
-        return {k: v for k, v in d.items() if v is not None}
-
-    if all(key.isdigit() for key in data):
-        return {int(ch): marks(d) for ch, d in data.items()}
-    return {ch: marks(data) for ch in program.needles}
+def _retitrate_hint(args: argparse.Namespace, channel: int, waveform: Any) -> str:
+    source = f"--preset {args.preset}" if getattr(args, "preset", None) else (
+        f"--program {args.program}" if getattr(args, "program", None) else
+        f"--frequency {waveform.frequency_hz:g} --pulse-width {waveform.pulse_width_us:g}")
+    who = f" --patient {args.patient}" if getattr(args, "patient", None) else ""
+    return f"titrate on it first: estim titrate{who} --channel {channel} {source} ..."
 
 
-PRESET_NAMES = ("peripheral_analgesia", "segmental_inhibition", "descending_inhibition",
+PRESET_NAMES = ("peripheral_analgesia", "segmental_inhibition", "descending_modulation",
                 "neuromuscular_reeducation", "tissue_perfusion")  # waveforms.program.Mechanism, kept light
+
+
+def add_preset_options(parser: argparse.ArgumentParser) -> None:
+    """Where a preset goes, for commands that do not open a session (check, preview)."""
+    parser.add_argument("--channel", type=int, default=1, help="with --preset: the channel (default 1)")
+    parser.add_argument("--sites", metavar="SIDE:REGION[:POINT],SIDE:REGION[:POINT]",
+                        help="with --preset: the channel's needles; " + SITES_HELP)
+    add_needle_options(parser, required=False)
+    parser.add_argument("--sensitivity", choices=sorted(SENSITIVITY),
+                        help="with --preset: the patient's sensitivity (default: the patient's, or typical)")
+    parser.add_argument("--minutes", type=float, help="with --preset: its length")
 
 
 def add_program_options(parser: argparse.ArgumentParser) -> None:
@@ -256,14 +328,14 @@ def add_program_options(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--preset", metavar="NAME", choices=PRESET_NAMES,
                         help="a preset for a target mechanism: " + ", ".join(PRESET_NAMES))
     parser.add_argument("--thresholds", type=Path, metavar="FILE",
-                        help="thresholds measured by `estim titrate --out FILE`, for threshold-relative "
-                             "programs and presets")
+                        help="thresholds measured by `estim titrate --out FILE` (without --patient, whose "
+                             "thresholds come from today's visit), for threshold-relative programs and presets")
 
 
-def program_from_args(args: argparse.Namespace) -> Any:
-    """The resolved Program named by --program, or --preset for --channel/--sites/--needle,
-    --sensitivity and --minutes/--seconds, capped by --max-amplitude and --ramp when given;
-    raises ProgramError, ThresholdsError, Refusal or ValueError."""
+def unresolved_program(args: argparse.Namespace) -> Any:
+    """The Program named by --program, or --preset for --channel/--sites/--needle/--inserted,
+    the sensitivity and --minutes/--seconds, capped by --max-amplitude and --ramp when given,
+    before thresholds; raises ProgramError, Refusal or ValueError."""
     from ..waveforms import preset_program
     from ..waveforms.program import Needle as NeedleSpec
     from ..waveforms.program import Program, Site
@@ -271,26 +343,29 @@ def program_from_args(args: argparse.Namespace) -> Any:
     if args.program is not None:
         program = Program.load(args.program)
     else:
-        minutes = args.seconds / 60 if getattr(args, "seconds", None) is not None else args.minutes
+        minutes = args.seconds / 60 if getattr(args, "seconds", None) is not None else getattr(args, "minutes", None)
         if minutes is not None and not 0 < minutes <= 60:
             raise Refusal("session.too_long", f"a preset of {minutes:g} minutes is outside 0 to the 60 minutes "
                           "allowed", value=minutes, limit=60)
-        placement, needle = parse_sites(args.sites), parse_needle(args.needle)
-        spec = NeedleSpec(diameter_mm=needle.diameter_mm, length_mm=needle.length_mm,
-                          site_a=Site(region=placement.a.region, side=placement.a.side),
-                          site_b=Site(region=placement.b.region, side=placement.b.side))
-        program = preset_program(args.preset, {args.channel: spec}, SENSITIVITY[args.sensitivity], minutes)
+        placement, (diameter, length) = parse_sites(args.sites), needle_size(args)
+        spec = NeedleSpec(diameter_mm=diameter, length_mm=length, inserted_mm=parse_needle(args).length_mm,
+                          site_a=Site(region=placement.a.region, side=placement.a.side, point=placement.a.point),
+                          site_b=Site(region=placement.b.region, side=placement.b.side, point=placement.b.point))
+        program = preset_program(args.preset, {args.channel: spec}, sensitivity(args), minutes)
         if minutes is not None and program.duration_s < minutes * 60 - 1e-6:
-            raise Refusal("preset.minutes", f"{args.preset} for a {args.sensitivity} patient lasts at most "
+            raise Refusal("preset.minutes", f"{args.preset} for a {sensitivity(args).value} patient lasts at most "
                           f"{program.duration_s / 60:g} minutes, not {minutes:g}: choose --minutes "
                           f"{program.duration_s / 60:g} or less", value=minutes, limit=program.duration_s / 60)
-    program = _capped(program, getattr(args, "max_amplitude", None), getattr(args, "ramp", None))
-    if program.needed_thresholds:
-        program = program.resolve(load_thresholds(args.thresholds, program))
-    elif getattr(args, "thresholds", None) is not None:
+    return _capped(program, getattr(args, "max_amplitude", None), getattr(args, "ramp", None))
+
+
+def program_from_args(args: argparse.Namespace) -> tuple[Any, tuple[str, ...]]:
+    """The resolved program and the notes on its thresholds (see `dose_thresholds`)."""
+    program = unresolved_program(args)
+    if not program.needed_thresholds and getattr(args, "thresholds", None) is not None:
         raise Refusal("usage.conflict", f"--thresholds is not used: {program.name!r} sets every intensity in mA",
                       value=str(args.thresholds), limit="a threshold-relative program or preset")
-    return program
+    return dose_thresholds(args, program)
 
 
 def _capped(program: Any, max_amplitude: float | None, ramp: float | None) -> Any:
@@ -310,3 +385,23 @@ def _capped(program: Any, max_amplitude: float | None, ramp: float | None) -> An
     if not update:
         return program
     return type(program).model_validate({**program.model_dump(), "prescription": {**rx.model_dump(), **update}})
+
+
+def print_dose(args: argparse.Namespace, program: Any, notes: tuple[str, ...]) -> None:
+    """Before anything starts: the preset in words, the sensitivity as applied, and every dose
+    per channel with what held it down."""
+    from safety import describe_sensitivity
+
+    from ..waveforms import PRESETS, Mechanism
+
+    if args.preset:
+        print(PRESETS[Mechanism(args.preset)].describe())
+    rx = program.prescription
+    caps = sorted(set(rx.max_amplitude_ma.values()))
+    print("sensitivity " + describe_sensitivity(rx.sensitivity, caps[-1], rx.ramp_rate_ma_per_s))
+    for i, seg in enumerate(program.segments, 1):
+        part = f" (part {i}, {seg.duration_s / 60:g} min)" if len(program.segments) > 1 else ""
+        for ch, spec in sorted(seg.channels.items()):
+            print(f"dose: channel {ch}: {spec.intensity:g} mA at the peak{part}")
+    for note in notes:
+        print(f"note: {note}")

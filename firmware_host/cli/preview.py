@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 from . import EXIT_OK, EXIT_REFUSED
-from .options import (SENSITIVITY, ThresholdsError, add_program_options, check_writable, load_thresholds,
-                      program_from_args)
+from .options import add_preset_options, add_program_options, check_writable, program_from_args
 
 EXAMPLES = """examples:
   estim preview programs/dense_disperse_2_100hz.toml --thresholds thresholds.json --out dd.png
-  estim preview --preset descending_inhibition --sites left:hand,left:hand --thresholds thresholds.json \\
-                --sensitivity hyper --out dnic.png
+  estim preview --preset descending_modulation --sites left:hand,left:forearm --inserted 10 \\
+                --thresholds thresholds.json --sensitivity hyper --out dm.png
 """
 
 
@@ -24,11 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("file", nargs="?", type=Path, help="a dosing program (same as --program)")
     add_program_options(parser)
     parser.add_argument("--out", type=Path, required=True, metavar="PNG", help="where to write the picture")
-    parser.add_argument("--channel", type=int, default=1, help="with --preset: the channel (default 1)")
-    parser.add_argument("--sites", metavar="SIDE:REGION,SIDE:REGION", help="with --preset: the channel's needles")
-    parser.add_argument("--needle", default="0.25x15", metavar="DIAMETER_MMxLENGTH_MM")
-    parser.add_argument("--sensitivity", choices=sorted(SENSITIVITY), default="typical")
-    parser.add_argument("--minutes", type=float, help="with --preset: its length")
+    add_preset_options(parser)
     return parser
 
 
@@ -50,11 +45,21 @@ def main(argv: list[str]) -> int:
 
     try:
         check_writable(args.out, "picture")
-        program = program_from_args(args)
-        marks = load_thresholds(args.thresholds, program) if args.thresholds is not None else None
-    except (ProgramError, ThresholdsError, SafetyError, OSError, ValueError) as exc:
+        program, _notes = program_from_args(args)
+        marks = threshold_lines(args.thresholds) if args.thresholds is not None else None
+    except (ProgramError, SafetyError, OSError, ValueError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     path = preview(program, args.out, thresholds=marks)
     print(f"{program.name}: {program.duration_s / 60:.1f} min -> {path}")
     return EXIT_OK
+
+
+def threshold_lines(path: Path) -> dict[int, dict[str, float | None]]:
+    """The latest thresholds per channel in a titration file, drawn as lines on the picture."""
+    from ..waveforms.thresholds import load
+
+    latest: dict[int, dict[str, float | None]] = {}
+    for t in sorted(load(path), key=lambda t: t.measured_at):
+        latest[t.channel] = {"sensory": t.sensory_ma, "motor": t.motor_ma, "tolerance": t.tolerance_ma}
+    return latest

@@ -18,35 +18,40 @@ import sys
 import time
 
 from . import EXIT_DEVICE_FAULT, EXIT_OK, refused, stoppable, unreachable
-from .options import (ThresholdsError, add_program_options, add_session_options, fixed_waveform_setup,
-                      latched_at_start, open_record, open_session, patient, program_from_args, session_plan,
-                      version_notice)
+from .options import (add_program_options, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
+                      open_session, patient, print_dose, program_from_args, session_plan, version_notice)
+from .visit_context import (apply_last_dose, attach_visit, dose_request, keep_dose, keep_record,
+                            screening_verdict)
 
 MAX_SESSION_MIN = 60.0  # safety.STANDARD.max_session_minutes, without importing safety for --help
 DEFAULTS = {"max_amplitude": 10.0, "ramp": 1.0, "shape": "biphasic"}
 
 EXAMPLES = """examples:
   estim run --channel 1 --frequency 2 --pulse-width 200 --amplitude 2 --seconds 20 \\
-            --sites left:forearm,left:forearm
+            --sites left:forearm,left:forearm --inserted 10
+  estim run --patient P001 --preset segmental_inhibition --channel 1 --sites left:forearm,left:hand:LI4 \\
+            --inserted 10
+  estim run --patient P001 --last-dose
   estim run --program programs/dense_disperse_2_100hz.toml --thresholds thresholds.json
-  estim run --preset segmental_inhibition --channel 1 --sites left:forearm,left:forearm \\
+  estim run --preset segmental_inhibition --channel 1 --sites left:forearm,left:forearm --inserted 10 \\
             --thresholds thresholds.json --sensitivity hyper --minutes 20
   estim run --device /dev/ttyUSB0 --channel 2 --frequency 100 --pulse-width 200 --amplitude 3 \\
-            --minutes 20 --sites right:lower_leg,right:lower_leg --sensitivity hyper
+            --minutes 20 --sites right:lower_leg,right:lower_leg --inserted 20 --sensitivity hyper
 
 which flags go with what:
-  direct      --channel --sites --frequency --pulse-width --amplitude and --seconds or --minutes
-              (optional: --shape --max-amplitude --ramp --needle --sensitivity)
-  --preset    --channel --sites (optional: --minutes/--seconds for its length, --max-amplitude and
-              --ramp as caps, --needle --sensitivity --thresholds)
-  --program   (optional: --max-amplitude and --ramp as caps, --thresholds); the file sets the
+  direct      --channel --sites --inserted --frequency --pulse-width --amplitude and --seconds or --minutes
+              (optional: --shape --max-amplitude --ramp --needle --sensitivity --patient)
+  --preset    --channel --sites --inserted (optional: --minutes/--seconds for its length, --max-amplitude and
+              --ramp as caps, --needle --sensitivity, --thresholds or --patient)
+  --program   (optional: --max-amplitude and --ramp as caps, --thresholds or --patient); the file sets the
               channels, needles, waveform, length and sensitivity
+  --patient CODE --last-dose   the patient's last dose at today's thresholds
 """
 
 # flags each source of the dose decides itself, so giving them is a conflict
 _NOT_WITH = {
-    "program": ("channel", "sites", "needle", "frequency", "pulse_width", "amplitude", "shape", "seconds",
-                "minutes", "sensitivity"),
+    "program": ("channel", "sites", "needle", "inserted", "frequency", "pulse_width", "amplitude", "shape",
+                "seconds", "minutes", "sensitivity"),
     "preset": ("frequency", "pulse_width", "amplitude", "shape"),
     "direct": ("thresholds",),
 }
@@ -82,12 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ramp rate in mA/s (default 1.0; at most 2; with --program or --preset a cap)")
     parser.add_argument("--json", action="store_true", help="refusals and the outcome as JSON on stdout too")
     add_session_options(parser, sites_required=False)
+    parser.add_argument("--last-dose", action="store_true",
+                        help="with --patient: the dose of the patient's last visit (program or preset, sites, "
+                             "needles), at today's thresholds")
     return parser
 
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.last_dose:
+        if not args.patient:
+            parser.error("--last-dose needs --patient CODE")
+        code = apply_last_dose(args)
+        if code is not None:
+            return code
     given = _given(parser, argv)
     mode = "program" if args.program else "preset" if args.preset else "direct"
     conflicts = [flag for flag in _NOT_WITH[mode] if flag in given]
@@ -108,6 +122,9 @@ def main(argv: list[str]) -> int:
     for name, value in DEFAULTS.items():
         if getattr(args, name) is None and (mode == "direct" or name == "shape"):
             setattr(args, name, value)
+    code = attach_visit(args)
+    if code is not None:
+        return code
     return stoppable(lambda: _run_program(args) if mode != "direct" else _run(args))
 
 
@@ -137,6 +154,15 @@ def _run(args: argparse.Namespace) -> int:
                           f"than the {MAX_SESSION_MIN:g} minutes allowed: hold for at most {longest:.1f} minutes",
                           value=total_min, limit=MAX_SESSION_MIN)
         setup = fixed_waveform_setup(args, {args.channel: args.sites}, min(MAX_SESSION_MIN, total_min + 0.5))
+    except (SafetyError, ValueError) as exc:
+        return refused(exc, args.json)
+    code = screening_verdict(args, setup[1])
+    if code is not None:
+        return code
+    from safety import describe_sensitivity
+
+    print("sensitivity " + describe_sensitivity(setup[0].sensitivity, args.max_amplitude, args.ramp))
+    try:
         record = open_record(args.record)
     except (SafetyError, ValueError) as exc:
         return refused(exc, args.json)
@@ -147,6 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         except SafetyError as exc:  # the record cannot be written: nothing is sent
             return refused(exc, args.json)
         print(f"record: {record.path}")
+        keep_record(args, record.path)
         stim = open_session(args, setup, record)
         if isinstance(stim, int):
             return stim
@@ -238,14 +265,22 @@ def _run_program(args: argparse.Namespace) -> int:
     from ..waveforms import ProgramError
     from ..waveforms.check import check
     from ..waveforms.engine import run_program
+    from ..waveforms.thresholds import ThresholdError
 
     try:
-        program = program_from_args(args)
-        record = open_record(args.record)
-    except (ProgramError, ThresholdsError, SafetyError) as exc:
+        program, notes = program_from_args(args)
+    except (ProgramError, ThresholdError, SafetyError) as exc:
         return refused(exc, args.json)
     except (OSError, ValueError) as exc:
         return refused(ValueError(f"{args.program or args.preset}: {exc}"), args.json)
+    print_dose(args, program, notes)
+    code = screening_verdict(args, {ch: n.placement() for ch, n in program.needles.items()})
+    if code is not None:
+        return code
+    try:
+        record = open_record(args.record)
+    except (SafetyError, OSError, ValueError) as exc:
+        return refused(exc, args.json)
 
     with record:
         plan = session_plan(args, program=program.name, duration_s=program.duration_s)
@@ -254,6 +289,7 @@ def _run_program(args: argparse.Namespace) -> int:
         except SafetyError as exc:  # the record cannot be written: nothing is sent
             return refused(exc, args.json)
         print(f"record: {record.path}")
+        keep_record(args, record.path)
         try:
             link = fh.connect(args.device)
         except fh.EstimError as exc:
@@ -286,15 +322,18 @@ def _run_program(args: argparse.Namespace) -> int:
                     last[0] = update.sent_s
                     _progress(stim, update.setting.channel, program.duration_s - update.planned_s)
 
+            report = None
             try:
                 report = run_program(stim, program, on_update=progress)
             except (SafetyError, fh.EstimError) as exc:
                 if not stim.tripped:
                     stim.estop(f"the program could not go on: {exc}")
                 print(f"\nerror: {exc}", file=sys.stderr)
+            keep_dose(args, program, dose_request(args), stim, report is not None and report.completed)
             print()
             if stim.tripped:
                 return _stopped(stim, args)
             print(f"program complete: every output off. {report.sent} updates sent, send lateness "
                   f"p50 {report.late_p50_s * 1e3:.1f} ms / p99 {report.late_p99_s * 1e3:.1f} ms")
             return EXIT_OK
+

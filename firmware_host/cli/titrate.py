@@ -1,14 +1,19 @@
-"""`estim titrate`: ramp one channel slowly while the clinician marks what the patient reports.
+"""`estim titrate`: ramp one channel slowly, on the waveform of the dose to come, while the
+clinician marks what the patient reports.
 
-Keys: `s` first felt (sensory), `m` visible twitch (motor), `t` no longer comfortable
-(tolerance: ends the titration and ramps down). Any other key e-stops at once, as does
-Ctrl-C or the end of input. The marks are the acknowledged amplitude at the moment of the
-key; they go into the treatment record (kind "thresholds") and, with `--out`, into a JSON
-file that threshold-relative programs and presets read.
+Keys: `s` first felt (sensory), `m` visible twitch (motor), `t` the top: no longer comfortable
+(tolerance), or with `--aim comfortable` strong but comfortable, which doses then stay below.
+At `t` the current drops to 0 mA at once. `q` stops the titration (current to 0 at once, no
+e-stop, nothing written to --out). Any other key, Ctrl-C or the end of input is an e-stop.
+With `--repeat N` the ramp runs N times and the marks are averaged. The thresholds are bound
+to the patient, channel, both needle sites, the waveform and the time; they go into the
+treatment record, into today's visit with `--patient`, and with `--out` into a file written
+whole, only when the titration finished.
 
-Exit codes: 0 titration finished (output ramped down and off); 2 refused or bad input before
-anything was sent; 3 a device fault or lost link stopped it; 130 e-stop (a non-mark key,
-end of input, or Ctrl-C); 143 SIGTERM (e-stop); 1 the device could not be reached.
+Exit codes: 0 titration finished (output off); 2 refused or bad input before anything was
+sent (or marks out of order: titrate again); 3 a device fault, a lost link or `q` (STOP)
+ended it; 4 the device could not be reached; 130 e-stop (other key, end of input, Ctrl-C);
+143 SIGTERM (e-stop).
 """
 
 from __future__ import annotations
@@ -21,169 +26,308 @@ import select
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, refused, stoppable
-from .options import add_session_options, fixed_waveform_setup, open_record, open_session, session_plan
+from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, refused, stoppable
+from .options import (PRESET_NAMES, add_session_options, fixed_waveform_setup, open_record, open_session,
+                      parse_sites, session_plan)
+from .visit_context import attach_visit, keep_record, keep_thresholds, screening_verdict, store
 
 MARKS = {"s": "sensory", "m": "motor", "t": "tolerance"}
+STOP_KEY = "q"
 POLL_S = 0.05
 
 EXAMPLES = """keys while ramping:
   s  the patient first feels it (sensory threshold)
   m  a twitch is visible (motor threshold)
-  t  no longer comfortable (tolerance): ends the titration and ramps down
-  any other key, or Ctrl-C: STOP at once (e-stop)
+  t  no longer comfortable (tolerance) - or, with --aim comfortable, strong but comfortable:
+     the current drops to 0 mA at once; the titration ends (or the next repeat starts)
+  q  STOP: current to 0 mA at once, titration over, nothing written to --out
+  any other key, or Ctrl-C: e-stop
 
 examples:
+  estim titrate --patient P001 --preset segmental_inhibition --channel 1 \\
+                --sites left:forearm,left:hand:LI4 --inserted 10 --repeat 2
   estim titrate --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm \\
-                --out thresholds.json
-  estim titrate --device /dev/ttyUSB0 --channel 2 --frequency 100 --pulse-width 200 \\
-                --sites right:lower_leg,right:lower_leg --max-amplitude 6 --sensitivity hyper --json
+                --inserted 10 --out thresholds.json
+  estim titrate --program programs/low_rate_2hz.toml --channel 2 --inserted 30 --aim comfortable --out th.json
 """
 
 
-
 class Stopped(Exception):
-    """The operator stopped the titration with a key that is not a mark, or input ended."""
+    """The titration ended early: `estop` True for an e-stop key or the end of input."""
+
+    def __init__(self, reason: str, estop: bool) -> None:
+        super().__init__(reason)
+        self.estop = estop
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="estim titrate",
-        description="Threshold titration: ramp one channel slowly from 0 mA and mark when the patient first "
-                    "feels it, when a twitch is visible and when it stops being comfortable.",
+        description="Threshold titration on the waveform of the dose to come: ramp one channel slowly from 0 mA "
+                    "and mark when the patient first feels it, when a twitch is visible and the top.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--channel", type=int, required=True, help="channel number as printed on the device (1-based)")
-    parser.add_argument("--frequency", type=float, required=True, metavar="HZ", help="pulse rate in Hz")
-    parser.add_argument("--pulse-width", type=float, required=True, metavar="US", help="phase width in µs")
+    waveform = parser.add_mutually_exclusive_group()
+    waveform.add_argument("--preset", choices=PRESET_NAMES, metavar="NAME",
+                          help="titrate on this preset's waveform: " + ", ".join(PRESET_NAMES))
+    waveform.add_argument("--program", type=Path, metavar="FILE",
+                          help="titrate on this program's waveform for --channel (its needles and sites too)")
+    parser.add_argument("--frequency", type=float, metavar="HZ", help="without --preset/--program: pulse rate in Hz")
+    parser.add_argument("--pulse-width", type=float, metavar="US", help="without --preset/--program: phase width in µs")
     parser.add_argument("--max-amplitude", type=float, default=10.0, metavar="MA",
-                        help="the ramp never goes above this (default 10 mA; the sensitivity profile scales it: "
-                             "hyper x0.6, typical x0.85, hypo x1.0)")
+                        help="the ramp never goes above this (default 10 mA; the sensitivity scales it)")
     parser.add_argument("--ramp", type=float, default=0.2, metavar="MA_PER_S",
-                        help="ramp rate in mA/s (default 0.2; hyper halves it)")
-    parser.add_argument("--out", type=Path, metavar="FILE",
-                        help='write {"sensory": mA, "motor": mA, "tolerance": mA} to FILE')
+                        help="ramp rate in mA/s (default 0.2; the sensitivity may lower it)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="ramp N times and average the marks")
+    parser.add_argument("--aim", choices=["tolerance", "comfortable"], default="tolerance",
+                        help="what `t` marks: no longer comfortable (tolerance), or strong but comfortable")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="also write the thresholds to FILE")
     parser.add_argument("--json", action="store_true", help="print the thresholds as JSON")
-    add_session_options(parser)
+    add_session_options(parser, sites_required=False)
     return parser
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.program is None and args.sites is None:
+        parser.error("give --sites SIDE:REGION,SIDE:REGION (or --program FILE, whose needles say where)")
+    if args.preset is None and args.program is None and (args.frequency is None or args.pulse_width is None):
+        parser.error("give --preset NAME, --program FILE, or --frequency and --pulse-width")
+    if not 1 <= args.repeat <= 5:
+        parser.error("--repeat is 1 to 5")
     return stoppable(lambda: _titrate(args))
 
 
+def _waveform(args: argparse.Namespace) -> Any:
+    """The titration waveform, and with --program the channel's sites and needles from it."""
+    from safety import Shape
+
+    from ..waveforms import Program
+    from ..waveforms.thresholds import TitrationWaveform
+    from .options import unresolved_program
+
+    if args.program is not None:
+        program = Program.load(args.program)
+        if args.channel not in program.needles:
+            raise ValueError(f"{args.program} has no needles on channel {args.channel}")
+        needle = program.needles[args.channel]
+        args.sites = args.sites or ",".join(f"{s.side.value}:{s.region.value}" + (f":{s.point}" if s.point else "")
+                                             for s in (needle.site_a, needle.site_b))
+        args.inserted = args.inserted if args.inserted is not None else needle.inserted_mm
+        args.needle = f"{needle.diameter_mm:g}x{needle.length_mm:g}"
+        return program.titration_waveform(args.channel)
+    if args.preset is not None:
+        return unresolved_program(args).titration_waveform(args.channel)
+    return TitrationWaveform(Shape.BIPHASIC, args.frequency, args.pulse_width)
+
 
 def _titrate(args: argparse.Namespace) -> int:
-    from safety import ChannelSetting, SafetyError, Shape
+    from safety import ChannelSetting, SafetyError
 
+    from ..waveforms import ProgramError
+    from ..waveforms.thresholds import ThresholdError
+    from .options import check_writable
+
+    code = attach_visit(args)
+    if code is not None:
+        return code
     try:
-        setting = ChannelSetting(args.channel, Shape.BIPHASIC, args.frequency, args.pulse_width, 0.0)
+        if args.out is not None:
+            check_writable(args.out, "thresholds file")
+        wave = _waveform(args)
+        args.frequency, args.pulse_width = wave.frequency_hz, wave.pulse_width_us
+        setting = ChannelSetting(args.channel, wave.shape, wave.frequency_hz, wave.pulse_width_us, 0.0,
+                                 burst_pulses=wave.burst_pulses, burst_rate_hz=wave.burst_rate_hz)
         ramp_s = args.max_amplitude / args.ramp if args.ramp > 0 else float("inf")
-        setup = fixed_waveform_setup(
-            args, {args.channel: args.sites}, min(60.0, 2 * ramp_s / 60 + 1))
-    except (SafetyError, ValueError) as exc:
+        setup = fixed_waveform_setup(args, {args.channel: args.sites},
+                                     min(60.0, args.repeat * 2 * ramp_s / 60 + 1))
+    except (SafetyError, ProgramError, ThresholdError, OSError, ValueError) as exc:
         return refused(exc)
+    code = screening_verdict(args, setup[1])
+    if code is not None:
+        return code
+    previous = _previous(args, setup[1][args.channel], wave)
 
     record = open_record(args.record)
-    record.append("session_plan", session_plan(args, titration=True))
+    record.append("session_plan", session_plan(args, titration=True, waveform=wave.as_dict(), aim=args.aim))
     print(f"record: {record.path}", file=sys.stderr)
+    keep_record(args, record.path)
     stim = open_session(args, setup, record)
     if isinstance(stim, int):
         return stim
     try:
         with stim:
-            return _session(stim, setting, args)
+            return _session(stim, setting, wave, args, previous)
     finally:
         record.close()
 
 
-def _session(stim, setting, args: argparse.Namespace) -> int:  # noqa: ANN001 - Stimulator, ChannelSetting
-    import firmware_host as fh
-    from safety import SafetyError
+def _previous(args: argparse.Namespace, placement: Any, wave: Any) -> Any:
+    """Last time's thresholds on this channel, sites and waveform, shown before the ramp starts."""
+    if getattr(args, "visit", None) is None:
+        return None
+    from ..waveforms.thresholds import for_dose
+
+    with store(args) as visits:
+        earlier = [t for t in visits.thresholds(args.patient) if t.measured_at < args.visit.started_at]
+    try:
+        found = for_dose(earlier, args.channel, placement, wave, now=max((t.measured_at for t in earlier),
+                                                                         default=None))
+    except ValueError:
+        print("no earlier thresholds on this channel, these sites and this waveform: starting fresh", file=sys.stderr)
+        return None
+    last = max(earlier, key=lambda t: t.measured_at)
+    print(f"last time ({last.measured_at.astimezone():%Y-%m-%d}): " +
+          ", ".join(f"{k} {v:g} mA" for k, v in found.values.items()), file=sys.stderr)
+    return found.values
+
+
+def _session(stim, setting, wave, args: argparse.Namespace, previous) -> int:  # noqa: ANN001
+    from safety import describe_sensitivity
 
     ch = setting.channel
     if stim.tripped:
         print(f"refused: {stim.tripped}; clear the device's faults first", file=sys.stderr)
         return EXIT_DEVICE_FAULT
     limits = stim.interlock.limits(ch)
-    print(f"titrating channel {ch}: {setting.frequency_hz:g} Hz, {setting.pulse_width_us:g} µs, "
-          f"from 0 to at most {limits.max_amplitude_ma:g} mA at {limits.ramp_ma_per_s:g} mA/s", file=sys.stderr)
-    print("keys: s = first felt, m = twitch visible, t = no longer comfortable (ends); "
-          "any other key = STOP", file=sys.stderr)
+    rx = stim.interlock.setup.prescription
+    top = "strong but comfortable" if args.aim == "comfortable" else "no longer comfortable"
+    print(f"titrating channel {ch} on {wave}: from 0 to at most {limits.max_amplitude_ma:g} mA at "
+          f"{limits.ramp_ma_per_s:g} mA/s (sensitivity {describe_sensitivity(rx.sensitivity, args.max_amplitude, args.ramp)})",
+          file=sys.stderr)
+    print(f"keys: s = first felt, m = twitch visible, t = {top} (drops to 0), q = STOP, any other key = e-stop",
+          file=sys.stderr)
+    runs: list[dict[str, float | None]] = []
+    try:
+        with _keys() as read_key:
+            for n in range(1, args.repeat + 1):
+                if args.repeat > 1:
+                    print(f"\nramp {n} of {args.repeat}", file=sys.stderr)
+                runs.append(_one_ramp(stim, setting, limits, read_key))
+                if stim.tripped:
+                    break
+    except Stopped as stop:
+        if stop.estop:
+            print(f"\nstopped: {stop} — output off (e-stop)", file=sys.stderr)
+            _keep_marks(stim, ch, wave, runs, args)
+            return EXIT_INTERRUPTED
+        stim.safe_off()
+        _keep_marks(stim, ch, wave, runs, args)
+        print(f"\nstopped: {stop} — output off; the titration is over and --out was not written", file=sys.stderr)
+        return EXIT_DEVICE_FAULT
+    if not stim.tripped:
+        stim.safe_off()
+    if stim.tripped:
+        _keep_marks(stim, ch, wave, runs, args)
+        print(f"\nstopped: {stim.tripped}", file=sys.stderr)
+        return EXIT_DEVICE_FAULT
+    return _finish(stim, ch, wave, runs, args, previous)
+
+
+def _one_ramp(stim, setting, limits, read_key) -> dict[str, float | None]:  # noqa: ANN001
+    """Ramp from 0 until the top mark (or the cap); the current is back at 0 mA on return."""
+    import firmware_host as fh
+    from safety import SafetyError
+
+    ch = setting.channel
     marks: dict[str, float | None] = {name: None for name in MARKS.values()}
     cancel = threading.Event()
     failure: list[BaseException] = []
 
     def ramp_up() -> None:
         try:
-            stim.ramp(ch, limits.max_amplitude_ma, cancel=cancel, on_step=lambda ma: _progress(ma))
+            stim.ramp(ch, limits.max_amplitude_ma, cancel=cancel, on_step=_progress)
         except (SafetyError, fh.EstimError) as exc:
             failure.append(exc)
 
-    stim.apply(setting)
-    stim.enable(ch)
+    if stim.setting(ch) is None:
+        stim.apply(setting)
+    if ch not in stim.enabled():
+        stim.enable(ch)
     worker = threading.Thread(target=ramp_up, name="titration-ramp", daemon=True)
     worker.start()
     try:
-        with _keys() as read_key:
-            while marks["tolerance"] is None:
-                if stim.tripped or failure:
-                    break
-                if not worker.is_alive():
-                    print(f"\nreached the cap {limits.max_amplitude_ma:g} mA without a tolerance mark; "
-                          "ramping down", file=sys.stderr)
-                    break
-                key = read_key(POLL_S)
-                if key is None:
-                    continue
-                name = MARKS.get(key)
-                if name is None:
-                    stim.estop(f"operator stop during titration (key {key!r})")
-                    raise Stopped(f"key {key!r}" if key else "end of input")
-                current = stim.setting(ch)
-                marks[name] = current.amplitude_ma if current else 0.0
-                stim.record.append("threshold_mark", {"channel": ch, "kind": name, "amplitude_ma": marks[name]})
-                print(f"\n{name}: {marks[name]:g} mA", file=sys.stderr)
-    except Stopped as stop:
+        while marks["tolerance"] is None and not stim.tripped and not failure:
+            if not worker.is_alive():
+                print(f"\nreached the cap {limits.max_amplitude_ma:g} mA without a top mark", file=sys.stderr)
+                break
+            key = read_key(POLL_S)
+            if key is None:
+                continue
+            name = MARKS.get(key)
+            if name is None:
+                if key == STOP_KEY:
+                    raise Stopped("STOP", estop=False)
+                stim.estop(f"operator stop during titration (key {key!r})")
+                raise Stopped(f"key {key!r}" if key else "end of input", estop=True)
+            current = stim.setting(ch)
+            marks[name] = current.amplitude_ma if current else 0.0
+            stim.record.append("threshold_mark", {"channel": ch, "kind": name, "amplitude_ma": marks[name]})
+            print(f"\n{name}: {marks[name]:g} mA", file=sys.stderr)
+    finally:
         cancel.set()
-        _write(stim, ch, setting, marks, args)
-        print(f"\nstopped: {stop} — output off (e-stop)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    cancel.set()
-    worker.join()
-    if not stim.tripped:
-        try:
-            stim.ramp(ch, 0.0, on_step=_progress)
-            stim.safe_off()
-        except (SafetyError, fh.EstimError) as exc:
-            if not stim.tripped:
-                raise
-            failure.append(exc)
-    _write(stim, ch, setting, marks, args)
-    if stim.tripped:
-        print(f"\nstopped: {stim.tripped}", file=sys.stderr)
-        return EXIT_DEVICE_FAULT
+        worker.join()
+        if not stim.tripped:
+            stim.set_amplitude(ch, 0.0)      # at the top, at STOP or at the cap: down at once
+    return marks
+
+
+def _average(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for kind in MARKS.values():
+        values = [r[kind] for r in runs if r.get(kind) is not None]
+        out[kind] = round(sum(values) / len(values), 3) if values else None
+    return out
+
+
+def _keep_marks(stim, ch: int, wave, runs, args: argparse.Namespace) -> dict[str, float | None]:  # noqa: ANN001
+    """The (averaged) marks go to the record always, whatever ended the titration."""
+    marks = _average(runs) if runs else {name: None for name in MARKS.values()}
+    stim.record.append("thresholds", {"channel": ch, "frequency_hz": wave.frequency_hz,
+                                      "pulse_width_us": wave.pulse_width_us, "waveform": wave.as_dict(),
+                                      "operator": args.operator, "repeats": len(runs), "aim": args.aim, **marks})
+    return marks
+
+
+def _finish(stim, ch: int, wave, runs, args: argparse.Namespace, previous) -> int:  # noqa: ANN001
+    """A finished titration: bound thresholds into the visit and --out, how they changed."""
+    from ..waveforms.thresholds import ChannelThresholds, ThresholdError, save
+
+    marks = _keep_marks(stim, ch, wave, runs, args)
+    try:
+        thresholds = ChannelThresholds(ch, parse_sites(args.sites), wave, datetime.now(timezone.utc),
+                                       marks["sensory"], marks["motor"], marks["tolerance"],
+                                       getattr(args, "patient", None), len(runs))
+    except ThresholdError as exc:
+        print(f"\nrefused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    keep_thresholds(args, thresholds)
+    if args.out is not None:
+        save(args.out, [thresholds])
+    if args.json:
+        print(json.dumps({"channel": ch, **{k: marks[k] for k in MARKS.values()}}))
+    else:
+        print(f"channel {ch} thresholds: " + ", ".join(
+            f"{name} {'-' if value is None else f'{value:g} mA'}" for name, value in marks.items()))
+    if args.aim == "comfortable" and marks["tolerance"] is not None:
+        print("the top mark is strong but comfortable: doses stay below it", file=sys.stderr)
+    if previous:
+        print("since last time: " + ", ".join(_change(k, previous.get(k), marks[k]) for k in MARKS.values()
+                                               if previous.get(k) is not None and marks[k] is not None),
+              file=sys.stderr)
     print("\ntitration complete: output off.", file=sys.stderr)
     return EXIT_OK
 
 
-def _write(stim, ch: int, setting, marks: dict[str, float | None],  # noqa: ANN001
-           args: argparse.Namespace) -> None:
-    """Thresholds go to the record always, and to stdout and `--out` as asked."""
-    stim.record.append("thresholds", {"channel": ch, "frequency_hz": setting.frequency_hz,
-                                      "pulse_width_us": setting.pulse_width_us, "operator": args.operator, **marks})
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(marks, indent=2) + "\n")
-    if args.json:
-        print(json.dumps({"channel": ch, **marks}))
-    else:
-        print(f"channel {ch} thresholds: " + ", ".join(
-            f"{name} {'-' if value is None else f'{value:g} mA'}" for name, value in marks.items()))
+def _change(kind: str, before: float, now: float) -> str:
+    return f"{kind} {before:g} -> {now:g} mA ({(now - before) / before:+.0%})"
 
 
 def _progress(amplitude_ma: float) -> None:

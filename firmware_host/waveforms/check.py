@@ -70,11 +70,11 @@ class CheckResult:
         return json.dumps(self.as_dict(), indent=2)
 
     def table(self) -> str:
-        """Plain-text table for a clinician: one line per finding, violations first."""
-        head = ("", "time s", "until s", "ch", "rule", "value", "limit")
+        """Plain-text table for a clinician: one line per finding, violations first, in words
+        (rule ids stay in `as_dict` for the record and for engineers)."""
+        head = ("", "time s", "until s", "ch", "what")
         rows = [head] + [
-            (kind, _time(f.t_s), _time(f.t_end_s), "-" if f.channel is None else str(f.channel), f.rule,
-             _text(f.value), _text(f.limit))
+            (kind, _time(f.t_s), _time(f.t_end_s), "-" if f.channel is None else str(f.channel), f.message)
             for kind, items in (("REFUSED", self.violations), ("warning", self.warnings)) for f in items
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -98,14 +98,16 @@ def check(program: Program, device: safety.DeviceLimits, patient: safety.Patient
         worst = np.minimum if rule.bound == "min" else np.maximum
         for ch, t0, t1, value, limit in _runs(seg, verdict.violations[rule.key], verdict.values[rule.key],
                                               verdict.limits[rule.key], worst):
+            remedy = f": {rule.remedy}" if rule.remedy else ""
             violations.append(Finding(f"{layers[ch]}.{rule.key}", ch, t0, t1, value, limit,
-                                      f"{rule.label}{_text(value)}{rule.unit} ({rule.bound} {_text(limit)}{rule.unit})"))
+                                      f"{rule.label}{_text(value)}{rule.unit} ({rule.bound} {_text(limit)}{rule.unit})"
+                                      f"{remedy}"))
     k_warn = safety.NEEDLE_RULES.shannon_k_warn
     warnings = [Finding(f"needle.{SHANNON_WARN_KEY}", ch, t0, t1, value, k_warn,
                         f"charge density k={_text(value)} at or above {k_warn:g}")
                 for ch, t0, t1, value, _ in _runs(seg, verdict.warnings[SHANNON_WARN_KEY], verdict.metrics.shannon_k,
                                                   np.full(len(seg), k_warn), np.maximum)]
-    warnings += _rate_limited_increases(seg, limits)
+    violations += _rate_limited_increases(seg, limits)
     return CheckResult(tuple(violations), tuple(warnings))
 
 
@@ -197,8 +199,9 @@ def _runs(seg: Segments, mask: np.ndarray, values: np.ndarray, limits: np.ndarra
 
 
 def _rate_limited_increases(seg: Segments, limits: Mapping[int, EffectiveLimits]) -> list[Finding]:
-    """Amplitude increases steeper than the interlock allows: the engine will spread them
-    at the ramp rate, so the patient gets them later than the program says.
+    """Amplitude increases steeper than the interlock allows. The engine would spread them at
+    the ramp rate, so the patient would get something other than the program says: a program
+    is delivered as written or refused, so these refuse.
 
     Judged against the time since the channel's previous increase (or its start at 0 mA),
     which is how the interlock's ramp clock runs."""
@@ -220,8 +223,8 @@ def _rate_limited_increases(seg: Segments, limits: Mapping[int, EffectiveLimits]
     allowed[rising] = np.minimum(step, ramp * (t_rise - since))
     steep = delta > allowed * (1 + 1e-9) + 1e-9
     return [Finding("dynamic.ramp_rate", c, t0, t1, value, limit,
-                    f"increases up to {value:.3f} mA per update where {limit:.3f} mA is allowed "
-                    f"(ramp and step limits): the engine sends them rate-limited, later than programmed")
+                    f"rises {value:.3f} mA in one step where {limit:.3f} mA is allowed by the ramp rate: "
+                    f"lengthen the ramp or lower the intensity")
             for c, t0, t1, value, limit in _runs(seg, steep, delta, allowed, np.maximum)]
 
 

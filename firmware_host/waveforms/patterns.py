@@ -294,20 +294,38 @@ class Modifier(Pattern):
 
 @dataclass(frozen=True, slots=True)
 class Intermittent(Modifier):
-    """On for on_s, off (amplitude 0) for off_s, repeating — rest periods against fatigue."""
+    """On for on_s, off (amplitude 0) for off_s, repeating — rest periods against fatigue.
+
+    Each on-phase may ramp up over ramp_up_s and down over ramp_down_s (a contraction's
+    ramps on a stimulator), stepped each update period and never above the envelope."""
 
     inner: Pattern
     on_s: float
     off_s: float
+    ramp_up_s: float = 0.0
+    ramp_down_s: float = 0.0
 
     def _own_changes(self, start_s: float, stop_s: float, update_period_s: float) -> np.ndarray:
         cycle = self.on_s + self.off_s
-        return np.concatenate((_multiples(cycle, start_s, stop_s), _multiples(cycle, start_s, stop_s, self.on_s)))
+        edges = [_multiples(cycle, start_s, stop_s, offset) for offset in
+                 (0.0, self.on_s, self.ramp_up_s, self.on_s - self.ramp_down_s)]
+        if self.ramp_up_s or self.ramp_down_s:
+            grid = _multiples(update_period_s, start_s, stop_s)
+            x = _phase(grid, cycle)
+            edges.append(grid[(x <= self.ramp_up_s) | ((x >= self.on_s - self.ramp_down_s) & (x <= self.on_s))])
+        return np.concatenate(edges)
+
+    def _envelope(self, t: np.ndarray) -> np.ndarray:
+        x = _phase(t, self.on_s + self.off_s)
+        up = x / self.ramp_up_s if self.ramp_up_s > 0 else np.ones_like(x)
+        down = (self.on_s - x) / self.ramp_down_s if self.ramp_down_s > 0 else np.ones_like(x)
+        return np.clip(np.minimum(up, down), 0.0, 1.0)
 
     def values(self, t0: np.ndarray, t1: np.ndarray) -> Columns:
         cols = self.inner.values(t0, t1)
         on = _phase((t0 + t1) / 2, self.on_s + self.off_s) < self.on_s
-        cols["amplitude_ma"] = np.where(on, cols["amplitude_ma"], 0.0)
+        envelope = np.minimum(self._envelope(t0), self._envelope(t1))
+        cols["amplitude_ma"] = np.where(on, cols["amplitude_ma"] * envelope, 0.0)
         return cols
 
 

@@ -30,6 +30,7 @@ from safety.limits import Sensitivity
 from safety.placement import Region, Side
 from safety.settings import Shape
 
+from .thresholds import SENSORY_CEILING, TOLERANCE_CEILING, TitrationWaveform
 from .patterns import (
     AmplitudeModulation, Continuous, DenseDisperse, FrequencySweep, Intermittent, Pattern,
     Ramp, Segments, Setting, Stepwise, TimedSetting, Waveform, merge,
@@ -93,7 +94,7 @@ class ThresholdKind(StrEnum):
 class Mechanism(StrEnum):
     PERIPHERAL_ANALGESIA = "peripheral_analgesia"
     SEGMENTAL_INHIBITION = "segmental_inhibition"
-    DESCENDING_INHIBITION = "descending_inhibition"
+    DESCENDING_MODULATION = "descending_modulation"
     NEUROMUSCULAR_REEDUCATION = "neuromuscular_reeducation"
     TISSUE_PERFUSION = "tissue_perfusion"
 
@@ -117,14 +118,28 @@ class Site(_Model):
     point: Annotated[str, Field(min_length=1)] | None = None
 
     def needle_site(self) -> safety.NeedleSite:
-        return safety.NeedleSite(self.region, self.side)
+        return safety.NeedleSite(self.region, self.side, self.point)
 
 
 class Needle(_Model):
+    """A channel's needles: size, how deep they are in (the conducting part the charge-density
+    rule judges, which is not the nominal length), and the two sites."""
+
     diameter_mm: Positive
     length_mm: Positive
+    inserted_mm: Positive
     site_a: Site
     site_b: Site
+
+    @model_validator(mode="after")
+    def _inserted_fits(self) -> Needle:
+        if self.inserted_mm > self.length_mm:
+            raise _FieldError(("inserted_mm",), self.inserted_mm,
+                              f"deeper than the needle is long ({self.length_mm:g} mm)")
+        return self
+
+    def placement(self) -> safety.ChannelPlacement:
+        return safety.ChannelPlacement(self.site_a.needle_site(), self.site_b.needle_site())
 
 
 Range = tuple[Positive, Positive]
@@ -163,8 +178,21 @@ class PhaseSpec(_Model):
 
 
 class IntermittentSpec(_Model):
+    """On for on_s, off for off_s; each on-phase ramps up over ramp_up_s to the full intensity
+    and down over ramp_down_s, as stimulators do for contractions."""
+
     on_s: Positive
     off_s: Positive
+    ramp_up_s: NonNegative = 0.0
+    ramp_down_s: NonNegative = 0.0
+
+    @model_validator(mode="after")
+    def _ramps_fit(self) -> IntermittentSpec:
+        if self.ramp_up_s + self.ramp_down_s > self.on_s:
+            raise _FieldError(("ramp_up_s",), self.ramp_up_s,
+                              f"the ramps ({self.ramp_up_s:g} s up, {self.ramp_down_s:g} s down) are longer than "
+                              f"the on-phase ({self.on_s:g} s)")
+        return self
 
 
 class ModulationSpec(_Model):
@@ -233,6 +261,13 @@ class _ChannelSpec(_Model):
     def _phases(self) -> list[tuple[float, float]]:
         """(frequency Hz, pulse width µs) of each carrier phase."""
 
+    def titration_waveform(self) -> TitrationWaveform:
+        """The waveform to titrate on for this spec's dose: its phase with the longest pulse width
+        (the one felt first at a given current, so thresholds from it keep every phase below them)."""
+        frequency, width = max(self._phases(), key=lambda fw: fw[1])
+        burst = getattr(self, "burst_pulses", 0)
+        return TitrationWaveform(self.shape, frequency, width, burst, getattr(self, "burst_rate_hz", 0.0) if burst else 0.0)
+
     def frequencies(self) -> list[float]:
         """Every pulse frequency this spec can set (sweeps stay between their ends)."""
         sweep = [self.sweep.low_hz, self.sweep.high_hz] if self.sweep is not None else []
@@ -251,7 +286,8 @@ class _ChannelSpec(_Model):
         if self.modulation is not None:
             p = AmplitudeModulation(p, self.modulation.period_s, self.modulation.depth, self.modulation.waveform)
         if self.intermittent is not None:
-            p = Intermittent(p, self.intermittent.on_s, self.intermittent.off_s)
+            i = self.intermittent
+            p = Intermittent(p, i.on_s, i.off_s, i.ramp_up_s, i.ramp_down_s)
         if self.ramp is not None:
             p = Ramp(p, self.ramp.in_s, self.ramp.out_s, duration_s)
         return p
@@ -371,20 +407,46 @@ class Program(_Model):
             if isinstance(value, Relative)
         }
 
-    def resolve(self, thresholds: Mapping[int, Mapping[str, float]]) -> Program:
-        """The same program with every relative intensity turned into mA (whole µA).
+    def titration_waveform(self, channel: int) -> TitrationWaveform:
+        """The one waveform this channel's thresholds must be measured on (ProgramError when its
+        threshold-relative doses use waveforms that no single titration covers)."""
+        waves = {spec.titration_waveform() for seg in self.segments for ch, spec in seg.channels.items()
+                 if ch == channel and any(isinstance(v, Relative) for _, v in spec.intensities())}
+        if len(waves) != 1:
+            raise ProgramError([Problem(f"program {self.name!r}", None, f"channel {channel}", sorted(map(str, waves)),
+                                        "threshold-relative doses on one channel must use one waveform "
+                                        "(titrate once per waveform: split the program)")])
+        return waves.pop()
 
-        `thresholds[channel][kind]` is the measured threshold in mA. Raises ProgramError
-        naming each missing or invalid threshold; the result is validated again, so a
-        threshold that pushes an intensity above its prescription cap is refused too.
+    def resolve(self, thresholds: Mapping[int, Mapping[str, float]]) -> Program:
+        """`resolve_noted` without the notes."""
+        return self.resolve_noted(thresholds)[0]
+
+    def resolve_noted(self, thresholds: Mapping[int, Mapping[str, float]]) -> tuple[Program, tuple[str, ...]]:
+        """The same program with every relative intensity turned into mA (whole µA), and a
+        note for every intensity held down by a physiological ceiling.
+
+        `thresholds[channel][kind]` is the measured threshold in mA. Ceilings: a dose relative
+        to the sensory threshold stays at or below 0.9 x motor (a sensory-level dose must not
+        twitch); every dose stays at or below 0.9 x tolerance. A dose with neither ceiling
+        measured is refused. Raises ProgramError naming each missing or invalid threshold; the
+        result is validated again, so an intensity above its prescription cap is refused too.
         """
         source = f"program {self.name!r}"
         problems = []
         for ch, kinds in thresholds.items():
             for kind, value in kinds.items():
                 if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-                    problems.append(Problem(source, None, f"thresholds[{ch}].{kind}", value, "must be a finite number of mA > 0"))
+                    problems.append(Problem(source, None, f"thresholds[{ch}].{kind}", value,
+                                            "must be a measured current above 0 mA"))
+            ordered = [(k, kinds[k]) for k in ThresholdKind if isinstance(kinds.get(k), (int, float))]
+            for (k1, v1), (k2, v2) in zip(ordered, ordered[1:]):
+                if v1 > v2:
+                    problems.append(Problem(source, None, f"thresholds[{ch}].{k1}", v1,
+                                            f"is above the {k2} threshold ({v2:g} mA): they rise first felt, "
+                                            "twitch, tolerance; titrate again"))
         data = self.model_dump()
+        notes: list[str] = []
         for i, seg in enumerate(self.segments):
             for ch, spec in seg.channels.items():
                 for path, value in spec.intensities():
@@ -398,13 +460,26 @@ class Program(_Model):
                             f"needs the {value.of} threshold of channel {ch}, which was not given",
                         ))
                         continue
+                    ceiling = _ceiling(thresholds.get(ch, {}), value.of)
+                    if ceiling is None:
+                        problems.append(Problem(
+                            source, None, field, value.model_dump(mode="json"),
+                            f"needs the {'motor threshold or ' if value.of is ThresholdKind.SENSORY else ''}"
+                            f"tolerance of channel {ch} to keep the dose below it: titrate to tolerance",
+                        ))
+                        continue
+                    wanted = round(value.multiple * float(measured), 3)
+                    dose = min(wanted, ceiling[0])
+                    if dose < wanted:
+                        notes.append(f"channel {ch}: {value.multiple:g} x {value.of} = {wanted:g} mA held at "
+                                     f"{dose:g} mA ({ceiling[1]})")
                     target = data["segments"][i]["channels"][ch]
                     for key in path[:-1]:
                         target = target[key]
-                    target[path[-1]] = round(value.multiple * float(measured), 3)
+                    target[path[-1]] = dose
         if problems:
             raise ProgramError(problems)
-        return Program.from_data(data, source=f"{source} resolved")
+        return Program.from_data(data, source=f"{source} resolved"), tuple(dict.fromkeys(notes))
 
     def _require_resolved(self) -> None:
         missing = self.needed_thresholds
@@ -462,8 +537,8 @@ class Program(_Model):
         return safety.SessionSetup(
             device=device,
             prescription=prescription,
-            placements={ch: safety.ChannelPlacement(n.site_a.needle_site(), n.site_b.needle_site()) for ch, n in self.needles.items()},
-            needles={ch: safety.Needle(n.diameter_mm, n.length_mm) for ch, n in self.needles.items()},
+            placements={ch: n.placement() for ch, n in self.needles.items()},
+            needles={ch: safety.Needle(n.diameter_mm, n.inserted_mm) for ch, n in self.needles.items()},
             patient=patient or safety.Patient(),
         )
 
@@ -509,6 +584,23 @@ class Program(_Model):
             path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         else:
             path.write_text(tomli_w.dumps(_str_keys(data)), encoding="utf-8")
+
+
+def _ceiling(measured: Mapping[str, float], of: ThresholdKind) -> tuple[float, str] | None:
+    """The highest dose the thresholds allow, and why; None when the needed one is missing."""
+    candidates = []
+    if of is ThresholdKind.SENSORY and measured.get("motor"):
+        candidates.append((_floor_ua(SENSORY_CEILING * measured["motor"]),
+                           f"{SENSORY_CEILING:g} x motor threshold: a sensory-level dose stays below a twitch"))
+    if measured.get("tolerance"):
+        candidates.append((_floor_ua(TOLERANCE_CEILING * measured["tolerance"]),
+                           f"{TOLERANCE_CEILING:g} x tolerance: every dose stays below it"))
+    return min(candidates) if candidates else None
+
+
+def _floor_ua(ma: float) -> float:
+    """Down to whole µA, so a ceiling is never exceeded by rounding."""
+    return float(np.floor(ma * 1000 + 1e-9) / 1000)
 
 
 def _shifted(seg: Segments, offset_s: float) -> Segments:

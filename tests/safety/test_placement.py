@@ -14,7 +14,9 @@ def rules_for(a, b, patient=Patient()) -> set[str]:
     ((Region.FOREARM, L), (Region.HAND, L)),
     ((Region.THIGH, R), (Region.LOWER_LEG, R)),
     ((Region.LUMBOSACRAL, L), (Region.LUMBOSACRAL, R)),
-    ((Region.CHEST, L), (Region.CHEST, M)),
+    ((Region.CHEST, R), (Region.CHEST, M)),
+    ((Region.NECK_BACK, L), (Region.NECK_BACK, L)),
+    ((Region.HAND, R), (Region.UPPER_ARM, R)),
     ((Region.UPPER_BACK, R), (Region.SHOULDER, R)),
     ((Region.NECK_BACK, M), (Region.UPPER_BACK, M)),
     ((Region.THIGH, L), (Region.THIGH, R)),
@@ -74,4 +76,48 @@ def test_refusal_names_channel_and_pair():
     [refusal] = [r for r in check_placement({2: ChannelPlacement(NeedleSite(Region.CHEST, L),
                                                                  NeedleSite(Region.UPPER_BACK, L))}, Patient())]
     assert refusal.channel == 2
-    assert str(refusal) == "pair left chest <-> left upper_back makes a current path across the heart on channel 2"
+    assert str(refusal) == "pair left chest <-> left upper back makes a current path across the heart on channel 2"
+
+
+# --- the paths the first rule set let through --------------------------------------------
+
+
+@pytest.mark.parametrize("a,b", [
+    ((Region.CHEST, M), (Region.CHEST, L)),             # sternum to left chest: over the heart
+    ((Region.CHEST, M), (Region.SHOULDER, L)),
+])
+def test_no_current_path_from_the_sternum_to_the_left_chest(a, b):
+    assert "placement.transthoracic" in rules_for(a, b)
+    assert "placement.transthoracic" in rules_for(b, a)
+
+
+@pytest.mark.parametrize("arm", [(Region.UPPER_ARM, R), (Region.FOREARM, L), (Region.HAND, R)])
+def test_no_current_path_from_either_arm_to_the_sternum(arm):
+    assert "placement.transthoracic" in rules_for(arm, (Region.CHEST, M))
+
+
+@pytest.mark.parametrize("side", [L, R])
+@pytest.mark.parametrize("limb", [Region.HAND, Region.FOREARM, Region.UPPER_ARM])
+def test_no_current_path_from_a_hand_or_arm_to_the_chest_of_the_same_side(limb, side):
+    assert "placement.transthoracic" in rules_for((limb, side), (Region.CHEST, side))
+
+
+def test_no_current_across_the_back_of_the_neck():
+    assert "placement.across_neck" in rules_for((Region.NECK_BACK, L), (Region.NECK_BACK, R))
+    assert "placement.across_neck" not in rules_for((Region.NECK_BACK, L), (Region.NECK_BACK, M))
+
+
+@pytest.mark.parametrize("a,b", [
+    ((Region.HIP, L), (Region.HIP, R)),
+    ((Region.THIGH, L), (Region.THIGH, R)),
+    ((Region.HIP, R), (Region.THIGH, L)),
+    ((Region.BUTTOCK, L), (Region.BUTTOCK, R)),
+])
+def test_no_current_across_the_pelvis_in_pregnancy(a, b):
+    assert "placement.pregnancy" in rules_for(a, b, Patient(pregnant=True))
+    assert "placement.pregnancy" not in rules_for(a, b)                       # allowed when not pregnant
+    assert "placement.pregnancy" not in rules_for(a, (b[0], a[1]), Patient(pregnant=True))  # one side only
+
+
+def test_site_names_read_plainly():
+    assert str(NeedleSite(Region.LOWER_LEG, L, "SP6")) == "left lower leg (SP6)"

@@ -27,7 +27,7 @@ def minimal(channel: dict | None = None, **top: object) -> dict:
         "mechanism": "peripheral_analgesia",
         "prescription": {"max_amplitude_ma": {"1": 8.0}, "max_minutes": 30.0, "ramp_rate_ma_per_s": 0.1, "sensitivity": "typical"},
         "needles": {"1": {
-            "diameter_mm": 0.25, "length_mm": 40.0,
+            "diameter_mm": 0.25, "length_mm": 40.0, "inserted_mm": 25.0,
             "site_a": {"region": "lumbosacral", "side": "left", "point": "L4"}, "site_b": {"region": "lumbosacral", "side": "left", "point": "L5"},
         }},
         "segments": [{"duration_s": 600.0, "channels": {"1": spec}}],
@@ -57,8 +57,8 @@ def test_dense_disperse_example_runs_once_resolved() -> None:
     switches = seg.t_s[ch1][1:][np.diff(seg.frequency_hz[ch1]) != 0]
     np.testing.assert_allclose(switches, np.arange(3.0, 1800.0, 3.0), atol=1e-9)
     plateau = seg.amplitude_ma[ch1][(seg.t_s[ch1] > 60.0) & (seg.t_s[ch1] < 1780.0)]
-    # 0.75 × 6 mA, +0.5 mA every 10 min, capped at 0.9 × 6 mA
-    assert sorted(set(np.round(plateau, 9))) == [4.5, 5.0, 5.4]
+    # 0.75 × 6 mA, +0.2 mA every 10 min, capped at 0.9 × 6 mA
+    assert sorted(set(np.round(plateau, 9))) == [4.5, 4.7, 4.9]
     assert list(program.settings(0.1)) == list(seg.rows())
 
 
@@ -73,7 +73,7 @@ def test_relative_program_refuses_to_produce_settings_until_resolved() -> None:
 def test_resolve_names_each_missing_threshold() -> None:
     program = Program.load(ROOT / "programs" / "low_rate_2hz.toml")
     with pytest.raises(ProgramError) as err:
-        program.resolve({1: {"sensory": 2.0}, 2: {"motor": 5.0}})
+        program.resolve({1: {"sensory": 2.0, "motor": 3.0}, 2: {"motor": 5.0}})
     assert "segments[0].channels.2.intensity" in str(err.value)
     assert "needs the sensory threshold of channel 2" in str(err.value)
     assert "channels.1" not in str(err.value)
@@ -86,9 +86,9 @@ def test_resolve_multiplies_the_measured_threshold() -> None:
         "step": {"step_ma": 0.5, "every_s": 60.0, "cap": {"multiple": 2.0, "of": "motor"}},
     }))
     assert program.needed_thresholds == {(1, "sensory"), (1, "motor")}
-    resolved = program.resolve({1: {"sensory": 2.0, "motor": 3.5}})
+    resolved = program.resolve({1: {"sensory": 2.0, "motor": 3.5, "tolerance": 8.0}})
     spec = resolved.segments[0].channels[1]
-    assert (spec.intensity, spec.step.cap) == (3.0, 7.0)
+    assert (spec.intensity, spec.step.cap) == (3.0, 7.0)   # below 0.9 x motor = 3.15 and 0.9 x tolerance
     assert resolved.needed_thresholds == set()
     assert next(resolved.settings(1.0)).amplitude_ma == 3.0
 
@@ -107,7 +107,7 @@ def test_resolve_refuses_an_intensity_above_the_prescription_cap() -> None:
         "pattern": "continuous", "frequency_hz": 2.0, "pulse_width_us": 300.0, "intensity": {"multiple": 2.0, "of": "motor"},
     }))
     with pytest.raises(ProgramError, match=r"channels\.1\.intensity = 10\.0: exceeds prescription\.max_amplitude_ma"):
-        program.resolve({1: {"motor": 5.0}})
+        program.resolve({1: {"motor": 5.0, "tolerance": 12.0}})
 
 
 intensities = st.one_of(
@@ -180,7 +180,7 @@ def error_of(path: Path) -> str:
 
 
 def test_bad_toml_names_file_and_line(tmp_path: Path) -> None:
-    path, text = broken(tmp_path, 'mechanism = "descending_inhibition"', 'mechanism = "descending_inhibition')
+    path, text = broken(tmp_path, 'mechanism = "descending_modulation"', 'mechanism = "descending_modulation')
     message = error_of(path)
     assert message.startswith(f"{path}:{line_of(text, 'mechanism =')}: ")
     assert "invalid TOML" in message

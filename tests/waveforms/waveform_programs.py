@@ -25,11 +25,11 @@ def program(minutes: float, specs: dict[int, dict], max_minutes: float = 60.0, s
     """A program with one segment; channels are the keys of `specs`."""
     sites = sites or {ch: SITES[ch] for ch in specs}
     return Program.from_data({
-        "name": "test", "mechanism": "descending_inhibition",
+        "name": "test", "mechanism": "descending_modulation",
         "prescription": {"max_amplitude_ma": {ch: 10.0 for ch in specs}, "max_minutes": max_minutes,
                          "ramp_rate_ma_per_s": 1.0, "sensitivity": sensitivity,
                          "frequency_hz": [1, 100], "pulse_width_us": [100, 400]},
-        "needles": {ch: {"diameter_mm": 0.25, "length_mm": 25, "site_a": {"region": a, "side": side},
+        "needles": {ch: {"diameter_mm": 0.25, "length_mm": 25, "inserted_mm": 15, "site_a": {"region": a, "side": side},
                          "site_b": {"region": b, "side": side}} for ch, (a, b, side) in sites.items()},
         "segments": [{"duration_s": minutes * 60.0, "channels": specs}],
     })

@@ -1,0 +1,155 @@
+"""`estim patient`: patients by the clinic's code (no names). `add` registers one with their
+sensitivity profile; `show` prints the last visits at a glance (screening, thresholds, doses,
+pain before and after, adverse events, plan); `trend` plots the outcomes over visits.
+
+Exit codes: 0 done; 2 refused or bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import EXIT_OK, refused
+from .options import add_store_option
+
+EXAMPLES = """examples:
+  estim patient add P001 --sensitivity hyper
+  estim patient show P001
+  estim patient show P001 --visits 10 --json
+  estim patient trend P001 --out P001-trend.png
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="estim patient", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True)
+    add = sub.add_parser("add", help="register a patient by the clinic's code")
+    add.add_argument("patient", metavar="CODE")
+    add.add_argument("--sensitivity", choices=["hyper", "typical", "hypo"], default="typical",
+                     help="the patient's sensitivity profile (default typical)")
+    show = sub.add_parser("show", help="the last visits at a glance")
+    show.add_argument("patient", metavar="CODE")
+    show.add_argument("--visits", type=int, default=5, metavar="N", help="how many visits (default 5)")
+    show.add_argument("--json", action="store_true")
+    trend = sub.add_parser("trend", help="pain before and after (and pressure-pain thresholds) over visits")
+    trend.add_argument("patient", metavar="CODE")
+    trend.add_argument("--out", type=Path, required=True, metavar="PNG")
+    for p in (add, show, trend):
+        add_store_option(p)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from ..visits import StoreError, VisitStore
+
+    try:
+        with VisitStore(args.store) as store:
+            if args.action == "add":
+                from .options import SENSITIVITY
+
+                info = store.add_patient(args.patient, SENSITIVITY[args.sensitivity].value)
+                print(f"patient {info.code} added ({info.sensitivity}); next: `estim visit start {info.code} ...`")
+                return EXIT_OK
+            visits = store.visits(args.patient, limit=args.visits if args.action == "show" else None)
+            info = store.patient(args.patient)
+    except (StoreError, ValueError) as exc:
+        return refused(exc)
+    if args.action == "trend":
+        return _trend(args, list(reversed(visits)))
+    if args.json:
+        print(json.dumps([_plain(v) for v in visits], indent=2, default=str))
+        return EXIT_OK
+    print(f"patient {info.code} ({info.sensitivity}), {len(visits)} most recent visit(s), newest first")
+    for visit in visits:
+        print(_glance(visit))
+    return EXIT_OK
+
+
+def _glance(visit) -> str:  # noqa: ANN001 - visits.Visit
+    from safety import Question
+
+    lines = [f"\n{visit.started_at.astimezone():%Y-%m-%d %H:%M}  visit {visit.id}  {visit.clinician or '-'}  "
+             f"({visit.sensitivity}){'' if visit.ended_at else '  [open]'}"]
+    flagged = [q.value.replace("_", " ") for q in Question if visit.screening.answers.get(q)]
+    lines.append(f"  screening: {', '.join(flagged) if flagged else 'nothing raised'}")
+    for t in visit.thresholds:
+        marks = ", ".join(f"{k} {'-' if v is None else f'{v:g}'}" for k, v in
+                          (("sensory", t.sensory_ma), ("motor", t.motor_ma), ("tolerance", t.tolerance_ma)))
+        lines.append(f"  thresholds ch{t.channel} ({t.placement.a} / {t.placement.b}, {t.waveform}): {marks} mA")
+    for d in visit.doses:
+        peaks = ", ".join(f"ch{c['channel']} {c['peak_ma']:g} mA for {c['stimulation_s'] / 60:.1f} min"
+                          for c in d.delivered)
+        lines.append(f"  dose: {d.program}{'' if d.completed else ' (stopped early)'}: {peaks or 'nothing delivered'}")
+    o = visit.outcome
+    if o is not None:
+        pain = f"pain {o.pain_before if o.pain_before is not None else '-'} -> " \
+               f"{o.pain_after if o.pain_after is not None else '-'}"
+        lines.append(f"  outcome: {pain}; {', '.join(o.adverse_events) or 'no adverse events'}"
+                     + (f"; felt: {o.felt}" if o.felt else ""))
+    if visit.plan is not None:
+        lines.append(f"  plan: {', '.join(visit.plan.kinds) or '-'}" + (f"; {visit.plan.text}" if visit.plan.text else ""))
+    return "\n".join(lines)
+
+
+def _plain(visit) -> dict:  # noqa: ANN001 - visits.Visit
+    from dataclasses import asdict
+
+    return {"id": visit.id, "started_at": visit.started_at.isoformat(), "clinician": visit.clinician,
+            "sensitivity": visit.sensitivity,
+            "screening": {q.value: a for q, a in visit.screening.answers.items()},
+            "thresholds": [t.as_dict() for t in visit.thresholds],
+            "doses": [{"program": d.program, "mechanism": d.mechanism, "request": dict(d.request),
+                       "delivered": list(d.delivered), "completed": d.completed} for d in visit.doses],
+            "outcome": None if visit.outcome is None else asdict(visit.outcome),
+            "plan": None if visit.plan is None else {"kinds": list(visit.plan.kinds), "text": visit.plan.text}}
+
+
+def _trend(args: argparse.Namespace, visits: list) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [v for v in visits if v.outcome is not None]
+    if not scored:
+        return refused(ValueError(f"{args.patient} has no outcomes recorded yet (`estim visit outcome ...`)"))
+    n = range(1, len(scored) + 1)
+    labels = [f"{v.started_at.astimezone():%d %b}" for v in scored]
+    ppt = [v for v in scored if v.outcome.ppt_local_before_kpa is not None]
+    fig, axes = plt.subplots(2 if ppt else 1, 1, figsize=(7, 5.5 if ppt else 3.5), squeeze=False, sharex=True)
+    ax = axes[0][0]
+    ax.plot(n, [v.outcome.pain_before for v in scored], "o-", color="tab:red", label="pain before")
+    ax.plot(n, [v.outcome.pain_after for v in scored], "o-", color="tab:blue", label="pain after")
+    for i, v in zip(n, scored):
+        if v.outcome.adverse_events:
+            ax.annotate(", ".join(v.outcome.adverse_events), (i, 10), fontsize=7, ha="center", va="top")
+    ax.set_ylim(0, 10.5)
+    ax.set_ylabel("pain (0-10)")
+    ax.set_title(f"{args.patient}: outcomes over visits")
+    ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
+    if ppt:
+        ax2 = axes[1][0]
+        idx = [scored.index(v) + 1 for v in ppt]
+        ax2.plot(idx, [v.outcome.ppt_local_before_kpa for v in ppt], "s--", color="tab:gray", label="local before")
+        ax2.plot(idx, [v.outcome.ppt_local_after_kpa for v in ppt], "s-", color="tab:green", label="local after")
+        remote = [(i, v.outcome) for i, v in zip(idx, ppt) if v.outcome.ppt_remote_before_kpa is not None]
+        if remote:
+            ax2.plot([i for i, _ in remote], [o.ppt_remote_before_kpa for _, o in remote], "^--", color="tab:gray",
+                     label="remote before")
+            ax2.plot([i for i, _ in remote], [o.ppt_remote_after_kpa for _, o in remote], "^-", color="tab:purple",
+                     label="remote after")
+        ax2.set_ylabel("pressure-pain threshold (kPa)")
+        ax2.legend(loc="lower left", fontsize=8, framealpha=0.8)
+    axes[-1][0].set_xticks(list(n), labels)
+    axes[-1][0].set_xlabel("visit")
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    plt.close(fig)
+    print(f"{len(scored)} visit(s) -> {args.out}")
+    return EXIT_OK

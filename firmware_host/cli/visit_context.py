@@ -1,0 +1,123 @@
+"""What a device command needs from today's visit when `--patient CODE` is given: the open,
+screened visit; the screening's verdict on today's needle sites; and, afterwards, the
+thresholds, the dose delivered and the treatment record kept with the visit.
+
+Every function here prints in plain words and returns an exit code when it refuses."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import refused
+
+
+def store(args: argparse.Namespace) -> Any:
+    """The visit store named by --store (or the default); raises StoreError."""
+    from ..visits import VisitStore
+
+    return VisitStore(getattr(args, "store", None))
+
+
+def attach_visit(args: argparse.Namespace) -> int | None:
+    """With --patient: today's open visit into `args.visit`, or the exit code of a refusal.
+    Without it, `args.visit` is None and the screening flags speak for the patient."""
+    args.visit = None
+    if not getattr(args, "patient", None):
+        return None
+    from ..visits import StoreError
+
+    if getattr(args, "implanted_device", False) or getattr(args, "pregnant", False):
+        return refused(ValueError("with --patient, today's screening answers for implanted devices and "
+                                  "pregnancy; leave out --implanted-device and --pregnant"))
+    try:
+        with store(args) as visits:
+            visit = visits.open_visit(args.patient)
+    except StoreError as exc:
+        return refused(exc)
+    if visit is None:
+        return refused(ValueError(f"no visit open today for {args.patient}: screen the patient first with "
+                                  f"`estim visit start {args.patient} ...`"))
+    args.visit = visit
+    return None
+
+
+def screening_verdict(args: argparse.Namespace, placements: Mapping[int, Any]) -> int | None:
+    """Today's screening against today's sites: warnings printed, a refusal's exit code returned."""
+    if getattr(args, "visit", None) is None:
+        return None
+    from safety import screen
+
+    from .options import sensitivity
+
+    verdict = screen(args.visit.screening, placements, sensitivity(args))
+    for warning in verdict.warnings:
+        print(f"caution: {warning}", file=sys.stderr)
+    for extra in verdict.refusals[1:]:
+        print(f"refused: {extra}", file=sys.stderr)
+    return refused(verdict.refusals[0]) if verdict.refusals else None
+
+
+def keep_thresholds(args: argparse.Namespace, thresholds: Any) -> None:
+    """Titration results into today's visit."""
+    if getattr(args, "visit", None) is None:
+        return
+    with store(args) as visits:
+        visits.add_thresholds(args.visit.id, thresholds)
+
+
+def keep_record(args: argparse.Namespace, path: Path) -> None:
+    """The treatment record written in today's visit (its id is the file's name)."""
+    if getattr(args, "visit", None) is None:
+        return
+    with store(args) as visits:
+        visits.link_record(args.visit.id, path.stem, str(path))
+
+
+def keep_dose(args: argparse.Namespace, program: Any, request: Mapping[str, Any], stim: Any, completed: bool) -> None:
+    """The dose as asked (to repeat it) and as the device delivered it, per channel."""
+    if getattr(args, "visit", None) is None:
+        return
+    from safety import output_summary
+
+    doses = stim.interlock.applied_doses()
+    needles = {ch: stim.interlock.setup.needle(ch) for ch in stim.channels}
+    summaries, _ = output_summary(doses, needles, {c: r.charge_total_uc for c, r in stim.readings.items()})
+    delivered = [{
+        "channel": s.channel,
+        "peak_ma": max((d.setting.amplitude_ma for d in doses
+                        if d.channel == s.channel and d.enabled and d.setting is not None), default=0.0),
+        "stimulation_s": round(s.stimulation_s, 1),
+        "charge_uc": round(s.delivered_charge_device_uc if s.delivered_charge_device_uc is not None
+                           else s.delivered_charge_host_uc, 1),
+    } for s in summaries]
+    with store(args) as visits:
+        visits.add_dose(args.visit.id, program.name, str(program.mechanism), request, delivered, completed)
+
+
+def dose_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that ask for this dose again (`estim run --patient CODE --last-dose`)."""
+    keys = ("program", "preset", "channel", "sites", "needle", "inserted", "sensitivity", "minutes")
+    return {k: (str(v) if isinstance(v, Path) else v) for k in keys if (v := getattr(args, k, None)) is not None}
+
+
+def apply_last_dose(args: argparse.Namespace) -> int | None:
+    """--last-dose: fill the program options from the patient's last completed dose."""
+    from ..visits import StoreError
+
+    try:
+        with store(args) as visits:
+            last = visits.last_dose(args.patient)
+    except StoreError as exc:
+        return refused(exc)
+    if last is None:
+        return refused(ValueError(f"{args.patient} has no completed dose yet"))
+    for key, value in last.request.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, Path(value) if key == "program" else value)
+    print(f"last dose: {last.program}, {last.recorded_at.astimezone():%Y-%m-%d}; today's thresholds set the "
+          "intensity")
+    return None

@@ -1,0 +1,127 @@
+"""The visit store's tables (SQLAlchemy 2 declarative). The schema itself is made by the
+Alembic migrations beside this file; a test checks the two agree."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {"ix": "ix_%(column_0_label)s", "uq": "uq_%(table_name)s_%(column_0_name)s",
+          "ck": "ck_%(table_name)s_%(constraint_name)s", "fk": "fk_%(table_name)s_%(column_0_name)s",
+          "pk": "pk_%(table_name)s"}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class PatientRow(Base):
+    """A patient, known only by the code the clinic chose (no names)."""
+
+    __tablename__ = "patients"
+    code: Mapped[str] = mapped_column(String(40), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sensitivity: Mapped[str] = mapped_column(String(20))
+
+
+class VisitRow(Base):
+    __tablename__ = "visits"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    patient_code: Mapped[str] = mapped_column(ForeignKey("patients.code"), index=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    clinician: Mapped[str] = mapped_column(String(80))
+    host: Mapped[str] = mapped_column(String(120))
+    sensitivity: Mapped[str] = mapped_column(String(20))
+
+
+class ScreeningRow(Base):
+    __tablename__ = "screening_answers"
+    visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id"), primary_key=True)
+    question: Mapped[str] = mapped_column(String(40), primary_key=True)
+    answer: Mapped[bool] = mapped_column(Boolean)
+
+
+class ThresholdRow(Base):
+    __tablename__ = "thresholds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    patient_code: Mapped[str] = mapped_column(ForeignKey("patients.code"), index=True)
+    visit_id: Mapped[int | None] = mapped_column(ForeignKey("visits.id"))
+    channel: Mapped[int] = mapped_column(Integer)
+    site_a: Mapped[str] = mapped_column(String(80))
+    site_b: Mapped[str] = mapped_column(String(80))
+    shape: Mapped[str] = mapped_column(String(20))
+    frequency_hz: Mapped[float] = mapped_column(Float)
+    pulse_width_us: Mapped[float] = mapped_column(Float)
+    burst_pulses: Mapped[int] = mapped_column(Integer)
+    burst_rate_hz: Mapped[float] = mapped_column(Float)
+    sensory_ma: Mapped[float | None] = mapped_column(Float)
+    motor_ma: Mapped[float | None] = mapped_column(Float)
+    tolerance_ma: Mapped[float | None] = mapped_column(Float)
+    repeats: Mapped[int] = mapped_column(Integer)
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DoseRow(Base):
+    """A dose delivered in a visit: what was asked (to repeat it) and what the device delivered."""
+
+    __tablename__ = "doses"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id"), index=True)
+    program: Mapped[str] = mapped_column(String(200))
+    mechanism: Mapped[str | None] = mapped_column(String(40))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)     # how to ask for the same dose again
+    delivered: Mapped[list[Any]] = mapped_column(JSON)        # per channel, from the record
+    completed: Mapped[bool] = mapped_column(Boolean)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutcomeRow(Base):
+    __tablename__ = "outcomes"
+    visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id"), primary_key=True)
+    pain_before: Mapped[int | None] = mapped_column(Integer)
+    pain_after: Mapped[int | None] = mapped_column(Integer)
+    felt: Mapped[str] = mapped_column(Text)
+    soreness: Mapped[bool] = mapped_column(Boolean)
+    fainting: Mapped[bool] = mapped_column(Boolean)
+    bleeding: Mapped[bool] = mapped_column(Boolean)
+    other_events: Mapped[str] = mapped_column(Text)
+    ppt_local_before_kpa: Mapped[float | None] = mapped_column(Float)
+    ppt_local_after_kpa: Mapped[float | None] = mapped_column(Float)
+    ppt_remote_before_kpa: Mapped[float | None] = mapped_column(Float)
+    ppt_remote_after_kpa: Mapped[float | None] = mapped_column(Float)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PlanRow(Base):
+    __tablename__ = "plans"
+    visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id"), primary_key=True)
+    kinds: Mapped[list[str]] = mapped_column(JSON)
+    text: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class VisitRecordRow(Base):
+    """A treatment record written during a visit."""
+
+    __tablename__ = "visit_records"
+    visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id"), primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+
+
+class RecordHeadRow(Base):
+    """The newest known head of a treatment record's chain: a record cut short or deleted
+    no longer matches it."""
+
+    __tablename__ = "record_heads"
+    record_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(String(128))
+    key_id: Mapped[str | None] = mapped_column(String(80))
+    closed: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

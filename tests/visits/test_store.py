@@ -1,0 +1,199 @@
+"""The visit store, on SQLite and on a real PostgreSQL server (every test runs on both)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from firmware_host.sim.process import child_env
+from firmware_host.visits import Outcome, Plan, RecordHeadError, StoreError, VisitStore
+from firmware_host.visits.models import Base
+from firmware_host.waveforms.thresholds import ChannelThresholds, TitrationWaveform
+from safety import ChannelPlacement, NeedleSite, Question, Region, Screening, Shape, Side
+
+pytestmark = pytest.mark.timeout(60)
+
+ARM = ChannelPlacement(NeedleSite(Region.FOREARM, Side.LEFT, "LI10"), NeedleSite(Region.HAND, Side.LEFT, "LI4"))
+WAVE = TitrationWaveform(Shape.BIPHASIC, 2.0, 200.0)
+
+
+@pytest.fixture
+def store(store_url: str):
+    with VisitStore(store_url) as s:
+        s.add_patient("P001", "typical")
+        yield s
+
+
+def thresholds(sensory: float = 1.0, motor: float = 2.0, tolerance: float = 4.0, **kw) -> ChannelThresholds:
+    return ChannelThresholds(1, ARM, WAVE, datetime.now(timezone.utc), sensory, motor, tolerance, "P001", **kw)
+
+
+def test_migrations_make_exactly_the_models(store_url: str) -> None:
+    VisitStore(store_url).close()
+    engine = create_engine(store_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    assert "record_heads" in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_opening_twice_migrates_once_and_keeps_data(store: VisitStore, store_url: str) -> None:
+    with VisitStore(store_url) as again:
+        assert again.patient("P001") is not None
+
+
+def test_a_whole_visit_round_trips(store: VisitStore) -> None:
+    answers = Screening({**Screening.all_no().answers, Question.BLEEDING_RISK: True})
+    visit_id = store.start_visit("P001", answers, clinician="JD")
+    store.add_thresholds(visit_id, thresholds())
+    store.add_dose(visit_id, "Segmental", "segmental_inhibition", {"preset": "segmental_inhibition", "channel": 1},
+                   [{"channel": 1, "peak_ma": 1.8}], completed=True)
+    store.set_outcome(visit_id, Outcome(pain_before=6, pain_after=3, felt="buzzing", soreness=True,
+                                        ppt_local_before_kpa=250.0, ppt_local_after_kpa=310.0))
+    store.link_record(visit_id, "rec-1", "/records/rec-1.jsonl")
+    assert store.open_visit("P001").id == visit_id
+    store.end_visit(visit_id, Plan(("loading", "breathing"), "3x10 step-downs"))
+    assert store.open_visit("P001") is None
+
+    [visit] = store.visits("P001")
+    assert visit.screening[Question.BLEEDING_RISK] is True and not visit.screening.unanswered
+    assert visit.thresholds[0].placement == ARM and visit.thresholds[0].waveform == WAVE
+    assert visit.thresholds[0].motor_ma == 2.0
+    assert visit.doses[0].delivered[0]["peak_ma"] == 1.8
+    assert visit.outcome.pain_after == 3 and visit.outcome.adverse_events == ["soreness"]
+    assert visit.plan == Plan(("loading", "breathing"), "3x10 step-downs")
+    assert visit.records == (("rec-1", "/records/rec-1.jsonl"),)
+    assert store.last_dose("P001").request["preset"] == "segmental_inhibition"
+
+
+def test_a_visit_needs_every_screening_question_answered(store: VisitStore) -> None:
+    partial = Screening({Question.PREGNANT: False})
+    with pytest.raises(StoreError, match="screening is not finished"):
+        store.start_visit("P001", partial, clinician="JD")
+
+
+def test_yesterdays_open_visit_is_not_todays(store: VisitStore) -> None:
+    store.start_visit("P001", Screening.all_no(), "JD", when=datetime.now(timezone.utc) - timedelta(days=1))
+    assert store.open_visit("P001") is None
+
+
+def test_patients_are_codes_not_names(store: VisitStore) -> None:
+    with pytest.raises(StoreError, match="not a name"):
+        store.add_patient("Jane Doe", "typical")
+    with pytest.raises(StoreError, match="already exists"):
+        store.add_patient("P001", "typical")
+    with pytest.raises(StoreError, match="estim patient add P404"):
+        store.start_visit("P404", Screening.all_no(), "JD")
+
+
+@pytest.mark.parametrize("bad", [{"pain_before": 11}, {"pain_after": -1}, {"pain_before": 2.5},
+                                 {"ppt_remote_after_kpa": 0.0}])
+def test_outcomes_are_on_their_scales(bad: dict) -> None:
+    with pytest.raises(StoreError):
+        Outcome(**bad)
+
+
+def test_a_plan_says_what_follows(store: VisitStore) -> None:
+    with pytest.raises(StoreError, match="empty"):
+        Plan()
+    with pytest.raises(StoreError, match="unknown plan"):
+        Plan(("yoga",))
+
+
+def test_record_head_never_moves_backwards(store: VisitStore) -> None:
+    assert store.get_record_head("r1") is None
+    store.put_record_head("r1", "/r1.jsonl", 10, "a" * 64, None, False)
+    store.put_record_head("r1", "/r1.jsonl", 25, "b" * 64, "clinic-key", True)
+    store.put_record_head("r1", "/r1.jsonl", 25, "b" * 64, "clinic-key", True)   # the same head again is fine
+    with pytest.raises(RecordHeadError, match="back from 25 records to 24"):
+        store.put_record_head("r1", "/r1.jsonl", 24, "c" * 64, "clinic-key", True)
+    with pytest.raises(RecordHeadError, match="different last hash"):
+        store.put_record_head("r1", "/r1.jsonl", 25, "d" * 64, "clinic-key", True)
+    head = store.get_record_head("r1")
+    assert (head.count, head.last_hash, head.key_id, head.closed) == (25, "b" * 64, "clinic-key", True)
+    assert head.updated_at.tzinfo is not None
+
+
+def test_an_unusable_url_is_a_plain_error() -> None:
+    with pytest.raises(StoreError, match="not a database URL"):
+        VisitStore("visits.db")
+    with pytest.raises(StoreError, match="SQLite or PostgreSQL"):
+        VisitStore("mysql://x@y/z")
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from datetime import datetime, timezone
+    from firmware_host.visits import Outcome, Plan, VisitStore
+    from firmware_host.waveforms.thresholds import ChannelThresholds, TitrationWaveform
+    from safety import ChannelPlacement, NeedleSite, Region, Screening, Shape, Side
+    url, host, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    site = NeedleSite(Region.FOREARM, Side.LEFT)
+    store = VisitStore(url)
+    for i in range(n):
+        v = store.start_visit("P001", Screening.all_no(), clinician=host)
+        store.add_thresholds(v, ChannelThresholds(1, ChannelPlacement(site, site),
+                             TitrationWaveform(Shape.BIPHASIC, 2.0, 200.0), datetime.now(timezone.utc),
+                             1.0, 2.0, 4.0, "P001"))
+        store.set_outcome(v, Outcome(pain_before=5, pain_after=i % 11))
+        store.end_visit(v, Plan(("loading",), f"{host} {i}"))
+    store.close()
+""")
+
+
+def test_two_hosts_writing_visits_for_one_patient_lose_nothing(postgres_url_template: str) -> None:
+    from postgres_server import new_database
+
+    url = new_database(postgres_url_template)
+    with VisitStore(url) as store:
+        store.add_patient("P001", "typical")
+    n = 15
+    hosts = [subprocess.Popen([sys.executable, "-c", WRITER, url, host, str(n)], env=child_env(),
+                              stderr=subprocess.PIPE, text=True) for host in ("A", "B")]
+    for proc in hosts:
+        _, err = proc.communicate(timeout=50)
+        assert proc.returncode == 0, err
+    with VisitStore(url) as store:
+        visits = store.visits("P001")
+        assert len(visits) == 2 * n
+        assert sorted(v.plan.text for v in visits) == sorted(f"{h} {i}" for h in "AB" for i in range(n))
+        assert all(len(v.thresholds) == 1 and v.outcome is not None and v.ended_at for v in visits)
+        assert len(store.thresholds("P001")) == 2 * n
+
+
+def test_racing_record_heads_end_at_the_highest_count(postgres_url_template: str) -> None:
+    """Two writers anchoring one record at once: the head ends at the highest count, and
+    every write that lost was refused for being behind, never applied."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from postgres_server import new_database
+
+    url = new_database(postgres_url_template)
+    counts = {"A": range(0, 60, 2), "B": range(1, 60, 2)}
+
+    def anchor(host: str) -> list[int]:
+        refused = []
+        with VisitStore(url) as store:
+            for count in counts[host]:
+                try:
+                    store.put_record_head("shared", "/shared.jsonl", count, f"hash-{count}", None, False)
+                except RecordHeadError:
+                    refused.append(count)
+        return refused
+
+    with VisitStore(url):
+        pass
+    with ThreadPoolExecutor(2) as pool:
+        refused = [c for r in pool.map(anchor, counts) for c in r]
+    with VisitStore(url) as store:
+        head = store.get_record_head("shared")
+    assert (head.count, head.last_hash) == (59, "hash-59")
+    assert 59 not in refused
