@@ -209,6 +209,11 @@ class TreatmentRecord:
         return self._durable.count
 
     @property
+    def anchored(self) -> Head | None:
+        """The last head the anchor sink accepted (None: none yet, or no sink)."""
+        return self._anchorer.anchored if self._anchorer is not None else None
+
+    @property
     def anchor_error(self) -> str | None:
         """Why the head could not be anchored in the visit store, or None."""
         return self._anchorer.error if self._anchorer is not None else None

@@ -115,12 +115,12 @@ def test_run_completes_and_record_verifies_and_shows(sim: SimProcess, tmp_path: 
     assert "line 6" in bad.stdout and "ALTERED" in bad.stdout
     assert json.loads(estim("record", "verify", str(tampered), "--json").stdout)["first_bad_line"] == 6
 
-    # a process killed mid-write leaves a partial last line: intact but not closed, exit 5
+    # the end cut off (to what looks like a killed writer's partial line): the visit store saw the close
     lines = record.read_text().splitlines()
     truncated = tmp_path / "truncated.jsonl"
     truncated.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:30])
     cut = estim("record", "verify", str(truncated))
-    assert cut.returncode == 5 and "cut mid-line" in cut.stdout
+    assert cut.returncode == 6 and "visit store saw" in cut.stdout
 
 
 def test_run_refuses_monophasic_on_needles_before_sending(sim: SimProcess, tmp_path: Path) -> None:

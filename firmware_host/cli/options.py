@@ -237,13 +237,15 @@ def _thresholds_as_given(path: Path | None) -> Any:
         return str(path)  # unreadable: the run refuses it on its own; the record names the file
 
 
-def open_record(path: Path | None, kind: str = "session") -> TreatmentRecord:
+def open_record(path: Path | None, kind: str = "session", store: str | None = None) -> TreatmentRecord:
     """The treatment record at `path` (default: a timestamped file in the user's data dir),
     signed with this computer's record key; a place that cannot be written, or an existing
     file that is not an intact record, is a refusal before any device is opened. On a first
     run the key is created here, with a notice (the README's quick start must work on a
-    fresh machine)."""
+    fresh machine). Its head is anchored in the visit store at `store` (None: the default)."""
     from safety.record_keys import RecordKeyError, default_key_or_create, key_dir
+
+    from .anchoring import StoreAnchor
 
     if path is None:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
@@ -260,7 +262,7 @@ def open_record(path: Path | None, kind: str = "session") -> TreatmentRecord:
               "records. Back up that folder: records cannot be checked without it.", file=sys.stderr)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return TreatmentRecord(path, key=key)
+        return TreatmentRecord(path, key=key, anchor=StoreAnchor(store))
     except OSError as exc:
         raise Refusal("output.not_writable", f"the treatment record {path} cannot be written ({exc.strerror}): "
                       "choose another place with --record", value=str(path), limit="a writable file") from None

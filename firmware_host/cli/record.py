@@ -2,8 +2,10 @@
 and hand it on as a PDF report or a FHIR R4 bundle.
 
 `verify` exit codes: 0 intact and closed; 5 intact but not closed (cut at a record
-boundary, or mid-line by a killed process); 6 altered, or not a treatment record; 7 cannot
-check (the key it names is not on this computer, or the file cannot be read).
+boundary, or mid-line by a killed process); 6 altered, or not a treatment record (also:
+shorter than, or different from, the head the visit store kept, or deleted); 7 cannot check
+(the key it names is not on this computer, the file cannot be read, or the visit store has
+no head for it or cannot be opened).
 `show`, `report` and `export` read what the record holds and say when it does not verify.
 """
 
@@ -17,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from . import EXIT_OK, EXIT_RECORD_ALTERED, EXIT_RECORD_NOT_CLOSED, EXIT_RECORD_UNCHECKABLE, EXIT_REFUSED
+from .options import add_store_option
 
 EXAMPLES = """examples:
   estim record verify ~/.local/share/estim/records/session-20250101-093000.jsonl
   estim record verify session.jsonl --key k-3f9a0c1d2e4b5a60 --json
+  estim record verify --id 5f0c2a9e8d7b4c3a9e1f2d3c4b5a6978      (the file may be gone)
   estim record show session.jsonl --plot session.png
   estim record report session.jsonl --out visit.pdf
   estim record export session.jsonl --fhir visit.json
@@ -37,10 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     verify = sub.add_parser("verify", help="check a record: signed with the clinic's key, nothing changed "
                                            "(exit 0 / 5 / 6 / 7)",
-                            description="Check every line against the key the record names. Exit 0: intact "
-                                        "and closed; 5: intact but not closed; 6: altered or not a record; "
-                                        "7: cannot check (key not on this computer, file unreadable).")
-    verify.add_argument("path", type=Path, metavar="PATH")
+                            description="Check every line against the key the record names, and the record "
+                                        "against the head the visit store kept of it (so a cut-off end or a "
+                                        "deleted file is caught). Exit 0: intact and closed; 5: intact but not "
+                                        "closed; 6: altered, not a record, or deleted; 7: cannot check (key not on "
+                                        "this computer, file unreadable, no entry in the visit store).")
+    verify.add_argument("path", type=Path, metavar="PATH", nargs="?")
+    verify.add_argument("--id", metavar="RECORD_ID", help="the record the visit store knows by this id (printed "
+                                                          "when the session started), wherever it was written")
+    add_store_option(verify)
     verify.add_argument("--key", metavar="ID", help="insist the record was signed with this key")
     verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
     show = sub.add_parser("show", help="summarise a session: plan, operator, thresholds, commands, faults, output",
@@ -55,25 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
                                         "fault and patient remark marked, and the output summary at the needle.")
     report.add_argument("path", type=Path, metavar="PATH")
     report.add_argument("--out", type=Path, required=True, metavar="PDF")
+    add_store_option(report)
     export = sub.add_parser("export", help="export the session for a clinic system (FHIR R4 bundle, JSON)",
                             description="Write a FHIR R4 (4.3, R4B) collection Bundle: Device, Procedure with "
                                         "the dose per channel as extensions, and pain Observations when recorded.")
     export.add_argument("path", type=Path, metavar="PATH")
     export.add_argument("--fhir", type=Path, required=True, metavar="JSON")
+    add_store_option(export)
     return parser
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if not args.path.is_file():
-        print(f"error: {args.path}: no such record file", file=sys.stderr)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.action == "verify" and (args.path is None) == (args.id is None):
+        parser.error("give the record's PATH, or --id RECORD_ID")
+    if args.path is not None and not args.path.is_file():
+        print(f"error: {args.path}: no such record file" + (
+            "; if it was deleted, `estim record verify --id RECORD_ID` asks the visit store what it saw"
+            if args.action == "verify" else ""), file=sys.stderr)
         return EXIT_RECORD_UNCHECKABLE if args.action == "verify" else EXIT_REFUSED
     if args.action == "verify":
-        return _verify(args.path, args.key, args.json)
+        return _verify(args, args.json)
     if args.action == "report":
-        return _report(args.path, args.out)
+        return _report(args.path, args.out, args.store)
     if args.action == "export":
-        return _export(args.path, args.fhir)
+        return _export(args.path, args.fhir, args.store)
     return _show(args.path, args.plot, args.json)
 
 
@@ -88,13 +104,30 @@ def _checked(path: Path) -> Any:
     return verdict
 
 
-def _report(path: Path, out: Path) -> int:
+def _visit(session: Any, store_url: str | None) -> Any:
+    """The visit this record was written in (linked by its id in the visit store), or None."""
+    if not session.patient_code or not session.record_id:
+        return None
+    from ..visits import StoreError, VisitStore
+
+    try:
+        with VisitStore(store_url) as store:
+            visits = store.visits(session.patient_code)
+    except StoreError as exc:
+        print(f"warning: the visit store cannot be read ({exc}); the report holds what the record holds",
+              file=sys.stderr)
+        return None
+    return next((v for v in visits if any(rid == session.record_id for rid, _ in v.records)), None)
+
+
+def _report(path: Path, out: Path, store_url: str | None) -> int:
     from ..reports.pdf import write_report
     from ..reports.session import read_session
 
     verdict = _checked(path)
+    session = read_session(path)
     try:
-        write_report(read_session(path), verdict, out)
+        write_report(session, verdict, out, _visit(session, store_url))
     except OSError as exc:
         print(f"error: cannot write {out} ({exc.strerror or exc})", file=sys.stderr)
         return EXIT_REFUSED
@@ -102,12 +135,15 @@ def _report(path: Path, out: Path) -> int:
     return EXIT_OK if verdict.ok else EXIT_BY_STATUS[verdict.status.name]
 
 
-def _export(path: Path, out: Path) -> int:
+def _export(path: Path, out: Path, store_url: str | None) -> int:
     from ..reports.fhir import build_bundle
     from ..reports.session import read_session
 
     verdict = _checked(path)
-    bundle = build_bundle(read_session(path))
+    session = read_session(path)
+    visit = _visit(session, store_url)
+    outcome = visit.outcome if visit is not None else None
+    bundle = build_bundle(session, (outcome.pain_before, outcome.pain_after) if outcome else (None, None))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(bundle.json(indent=2) + "\n", encoding="utf-8")
@@ -130,14 +166,25 @@ NEXT_STEP = {
 }
 
 
-def _verify(path: Path, key_id: str | None, as_json: bool) -> int:
-    from safety import verify_record
+def _verify(args: argparse.Namespace, as_json: bool) -> int:
+    from safety import verify_anchored, verify_record
 
+    from ..visits import StoreError, VisitStore
+
+    path = args.path
     try:
-        verdict = verify_record(path, expect_key=key_id)
+        store = VisitStore(args.store)
+    except StoreError as exc:
+        print(f"{path or args.id}: cannot be checked: {exc}.")
+        return EXIT_RECORD_UNCHECKABLE
+    try:
+        with store:
+            verdict = verify_anchored(args.id, store) if path is None else \
+                verify_record(path, expect_key=args.key, anchors=store)
     except OSError as exc:
         print(f"error: {path}: cannot read the record ({exc.strerror or exc})", file=sys.stderr)
         return EXIT_RECORD_UNCHECKABLE
+    path = path or args.id
     status = verdict.status.name
     if as_json:
         body = {k: v for k, v in asdict(verdict).items() if k != "fragment"}
@@ -152,6 +199,8 @@ def _verify(path: Path, key_id: str | None, as_json: bool) -> int:
                                                        if verdict.records else "") + NEXT_STEP[status])
     else:
         print(f"{path}: cannot be checked: {verdict.reason}.")
+    if verdict.anchor and verdict.ok:
+        print(f"visit store: {verdict.anchor}.")
     return EXIT_BY_STATUS[status]
 
 

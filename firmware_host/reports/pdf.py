@@ -5,7 +5,9 @@ screening as the record has it, sites and needles, thresholds, program and dose 
 channel, the target and the integration plan. Page 2: the delivered-intensity plot with
 every stop, e-stop, fault, refusal and piece of patient feedback marked, and the output
 summary at the needle rebuilt from the readings. Everything comes from the record (and
-its verdict); a field the record does not hold is printed as "not recorded".
+its verdict) and, when the session was run for a patient, from the visit the record is
+linked to in the visit store (screening, outcomes, plan); a field neither holds is
+printed as "not recorded".
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ LINE_CHARS = 105
 """Monospaced characters that fit across the page at 7.8 pt."""
 
 
-def write_report(session: Session, verdict: Any, out: Path) -> Path:
-    """Write the PDF; `verdict` is the record's `safety.RecordVerdict`."""
+def write_report(session: Session, verdict: Any, out: Path, visit: Any = None) -> Path:
+    """Write the PDF; `verdict` is the record's `safety.RecordVerdict`, `visit` the visit
+    store's `Visit` the record belongs to, if any."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,7 +38,7 @@ def write_report(session: Session, verdict: Any, out: Path) -> Path:
     with PdfPages(out, metadata={"Title": f"Needle e-stim session report {session.record_id or ''}".strip(),
                                  "Creator": "estim record report"}) as pdf:
         first = plt.figure(figsize=A4)
-        _text_page(first, _page_one(session, verdict))
+        _text_page(first, _page_one(session, verdict, visit))
         pdf.savefig(first)
         plt.close(first)
         second = plt.figure(figsize=A4, layout="constrained")
@@ -64,7 +67,7 @@ def _text_page(fig: Any, blocks: list[tuple[str, list[str]]], top: float = 0.96,
         y -= 0.8 * step
 
 
-def _page_one(s: Session, verdict: Any) -> list[tuple[str, list[str]]]:
+def _page_one(s: Session, verdict: Any, visit: Any) -> list[tuple[str, list[str]]]:
     plan, setup = s.plan, s.setup
     patient = setup.get("patient") or {}
     rx = setup.get("prescription") or {}
@@ -72,16 +75,16 @@ def _page_one(s: Session, verdict: Any) -> list[tuple[str, list[str]]]:
         ("Needle e-stim session report", [
             f"patient code:   {s.patient_code or NOT_RECORDED}",
             f"date:           {(s.started or '')[:10] or NOT_RECORDED}  ({_clock(s.started)} to {_clock(s.ended)} UTC)",
-            f"clinician:      {s.operator or NOT_RECORDED}",
+            f"clinician:      {s.operator or (visit.clinician if visit else None) or NOT_RECORDED}",
             f"device:         {s.device['serial'] or NOT_RECORDED}, firmware {s.device['firmware'] or '-'}",
             f"record:         {s.path.name} (id {s.record_id or '-'})",
             f"record check:   {verdict.status.value}" + (f"; signed with key {verdict.key_id}" if verdict.key_id
                                                          else "") + ("" if verdict.ok else f": {verdict.reason}"),
         ]),
-        ("Screening", [
-            f"implanted electronic device: {_yes_no(patient.get('implanted_device'))}",
-            f"pregnant:                    {_yes_no(patient.get('pregnant'))}",
-            f"sensitivity:                 {plan.get('sensitivity') or rx.get('sensitivity') or NOT_RECORDED}",
+        ("Screening" + (f" (visit {visit.id})" if visit else ""), [
+            *(_screening(visit) or [f"implanted electronic device: {_yes_no(patient.get('implanted_device'))}",
+                                    f"pregnant: {_yes_no(patient.get('pregnant'))}"]),
+            f"sensitivity: {plan.get('sensitivity') or rx.get('sensitivity') or NOT_RECORDED}",
         ]),
         ("Sites and needles", _sites(setup) or [NOT_RECORDED]),
         ("Thresholds", [f"channel {t.get('channel')}: first felt {_ma(t.get('sensory'))}, visible twitch "
@@ -104,9 +107,8 @@ def _page_one(s: Session, verdict: Any) -> list[tuple[str, list[str]]]:
             "session ended " + ("at its prescribed time" if s.session_end else "before its prescribed time or "
                                 "without a timed end") + ("; record closed" if s.closed else "; record NOT closed"),
         ]),
-        ("Outcomes and integration plan", [
-            "outcomes: " + NOT_RECORDED + " in the treatment record",
-            f"integration plan: {plan.get('integration_plan') or NOT_RECORDED}",
+        ("Outcomes and integration plan", _outcomes(visit) + [
+            f"integration plan: {_plan_text(visit) or plan.get('integration_plan') or NOT_RECORDED}",
         ]),
     ]
     return blocks
@@ -122,6 +124,34 @@ def _page_two(s: Session) -> list[tuple[str, list[str]]]:
         ("Marks on the plot", ["numbered lines: red stop, dark red e-stop, orange fault, purple refusal, "
                                "green patient feedback", "dashed horizontal lines: the patient's thresholds"]),
     ]
+
+
+def _screening(visit: Any) -> list[str]:
+    """Every screening answer of the visit, the yes answers first."""
+    if visit is None:
+        return []
+    answers = sorted(visit.screening.answers.items(), key=lambda qa: (not qa[1], str(qa[0])))
+    yes = [str(q).replace("_", " ") for q, a in answers if a]
+    no = [str(q).replace("_", " ") for q, a in answers if not a]
+    return [f"yes: {', '.join(yes) or 'none'}", f"no: {', '.join(no) or 'none'}"]
+
+
+def _outcomes(visit: Any) -> list[str]:
+    outcome = visit.outcome if visit is not None else None
+    if outcome is None:
+        return [f"outcomes: {NOT_RECORDED}"]
+    return [f"pain (0-10): {_score(outcome.pain_before)} before, {_score(outcome.pain_after)} after",
+            f"how it felt: {outcome.felt or NOT_RECORDED}",
+            f"adverse events: {', '.join(outcome.adverse_events) or 'none'}"]
+
+
+def _plan_text(visit: Any) -> str:
+    plan = visit.plan if visit is not None else None
+    return "" if plan is None else "; ".join([*plan.kinds, plan.text] if plan.text else plan.kinds)
+
+
+def _score(value: int | None) -> str:
+    return NOT_RECORDED if value is None else str(value)
 
 
 def _sites(setup: dict[str, Any]) -> list[str]:

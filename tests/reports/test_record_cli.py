@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from firmware_host.cli.anchoring import StoreAnchor
 from firmware_host.sim.process import child_env
 from safety import TreatmentRecord
 from safety.record_keys import RecordKeyError, create_key, key_dir, load_key
+from support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,20 +47,49 @@ def test_a_key_file_others_can_read_is_refused() -> None:
         load_key(key.key_id)
 
 
+def anchored(path: Path) -> TreatmentRecord:
+    """A record anchored in this test's default visit store, its open record's head stored."""
+    record = TreatmentRecord(path, anchor=StoreAnchor(None))
+    record.append("stop", {"reason": "done"})
+    wait_for(lambda: record.anchored is not None and record.anchored.count == 2, timeout=20)
+    assert record.anchor_error is None
+    return record
+
+
 def test_verify_exit_codes(tmp_path: Path) -> None:
-    path = tmp_path / "r.jsonl"
-    with TreatmentRecord(path) as rec:
-        rec.append("stop", {"reason": "done"})
-    assert estim("record", "verify", str(path)).returncode == 0
+    closed = tmp_path / "closed.jsonl"
+    anchored(closed).close()
+    assert estim("record", "verify", str(closed)).returncode == 0
     other = create_key("other room", make_default=False)
-    wrong = estim("record", "verify", str(path), "--key", other.key_id)
+    wrong = estim("record", "verify", str(closed), "--key", other.key_id)
     assert wrong.returncode == 6 and other.key_id in wrong.stdout
-    lines = path.read_bytes().split(b"\n")
-    path.write_bytes(b"\n".join(lines[:-2]) + b"\n")                     # the close record removed
-    open_ = estim("record", "verify", str(path))
-    assert open_.returncode == 5 and "record boundary" in open_.stdout
-    (key_dir() / f"{json.loads(lines[0])['data']['key_id']}.json").unlink()
-    nokey = estim("record", "verify", str(path))
+    lines = closed.read_bytes().split(b"\n")
+    record_id = json.loads(lines[0])["data"]["record_id"]
+    closed.write_bytes(b"\n".join(lines[:-2]) + b"\n")                  # the close record removed
+    tail = estim("record", "verify", str(closed))
+    assert tail.returncode == 6 and "removed from its end" in tail.stdout
+    closed.unlink()                                                      # the whole file deleted
+    gone = estim("record", "verify", "--id", record_id)
+    assert gone.returncode == 6 and "gone" in gone.stdout
+    missing = estim("record", "verify", str(closed))
+    assert missing.returncode == 7 and "--id" in missing.stderr
+
+    killed = tmp_path / "killed.jsonl"
+    record = anchored(killed)
+    os.close(record._fd)                                                 # the host died between records
+    cut = estim("record", "verify", str(killed))
+    assert cut.returncode == 5 and "record boundary" in cut.stdout
+    with open(killed, "ab") as f:
+        f.write(b'{"i":2,"kind":"tel')                                   # ... or in the middle of one
+    assert "cut mid-line" in estim("record", "verify", str(killed)).stdout
+
+    unanchored = tmp_path / "unanchored.jsonl"
+    with TreatmentRecord(unanchored) as rec:
+        rec.append("stop", {"reason": "done"})
+    none = estim("record", "verify", str(unanchored))
+    assert none.returncode == 7 and "no entry" in none.stdout
+    (key_dir() / f"{rec.key_id}.json").unlink()
+    nokey = estim("record", "verify", str(unanchored))
     assert nokey.returncode == 7 and "not on this computer" in nokey.stdout
     junk = tmp_path / "junk.jsonl"
     junk.write_text("hello\n")

@@ -120,3 +120,36 @@ def test_report_and_export_commands(session_record: Path, tmp_path: Path) -> Non
     missing = subprocess.run([sys.executable, "-m", "firmware_host", "record", "report", str(tmp_path / "no.jsonl"),
                               "--out", str(pdf)], capture_output=True, text=True, env=child_env(), timeout=30)
     assert missing.returncode == 2 and "no such record" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_report_and_export_take_the_visit_from_the_store(tmp_path: Path) -> None:
+    """A session run for a patient: screening, outcomes and plan come from the visit the record
+    is linked to in the visit store; pain before and after become the LOINC 72514-3 Observations."""
+    from pypdf import PdfReader
+
+    from firmware_host.visits import Outcome, Plan, VisitStore
+    from safety import Question, Screening
+
+    record = tmp_path / "patient.jsonl"
+    with TreatmentRecord(record) as rec:
+        rec.append("session_plan", {"operator": "JD", "patient": "P001"})
+    record_id = read_session(record).record_id
+    with VisitStore() as store:
+        store.add_patient("P001", "typical")
+        visit = store.start_visit("P001", Screening({**Screening.all_no().answers, Question.PREGNANT: True}), "JD")
+        store.link_record(visit, record_id, str(record))
+        store.set_outcome(visit, Outcome(pain_before=6, pain_after=3, felt="warm, heavy", soreness=True))
+        store.end_visit(visit, Plan(("loading",), "3x10 knee extension"))
+    pdf, bundle = tmp_path / "visit.pdf", tmp_path / "visit.json"
+    for args in (["report", str(record), "--out", str(pdf)], ["export", str(record), "--fhir", str(bundle)]):
+        done = subprocess.run([sys.executable, "-m", "firmware_host", "record", *args], capture_output=True,
+                              text=True, env=child_env(), timeout=50)
+        assert done.returncode == 0, done.stderr
+    text = " ".join(p.extract_text() for p in PdfReader(pdf).pages)
+    for expected in ("P001", "yes: pregnant", "pain (0-10): 6 before, 3 after", "warm, heavy", "soreness",
+                     "loading; 3x10 knee extension"):
+        assert expected in text, expected
+    entries = json.loads(bundle.read_text())["entry"]
+    pains = [e["resource"] for e in entries if e["resource"]["resourceType"] == "Observation"]
+    assert sorted(p["valueInteger"] for p in pains) == [3, 6]
+    assert all(p["code"]["coding"][0]["code"] == "72514-3" for p in pains)
