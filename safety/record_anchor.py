@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -23,24 +23,15 @@ ANCHOR_INTERVAL_S = 5.0
 CLOSE_WAIT_S = 2.0
 
 
-class AnchoredHead(Protocol):
-    """What the store returns for a record (the visit store's `RecordHead`)."""
-
-    record_id: str
-    path: str
-    count: int
-    last_hash: str
-    key_id: str | None
-    closed: bool
-
-
 class AnchorSink(Protocol):
-    """The visit store's record-head API (upsert that never moves a head backwards)."""
+    """The visit store's record-head API: an upsert that never moves a head backwards, and
+    the head as stored (an object with the same six attributes as `put_record_head`'s
+    arguments), or None."""
 
     def put_record_head(self, record_id: str, path: str, count: int, last_hash: str, key_id: str | None,
                         closed: bool) -> None: ...
 
-    def get_record_head(self, record_id: str) -> AnchoredHead | None: ...
+    def get_record_head(self, record_id: str) -> Any: ...
 
 
 @dataclass(frozen=True)

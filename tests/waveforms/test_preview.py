@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from waveforms.waveform_programs import program as one_segment_program
 from firmware_host.waveforms import Program
 
 pytest.importorskip("matplotlib")
@@ -21,38 +22,10 @@ def test_preview_writes_a_png(tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
 
-BURSTS = """
-name = "bursts"
-mechanism = "neuromuscular_reeducation"
-[prescription]
-max_minutes = 10
-ramp_rate_ma_per_s = 0.4
-sensitivity = "typical"
-[prescription.max_amplitude_ma]
-1 = 10.0
-[needles.1]
-diameter_mm = 0.30
-length_mm = 60
-inserted_mm = 30
-site_a = { region = "buttock", side = "left" }
-site_b = { region = "buttock", side = "left" }
-[[segments]]
-duration_s = 120
-[segments.channels.1]
-pattern = "burst"
-frequency_hz = 100
-pulse_width_us = 200
-burst_pulses = 7
-burst_rate_hz = 2
-intensity = 3.0
-intermittent = { on_s = 10, off_s = 10 }
-ramp = { in_s = 10, out_s = 5 }
-"""
-
-
 def test_preview_of_bursts_with_thresholds(tmp_path: Path) -> None:
-    (tmp_path / "bursts.toml").write_text(BURSTS)
-    program = Program.load(tmp_path / "bursts.toml")
+    burst = {"pattern": "burst", "frequency_hz": 100, "pulse_width_us": 200, "burst_pulses": 7, "burst_rate_hz": 2,
+             "intensity": 3.0, "intermittent": {"on_s": 10, "off_s": 10}}
+    program = one_segment_program(2.0, {1: burst})
     out = preview(program, tmp_path / "bursts.png", thresholds={1: {"sensory": 1.0, "motor": 3.0}})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
