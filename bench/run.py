@@ -3,7 +3,7 @@
     python -m bench [--quick] [--json PATH] [--only NAME ...]
     python bench/run.py ...          (same)
 
-NAME: estop, watchdog, link, cpu, cli, waveforms, record. Figures are never asserted in tests;
+NAME: estop, watchdog, link, cpu, cli, waveforms, record, clinic. Figures are never asserted in tests;
 compare `--json` files across commits instead.
 """
 
@@ -81,6 +81,32 @@ def run_record(workdir: Path, quick: bool) -> list[Result]:
     ]
 
 
+def run_clinic(workdir: Path, quick: bool) -> list[Result]:
+    """A clinic day (hil_tests/clinic_day.py) on one simulator process: sessions, wall time,
+    false trips and records that did not verify as they should."""
+    from firmware_host.sim.process import spawn_sim
+    from hil_tests.clinic_day import Day, expected_verify
+
+    days = {"sim_v2": ["protocol_version=2"], "sim_v1": ["protocol_version=1"]}
+    results = []
+    for name, settings in (list(days.items())[:1] if quick else days.items()):
+        with spawn_sim("pty", trace_path=workdir / f"{name}-trace.jsonl", settings=settings) as sim:
+            day = workdir / name
+            day.mkdir()
+            report = Day(sim.url, day, sim_control=True).run_day(sessions=30)
+        sessions = [s for s in report.steps if s.record is not None]
+        bad = [n for n, c in report.verified.items() if c != expected_verify(n)]
+        results += [
+            Result(f"clinic_day_{name}_sessions", report.sessions, "", ">= 30", report.sessions >= 30),
+            Result(f"clinic_day_{name}_wall", report.seconds, "s"),
+            Result(f"clinic_day_{name}_session_median", statistics.median(s.seconds for s in sessions), "s"),
+            Result(f"clinic_day_{name}_false_trips", len(report.false_trips), "", "0", not report.false_trips),
+            Result(f"clinic_day_{name}_steps_not_as_expected", len(report.failures), "", "0", not report.failures),
+            Result(f"clinic_day_{name}_records_not_verifying", len(bad), "", "0", not bad),
+        ]
+    return results
+
+
 BENCHMARKS: dict[str, Callable[[Path, bool], list[Result]]] = {
     "estop": latency.run_estop,
     "watchdog": latency.run_watchdog,
@@ -89,6 +115,9 @@ BENCHMARKS: dict[str, Callable[[Path, bool], list[Result]]] = {
     "cli": run_cli,
     "waveforms": run_waveforms,
     "record": run_record,
+
+
+    "clinic": run_clinic,
 }
 
 # (name, numerator, denominator), when both were measured; window_ratio_* are results (they have a target)

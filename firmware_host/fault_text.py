@@ -26,3 +26,12 @@ def explain(code: str) -> str:
 def clear_command(device: str) -> str:
     """The command that clears a latched stop, for messages that ask a person to clear one."""
     return f'estim clear-faults --device {device} --operator "YOUR NAME"'
+
+
+def clear_hint(device: str, protocol_version: int) -> str:
+    """How to clear a latched stop on this device. An ICD v1 device has no end of session, so a
+    separate clear-faults run would latch WATCHDOG again when it closes: clear in the session."""
+    same_session = '--clear-faults --operator "YOUR NAME"'
+    if protocol_version < 2:
+        return f"add {same_session} to the command (this ICD v1 device latches WATCHDOG after every session)"
+    return f"{clear_command(device)}, or add {same_session} to the command"

@@ -47,7 +47,7 @@ from safety import (
 
 from . import icd, units
 from .drivers import open_transport
-from .errors import DeviceRefused, EstimError, LinkError
+from .errors import DeviceRebooted, DeviceRefused, EstimError, LinkError
 from .link import Link, LinkLost, LinkStats
 
 log = logging.getLogger(__name__)
@@ -151,22 +151,23 @@ class Stimulator:
         self._link = link
         self._clock = clock
         self._period_s = 1.0 / max(self.identity.telemetry_hz, 1)
-        # heartbeats go on only while the supervisor runs (as long as telemetry may be missing);
-        # commands from other threads are refused once it has not run for a second
-        self._lease_s = 3.5 * self._period_s
+        # heartbeats go on only while the supervisor runs (half a second, or as long as telemetry
+        # may be missing if that is longer: a slow disk under the record must not starve the
+        # watchdog); commands from other threads are refused once it has not run for a second
+        self._lease_s = max(3.5 * self._period_s, 0.5)
         self._unsupervised_s = max(1.0, 2 * self._lease_s)
         self._supervised_at = clock()
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._delivery = _Delivery()
         self._closed = threading.Event()
-        self._estop_sent = False                       # ESTOP written since the last trip cleared
+        self._device_safe = False  # known safe since the last trip (ESTOP written, a device-wide fault, a reboot)
         self._last_supervisor_estop = float("-inf")
         self._faults_cleared_before_s = float("-inf")  # device clock of the last clear
         self._log("identity", _plain(self.identity))
         latched = icd.faults_from_mask(self.identity.latched_faults)
         if latched:
             self.interlock.stop("faults latched at session start: " + ", ".join(sorted(f.name for f in latched)))
-            self._estop_sent = True  # the device is in its safe state already (HELLO)
+            self._device_safe = True  # the device is in its safe state already (HELLO)
         link.lease_heartbeats(self._lease_s)
         self._unsubscribe = link.subscribe(lambda event: self._events.put((self._clock(), event)))
         self._worker = threading.Thread(target=self._supervise, name="stimulator-supervisor", daemon=True)
@@ -282,7 +283,7 @@ class Stimulator:
     def estop(self, reason: str = "operator e-stop") -> bool:
         """Outputs off now: ESTOP goes to the wire first, then the session trips (latched
         until cleared), then the record is written. True once the device ACKed the ESTOP."""
-        self._estop_sent = True  # the FAULT ESTOP the device answers with is this stop's echo
+        self._device_safe = True  # the FAULT ESTOP the device answers with is this stop's echo
         acked = self._link.estop()
         self.interlock.stop(reason)
         self._log("estop", {"reason": reason, "acked": acked})
@@ -298,7 +299,7 @@ class Stimulator:
         approved = self.interlock.approve_clear_faults(operator)
         self._faults_cleared_before_s = self.status().device_time_s
         self._execute(approved)
-        self._estop_sent = False
+        self._device_safe = False
 
     def safe_off(self) -> None:
         """Every channel to 0 mA, then every output disabled (decreases never wait)."""
@@ -310,8 +311,18 @@ class Stimulator:
             self._execute(self.interlock.approve_outputs(()))
 
     def sim_control(self, op: icd.SimOp, channel: int = 0, value: int = 0) -> None:
-        """Simulated-device control (load, fault injection, reboot); a real device NAKs it."""
-        self._execute(self.interlock.approve_sim_control(op, channel, value))
+        """Simulated-device control (load, fault injection, reboot); a real device NAKs it.
+        A REBOOT's ACK trips the session; the device restarts in its safe state, so no ESTOP
+        follows (it would only latch on the fresh device)."""
+        rebooting = op == icd.SimOp.REBOOT
+        if rebooting:
+            self._device_safe = True
+        try:
+            self._execute(self.interlock.approve_sim_control(op, channel, value))
+        except BaseException:
+            if rebooting:
+                self._device_safe = self.interlock.tripped is not None and self._device_safe
+            raise
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -399,14 +410,19 @@ class Stimulator:
         elif isinstance(event, icd.Fault):
             self._on_fault(_fault_event(event))
         elif isinstance(event, LinkLost):
-            self._safe_estop(f"link lost: {event.reason}")  # best effort: the byte path may still carry it
+            if isinstance(event.reason, DeviceRebooted):  # NO_SESSION: it is in its power-on safe state
+                self._device_safe = True
+                self.interlock.stop(f"the device restarted in the middle of the session ({event.reason})")
+                self._delivery.put(Notice(None, self.interlock.tripped or ""))
+            else:
+                self._safe_estop(f"link lost: {event.reason}")  # best effort: the byte path may still carry it
             self._log("link_lost", {"reason": str(event.reason)})
             self._delivery.put(event)
 
     def _periodic(self) -> None:
         """Once everything that arrived was judged: a trip that could not write the wire
         itself (a record that failed, say) gets its ESTOP; then staleness and the session timer."""
-        if self.interlock.tripped is not None and not self._estop_sent:
+        if self.interlock.tripped is not None and not self._device_safe:
             self._safe_estop(self.interlock.tripped)
         if self._link.alive and self.interlock.tripped is None:
             self._act_all(self.supervisor.poll())
@@ -421,8 +437,8 @@ class Stimulator:
                 # the device already latched it and is safe; an ESTOP back would only echo
                 # (every ESTOP makes another FAULT): trip the session without one. The FAULT
                 # ESTOP that answers our own ESTOP leaves the stop's reason to whoever sent it.
-                if self.interlock.tripped is None and not (fault.code == "ESTOP" and self._estop_sent):
-                    self._estop_sent = True
+                if self.interlock.tripped is None and not (fault.code == "ESTOP" and self._device_safe):
+                    self._device_safe = True
                     self.interlock.stop(action.reason)
                     self._delivery.put(Notice(None, action.reason))
                 self._log("action", {"kind": action.kind.value, "channel": None, "reason": action.reason})
@@ -456,11 +472,11 @@ class Stimulator:
         """Supervisor stop: ESTOP on the wire, then trip, then tell the clinician and record.
         Repeats while the device still shows output are limited to one per telemetry period."""
         now = self._clock()
-        first = self.interlock.tripped is None or not self._estop_sent
+        first = self.interlock.tripped is None or not self._device_safe
         if first or now - self._last_supervisor_estop >= self._period_s:
             self._last_supervisor_estop = now
             self._link.estop()
-            self._estop_sent = True
+            self._device_safe = True
         if self.interlock.tripped is None:
             self.interlock.stop(reason)
         if first:
@@ -474,9 +490,9 @@ class Stimulator:
         try:
             self.record.append(kind, data)
         except RecordWriteError as exc:
-            if self.interlock.tripped is None or not self._estop_sent:
+            if self.interlock.tripped is None or not self._device_safe:
                 self._link.estop()
-                self._estop_sent = True
+                self._device_safe = True
                 self.interlock.stop(str(exc))
                 self._delivery.put(Notice(None, f"stimulation stopped: {exc}"))
 

@@ -22,6 +22,10 @@ SITES_HELP = (
 def add_session_options(parser: argparse.ArgumentParser, sites_required: bool = True) -> None:
     parser.add_argument("--device", default="sim://", metavar="URL",
                         help="device URL: sim:// (built-in simulated device), /dev/ttyUSB0, socket://HOST:PORT")
+    parser.add_argument("--clear-faults", action="store_true",
+                        help="clear a stop the device has latched from before, in the name given with --operator "
+                             "(what was latched and why is shown and recorded); needed on ICD v1 devices, which "
+                             "latch WATCHDOG after every session")
     parser.add_argument("--sites", required=sites_required, metavar="SIDE:REGION,SIDE:REGION", help=SITES_HELP)
     add_needle_options(parser, sites_required)
     parser.add_argument("--sensitivity", choices=["hyper", "typical", "hypo"],
@@ -170,27 +174,40 @@ def open_session(args: argparse.Namespace, setup: tuple[Any, dict, dict], record
 def version_notice(identity: Any, device: str) -> None:
     """ICD v1 has no end of session: say once what that means for the next one."""
     if identity.protocol_version < 2:
-        from ..fault_text import clear_command
+        from ..fault_text import clear_hint
 
         print(f"note: {identity.serial} speaks ICD v1, which has no end of session: after this session closes "
               f"its watchdog will latch WATCHDOG, and the next session must first clear it "
-              f"({clear_command(device)}).", file=sys.stderr)
+              f"({clear_hint(device, identity.protocol_version)}).", file=sys.stderr)
 
 
-def latched_at_start(stim: Any, device: str) -> int | None:
-    """EXIT_DEVICE_FAULT with what is latched, why, and the command that clears it; None when
-    the device is ready."""
+def latched_at_start(stim: Any, args: argparse.Namespace) -> int | None:
+    """None when the device is ready, or was made ready by `--clear-faults` in the operator's
+    name; else EXIT_DEVICE_FAULT with what is latched, why, and the command that clears it."""
     if stim.tripped is None:
         return None
     from .. import fault_text
     from . import EXIT_DEVICE_FAULT
 
     latched = sorted(stim.status().latched_faults)
-    print(f"refused: the device has a stop latched from before, so nothing was sent:", file=sys.stderr)
+    if getattr(args, "clear_faults", False):
+        from safety import SafetyError
+
+        from ..errors import EstimError
+
+        try:
+            stim.clear_faults(args.operator)
+        except (SafetyError, EstimError) as exc:
+            print(f"refused: the stop latched from before was not cleared: {exc}", file=sys.stderr)
+            return EXIT_DEVICE_FAULT
+        for code in latched:
+            print(f"cleared by {args.operator.strip()}: {fault_text.explain(code)}", file=sys.stderr)
+        return None
+    print("refused: the device has a stop latched from before, so nothing was sent:", file=sys.stderr)
     for code in latched or ["(none reported now)"]:
         print(f"  - {fault_text.explain(code)}", file=sys.stderr)
-    print(f"check the patient and the device, then clear it with your name:\n  {fault_text.clear_command(device)}",
-          file=sys.stderr)
+    print(f"check the patient and the device, then clear it with your name: "
+          f"{fault_text.clear_hint(args.device, stim.identity.protocol_version)}", file=sys.stderr)
     return EXIT_DEVICE_FAULT
 
 

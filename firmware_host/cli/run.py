@@ -188,7 +188,7 @@ def _session(stim, setting, hold_s: float, args: argparse.Namespace) -> int:  # 
     ident = stim.identity
     print(f"device: {ident.serial} firmware {ident.fw_major}.{ident.fw_minor}, {ident.channels} channels, "
           f"watchdog {ident.watchdog_ms} ms, ICD v{ident.protocol_version}")
-    latched = latched_at_start(stim, args.device)
+    latched = latched_at_start(stim, args)
     if latched is not None:
         return latched
     ch = setting.channel
@@ -246,11 +246,11 @@ def _progress(stim, channel: int, remaining_s: float | None) -> None:  # noqa: A
 
 def _stopped(stim, args: argparse.Namespace) -> int:  # noqa: ANN001 - Stimulator
     """The session ended early: why, in plain words, and how to go on."""
-    from ..fault_text import clear_command
+    from ..fault_text import clear_hint
 
     print(f"stopped: {stim.tripped}", file=sys.stderr)
     print(f"every output is off. Before the next session, check the patient and the device, then clear the stop "
-          f"with your name: {clear_command(args.device)}", file=sys.stderr)
+          f"with your name: {clear_hint(args.device, stim.identity.protocol_version)}", file=sys.stderr)
     return EXIT_DEVICE_FAULT
 
 
@@ -310,7 +310,7 @@ def _run_program(args: argparse.Namespace) -> int:
             raise
         version_notice(stim.identity, args.device)
         with stim:
-            latched = latched_at_start(stim, args.device)
+            latched = latched_at_start(stim, args)
             if latched is not None:
                 return latched
             print(f"plan: {program.name} ({program.mechanism}), {program.duration_s / 60:.1f} min on channel(s) "

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, refused, stoppable
-from .options import (PRESET_NAMES, add_session_options, fixed_waveform_setup, open_record, open_session,
-                      parse_sites, session_plan)
+from .options import (PRESET_NAMES, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
+                      open_session, parse_sites, session_plan)
 from .visit_context import attach_visit, keep_record, keep_thresholds, screening_verdict, store
 
 MARKS = {"s": "sensory", "m": "motor", "t": "tolerance"}
@@ -193,9 +193,9 @@ def _session(stim, setting, wave, args: argparse.Namespace, previous) -> int:  #
     from safety import describe_sensitivity
 
     ch = setting.channel
-    if stim.tripped:
-        print(f"refused: {stim.tripped}; clear the device's faults first", file=sys.stderr)
-        return EXIT_DEVICE_FAULT
+    latched = latched_at_start(stim, args)
+    if latched is not None:
+        return latched
     limits = stim.interlock.limits(ch)
     rx = stim.interlock.setup.prescription
     top = "strong but comfortable" if args.aim == "comfortable" else "no longer comfortable"
