@@ -213,6 +213,12 @@ class TreatmentRecord:
         """The last head the anchor sink accepted (None: none yet, or no sink)."""
         return self._anchorer.anchored if self._anchorer is not None else None
 
+    def wait_anchored(self, timeout_s: float) -> bool:
+        """Before a session starts: wait (at most `timeout_s`) until the anchor sink has the
+        record's first head, so even a host killed at once leaves a record the store knows.
+        False when there is no sink, it failed, or it did not answer in time."""
+        return self._anchorer is not None and self._anchorer.wait_answered(timeout_s)
+
     @property
     def anchor_error(self) -> str | None:
         """Why the head could not be anchored in the visit store, or None."""

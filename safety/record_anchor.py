@@ -53,6 +53,7 @@ class Anchorer:
         self._anchored: Head | None = None
         self._stopping = False
         self.error: str | None = None
+        self._answered = threading.Event()   # the sink accepted or refused a head at least once
         self._thread = threading.Thread(target=self._run, name="record-anchor", daemon=True)
         self._thread.start()
 
@@ -66,6 +67,11 @@ class Anchorer:
         with self._cond:
             self._pending = head
             self._cond.notify()
+
+    def wait_answered(self, timeout_s: float) -> bool:
+        """Wait until the sink has answered once (accepted or failed); True when a head is anchored."""
+        self._answered.wait(timeout_s)
+        return self._anchored is not None
 
     def close(self, head: Head, wait_s: float = CLOSE_WAIT_S) -> bool:
         """Post the final head and wait up to `wait_s` for it; True when it was anchored."""
@@ -103,3 +109,4 @@ class Anchorer:
             log.warning("record %s: anchoring the head in the visit store failed: %s", self._record_id, exc)
         else:
             self._anchored, self.error = head, None
+        self._answered.set()

@@ -279,13 +279,22 @@ def open_record(path: Path | None, kind: str = "session", store: str | None = No
               "records. Back up that folder: records cannot be checked without it.", file=sys.stderr)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return TreatmentRecord(path, key=key, anchor=StoreAnchor(store))
+        record = TreatmentRecord(path, key=key, anchor=StoreAnchor(store))
     except OSError as exc:
         raise Refusal("output.not_writable", f"the treatment record {path} cannot be written ({exc.strerror}): "
                       "choose another place with --record", value=str(path), limit="a writable file") from None
     except ValueError as exc:
         raise Refusal("output.not_a_record", f"{exc}: choose a new file with --record", value=str(path),
                       limit="an intact record or a new file") from None
+    if not record.wait_anchored(ANCHOR_START_WAIT_S):  # before anything is sent; never on the way to a stop
+        why = record.anchor_error or f"no answer in {ANCHOR_START_WAIT_S:g} s"
+        print(f"notice: the visit store did not take this record's head ({why}); the session goes on, but "
+              "`estim record verify` will not be able to check its end", file=sys.stderr)
+    return record
+
+
+ANCHOR_START_WAIT_S = 3.0
+"""Longest wait, before a session starts, for the visit store to take the record's first head."""
 
 
 def dose_thresholds(args: argparse.Namespace, program: Any) -> tuple[Any, tuple[str, ...]]:

@@ -233,6 +233,9 @@ def test_without_the_key_the_record_cannot_be_checked(tmp_path):
 
 def test_anchor_agrees_with_an_intact_record_and_catches_whole_file_deletion(tmp_path):
     heads = Heads()
+    early = TreatmentRecord(tmp_path / "early.jsonl", anchor=heads)
+    assert early.wait_anchored(5.0) and heads.get_record_head(early.record_id).count == 1
+    early.close()
     path = session(tmp_path / "r.jsonl", heads)
     verdict = verify_record(path, anchors=heads)
     assert verdict.closed and "match" in verdict.anchor
@@ -260,6 +263,7 @@ class BrokenStore(Heads):
 def test_an_anchoring_failure_never_stops_the_session(tmp_path):
     path = tmp_path / "r.jsonl"
     rec = TreatmentRecord(path, anchor=BrokenStore())
+    assert rec.wait_anchored(5.0) is False                # answered, with a failure: the session goes on
     rec.append("stop", {"reason": "x"})
     rec.close()
     assert "database is locked" in rec.anchor_error
