@@ -5,23 +5,31 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from firmware_host.cli import main
 from firmware_host.cli.anchoring import StoreAnchor
-from firmware_host.sim.process import child_env
 from safety import TreatmentRecord
 from safety.record_keys import RecordKeyError, create_key, key_dir, load_key
-from support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
+_capsys: pytest.CaptureFixture[str]
+
+
+@pytest.fixture(autouse=True)
+def _capture(capsys: pytest.CaptureFixture[str]) -> None:
+    global _capsys
+    _capsys = capsys
 
 
 def estim(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "firmware_host", *args], capture_output=True, text=True,
-                          env=child_env(), timeout=50)
+    """`estim ARGS` in this process (the command's own main, as the console script calls it)."""
+    _capsys.readouterr()
+    code = main(list(args))
+    out = _capsys.readouterr()
+    return subprocess.CompletedProcess(["estim", *args], code, out.out, out.err)
 
 
 def test_keys_init_list_show_never_print_the_secret() -> None:
@@ -48,11 +56,10 @@ def test_a_key_file_others_can_read_is_refused() -> None:
 
 
 def anchored(path: Path) -> TreatmentRecord:
-    """A record anchored in this test's default visit store, its open record's head stored."""
+    """A record anchored in this test's default visit store (its first head stored), one record more."""
     record = TreatmentRecord(path, anchor=StoreAnchor(None))
+    assert record.wait_anchored(20.0), record.anchor_error
     record.append("stop", {"reason": "done"})
-    wait_for(lambda: record.anchored is not None and record.anchored.count == 2, timeout=20)
-    assert record.anchor_error is None
     return record
 
 
