@@ -1,4 +1,4 @@
-"""Host controller for a needle e-stim stimulator speaking ICD v1.
+"""Host controller for a needle e-stim stimulator speaking ICD v2 (and v1 devices too).
 
     import firmware_host as fh
     with fh.open("sim://", prescription=..., placements=...) as stim:

@@ -320,8 +320,8 @@ class Stimulator:
         try:
             self._execute(self.interlock.approve_sim_control(op, channel, value))
         except BaseException:
-            if rebooting:
-                self._device_safe = self.interlock.tripped is not None and self._device_safe
+            if rebooting and self.interlock.tripped is None:  # not rebooted: nothing is known safe
+                self._device_safe = False
             raise
 
     # --- lifecycle ------------------------------------------------------------------
@@ -437,8 +437,9 @@ class Stimulator:
                 # the device already latched it and is safe; an ESTOP back would only echo
                 # (every ESTOP makes another FAULT): trip the session without one. The FAULT
                 # ESTOP that answers our own ESTOP leaves the stop's reason to whoever sent it.
-                if self.interlock.tripped is None and not (fault.code == "ESTOP" and self._device_safe):
-                    self._device_safe = True
+                echo = fault.code == "ESTOP" and self._device_safe
+                self._device_safe = True
+                if self.interlock.tripped is None and not echo:
                     self.interlock.stop(action.reason)
                     self._delivery.put(Notice(None, action.reason))
                 self._log("action", {"kind": action.kind.value, "channel": None, "reason": action.reason})

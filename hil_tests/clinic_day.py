@@ -160,7 +160,14 @@ class Day:
             if not line or line.startswith("ch1 on"):
                 break
         proc.send_signal(sig)
-        step.code = proc.wait(timeout=20)
+        try:
+            _, err = proc.communicate(timeout=20)  # drained, so a chatty child never blocks on a full pipe
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            err = "did not end within 20 s of the signal; " + err
+        step.code = proc.returncode
+        step.detail = "" if step.ok else err[-600:]
         step.seconds = time.monotonic() - started
         self.report.steps.append(step)
         return step

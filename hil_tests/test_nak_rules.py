@@ -1,4 +1,4 @@
-"""Every NAK rule of ICD v1, provoked as a faulty host would: the product's interlock would
+"""Every NAK rule of the ICD, provoked as a faulty host would: the product's interlock would
 refuse these commands before the device saw them, so the frames go out through the
 unguarded helper (or the raw client, for sequence numbers a correct link never uses)."""
 

@@ -1,4 +1,4 @@
-"""ICD v1 codec: exact inverses, the CRC check value, and every malformed frame dropped."""
+"""ICD codec (v2, v1 its subset): exact inverses, the CRC check value, and every malformed frame dropped."""
 
 from __future__ import annotations
 

@@ -110,8 +110,13 @@ class _SurvivingStream:
         return getattr(self._stream, name)
 
 
+_JSON_ASKED = False  # `--json` on the command line: refusals are JSON on stdout too, in every command
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _JSON_ASKED
     argv = list(sys.argv[1:] if argv is None else argv)
+    _JSON_ASKED = "--json" in argv
     sys.stdout = _SurvivingStream(sys.stdout)  # type: ignore[assignment]
     sys.stderr = _SurvivingStream(sys.stderr)  # type: ignore[assignment]
     parser = build_parser()
@@ -136,7 +141,7 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 def refused(exc: Exception, as_json: bool = False) -> int:
     """A safety refusal or bad input in plain words (with --json, also as JSON on stdout), and exit 2."""
     print(f"refused: {plain(exc)}\nnothing was sent to the device.", file=sys.stderr)
-    if as_json:
+    if as_json or _JSON_ASKED:
         print(json.dumps({"outcome": "refused", "message": plain(exc), "rule": getattr(exc, "rule", None),
                           "value": _jsonable(getattr(exc, "value", None)),
                           "limit": _jsonable(getattr(exc, "limit", None)), "sent": False}))
@@ -146,7 +151,7 @@ def refused(exc: Exception, as_json: bool = False) -> int:
 def unreachable(exc: Exception, as_json: bool = False) -> int:
     """The device could not be reached (not found, in use, no answer): say so, and exit 4."""
     print(f"error: {exc}", file=sys.stderr)
-    if as_json:
+    if as_json or _JSON_ASKED:
         print(json.dumps({"outcome": "device not reachable", "message": str(exc), "sent": False}))
     return EXIT_NO_DEVICE
 
@@ -157,6 +162,13 @@ def _jsonable(value: object) -> object:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
+_FIELDS = {  # prescription fields as a person meets them on the command line
+    "ramp_ma_per_s": "the ramp rate (--ramp, mA/s)",
+    "max_amplitude_ma": "the intensity cap (--max-amplitude, mA)",
+    "max_session_minutes": "the session length (minutes)",
+    "frequency_hz": "the frequency (Hz)",
+    "pulse_width_us": "the phase width (µs)",
+}
 _BOUNDS = {"less_than_equal": ("le", "at most"), "less_than": ("lt", "below"),
            "greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "above")}
 
@@ -170,6 +182,7 @@ def plain(exc: BaseException) -> str:
     parts = []
     for error in errors(include_url=False):
         where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("function-after", "function-before"))
+        where = _FIELDS.get(where, where)
         bound = _BOUNDS.get(error.get("type", ""))
         if bound and bound[0] in error.get("ctx", {}):
             what = f"must be {bound[1]} {error['ctx'][bound[0]]}"

@@ -177,8 +177,8 @@ def version_notice(identity: Any, device: str) -> None:
         from ..fault_text import clear_hint
 
         print(f"note: {identity.serial} speaks ICD v1, which has no end of session: after this session closes "
-              f"its watchdog will latch WATCHDOG, and the next session must first clear it "
-              f"({clear_hint(device, identity.protocol_version)}).", file=sys.stderr)
+              f"its watchdog will latch WATCHDOG, and the next session must clear it first: "
+              f"{clear_hint(device, identity.protocol_version)}.", file=sys.stderr)
 
 
 def latched_at_start(stim: Any, args: argparse.Namespace) -> int | None:

@@ -1,4 +1,4 @@
-"""USB transport: ICD v1 over a vendor-specific interface's bulk endpoint pair (pyusb + libusb).
+"""USB transport: ICD over a vendor-specific interface's bulk endpoint pair (pyusb + libusb).
 
 URL: `usb://VID:PID[/SERIAL]`, ids in hex, e.g. `usb://1209:0001/SN0042`. Without SERIAL
 exactly one attached device may match: with two stimulators on one laptop the host refuses
@@ -235,7 +235,7 @@ def _claim(device: usb.core.Device) -> tuple[int, int, int, int]:
             ep_in, ep_out = endpoints[usb.util.ENDPOINT_IN], endpoints[usb.util.ENDPOINT_OUT]
             return number, ep_in.bEndpointAddress, ep_out.bEndpointAddress, ep_in.wMaxPacketSize
     raise TransportError(f"USB device {device.idVendor:04x}:{device.idProduct:04x} has no vendor "
-                         "interface with a bulk IN/OUT pair: not an ICD v1 stimulator")
+                         "interface with a bulk IN/OUT pair: not an ICD stimulator")
 
 
 def _direction(endpoint: Any) -> int:

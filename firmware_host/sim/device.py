@@ -133,7 +133,7 @@ class _Refused(Exception):
 
 
 class SimulatedDevice:
-    """ICD v1 firmware model; see the module docstring for where ICD.md left a choice."""
+    """ICD v2 firmware model (v1 when configured so); see the module docstring for where ICD.md left a choice."""
 
     def __init__(self, config: SimConfig | None = None, *, now: float, on_event: EventHook | None = None) -> None:
         self.config = config or SimConfig()
