@@ -3,7 +3,7 @@
     python -m bench [--quick] [--json PATH] [--only NAME ...]
     python bench/run.py ...          (same)
 
-NAME: estop, watchdog, link, cpu, cli, waveforms, clinic. Figures are never asserted in tests;
+NAME: estop, watchdog, link, cpu, cli, waveforms, record, clinic. Figures are never asserted in tests;
 compare `--json` files across commits instead.
 """
 
@@ -66,6 +66,21 @@ def run_waveforms(workdir: Path, quick: bool) -> list[Result]:
     ]
 
 
+def run_record(workdir: Path, quick: bool) -> list[Result]:
+    """Treatment record of a 4-channel dense-disperse session (30 min; 3 min with --quick)."""
+    from bench import record_bench
+
+    fig = record_bench.run(3.0 if quick else 30.0)
+    tag = f"{fig['minutes']:g}min_4ch"
+    return [
+        Result(f"record_size_{tag}", fig["size_mb"], "MB", *(("<= 5", fig["size_mb"] <= 5) if not quick else ())),
+        Result(f"record_verify_{tag}", fig["verify_s"], "s", *(("< 1", fig["verify_s"] < 1) if not quick else ())),
+        Result(f"record_read_readings_{tag}", fig["read_readings_s"], "s"),
+        Result(f"record_write_{tag}", fig["write_s"], "s"),
+        Result(f"record_bytes_per_reading_{tag}", fig["bytes_per_reading_all_in"], "B"),
+    ]
+
+
 def run_clinic(workdir: Path, quick: bool) -> list[Result]:
     """A clinic day (hil_tests/clinic_day.py) on one simulator process: sessions, wall time,
     false trips and records that did not verify as they should."""
@@ -99,6 +114,9 @@ BENCHMARKS: dict[str, Callable[[Path, bool], list[Result]]] = {
     "cpu": lambda _workdir, quick: link_bench.run_cpu(quick),
     "cli": run_cli,
     "waveforms": run_waveforms,
+    "record": run_record,
+
+
     "clinic": run_clinic,
 }
 

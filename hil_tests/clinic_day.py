@@ -180,12 +180,13 @@ class Day:
 
     def api_session(self, name: str, body: Callable[[object], None], expected_tripped: bool) -> Step:
         import firmware_host as fh
+        from firmware_host.cli.anchoring import StoreAnchor
         from safety import ChannelPlacement, NeedleSite, Prescription, Region, Side, TreatmentRecord
 
         step = Step(name, 3 if expected_tripped else 0, record=self._record_path(name))
         site = NeedleSite(Region.FOREARM, Side.LEFT)
         started = time.monotonic()
-        with TreatmentRecord(step.record) as record:
+        with TreatmentRecord(step.record, anchor=StoreAnchor(None)) as record:  # anchored as `estim` anchors
             stim = fh.open(self.url, prescription=Prescription(max_amplitude_ma=3, ramp_ma_per_s=2,
                                                                frequency_hz=(2, 50), pulse_width_us=(100, 300),
                                                                sensitivity="hyposensitive"),

@@ -13,7 +13,10 @@ from .limits import (NEEDLE_RULES, SENSITIVITY_FACTORS, STANDARD, DeviceLimits, 
                      describe_sensitivity,
                      Prescription, Sensitivity, StandardLimits, effective_limits)
 from .placement import ChannelPlacement, NeedleSite, Patient, Region, Side, check_placement
-from .record import RecordVerdict, RecordWriteError, TreatmentRecord, verify_record
+from .record import KINDS, RecordWriteError, TreatmentRecord, UnknownRecordKind
+from .record_anchor import AnchorSink
+from .record_keys import RecordKey, RecordKeyError
+from .record_read import RecordStatus, RecordVerdict, read_entries, read_readings, verify_anchored, verify_record
 from .screening import QUESTIONS, Question, Screening, ScreeningVerdict, screen
 from .report import ChannelSummary, format_summary, output_summary
 from .rules import RULES, ArrayVerdict, LimitArrays, SettingArrays, Verdict, check_setting, evaluate_arrays
@@ -21,12 +24,14 @@ from .settings import ChannelReading, ChannelSetting, Shape
 from .supervisor import Action, ActionKind, Supervisor
 
 __all__ = [
-    "APPROVAL_TTL_S", "JITTER_S", "NEEDLE_RULES", "QUESTIONS", "RULES", "SENSITIVITY_FACTORS", "STANDARD",
-    "Action", "ActionKind", "AppliedDose", "Approved", "ArrayVerdict", "ChannelPlacement", "ChannelReading",
-    "ChannelSetting", "ChannelSummary", "ClearFaults", "Command", "DeviceLimits", "EffectiveLimits", "Expected",
-    "Interlock", "InterlockStateError", "LimitArrays", "Needle", "NeedleRules", "NeedleSite", "Patient",
-    "Prescription", "Question", "RecordVerdict", "RecordWriteError", "Refusal", "Region", "SafetyError", "Screening", "ScreeningVerdict", "Sensitivity",
-    "SessionSetup", "SetChannel", "SetOutputs", "SettingArrays", "Shape", "SimControl", "Side", "StandardLimits",
-    "Supervisor", "TreatmentRecord", "Verdict", "check_placement", "check_setting", "describe_sensitivity", "effective_limits",
-    "evaluate_arrays", "format_summary", "output_summary", "screen", "verify_record",
+    "APPROVAL_TTL_S", "JITTER_S", "KINDS", "NEEDLE_RULES", "QUESTIONS", "RULES", "SENSITIVITY_FACTORS", "STANDARD",
+    "Action", "ActionKind", "AnchorSink", "AppliedDose", "Approved", "ArrayVerdict", "ChannelPlacement",
+    "ChannelReading", "ChannelSetting", "ChannelSummary", "ClearFaults", "Command", "DeviceLimits", "EffectiveLimits",
+    "Expected", "Interlock", "InterlockStateError", "LimitArrays", "Needle", "NeedleRules", "NeedleSite", "Patient",
+    "Prescription", "Question", "RecordKey", "RecordKeyError", "RecordStatus", "RecordVerdict", "RecordWriteError",
+    "Refusal", "Region", "SafetyError", "Screening", "ScreeningVerdict", "Sensitivity", "SessionSetup", "SetChannel",
+    "SetOutputs", "SettingArrays", "Shape", "SimControl", "Side", "StandardLimits", "Supervisor", "TreatmentRecord",
+    "UnknownRecordKind", "Verdict", "check_placement", "check_setting", "describe_sensitivity", "effective_limits",
+    "evaluate_arrays", "format_summary", "output_summary", "read_entries", "read_readings", "screen",
+    "verify_anchored", "verify_record",
 ]

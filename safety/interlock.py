@@ -106,7 +106,9 @@ class Interlock:
         for ch in channels:  # the power-on state is the first applied state
             self._applied_changed(ch, clock())
         self._log("session_setup", {"channels": list(setup.channels), "patient": vars(setup.patient),
-                                    "prescription": setup.prescription.model_dump(mode="json")})
+                                    "prescription": setup.prescription.model_dump(mode="json"),
+                                    "sites": {str(ch): [str(p.a), str(p.b)] for ch, p in setup.placements.items()},
+                                    "needles": {str(ch): vars(setup.needle(ch)) for ch in setup.channels}})
         if refusals:
             for refusal in refusals:
                 self._log("refusal", refusal.as_record())

@@ -4,7 +4,6 @@ is `hil_tests.harness` (`unguarded`, `ask`, `wave`)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -50,10 +49,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def peak_ua(record: Path) -> int:
     """The highest current the device has reported so far in a treatment record, in µA."""
+    from safety import read_readings
+
     if not record.exists():
         return 0
-    rows = [json.loads(line) for line in record.read_text().splitlines() if line.strip().endswith("}")]
-    return max((r["data"]["amplitude_ua"] for r in rows if r["kind"] == "telemetry"), default=0)
+    return max((r["amplitude_ua"] for r in read_readings(record)), default=0)
 
 
 def titrate_with_keys(argv: Sequence[str], record: Path, keys: Sequence[tuple[str, int]],

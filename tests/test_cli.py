@@ -47,7 +47,10 @@ def spawn(*args: str, stdin: int | None = None) -> subprocess.Popen[str]:
 
 
 def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every entry, telemetry readings expanded from their blocks (the record's own reader)."""
+    from safety import read_entries
+
+    return list(read_entries(path))
 
 
 def run_args(sim: SimProcess, record: Path, *extra: str, seconds: str = "1") -> list[str]:
@@ -90,7 +93,7 @@ def test_run_completes_and_record_verifies_and_shows(sim: SimProcess, tmp_path: 
     assert "session complete" in done.stdout
 
     verify = estim("record", "verify", str(record))
-    assert verify.returncode == 0 and "verifies" in verify.stdout
+    assert verify.returncode == 0 and "intact and closed" in verify.stdout
 
     png = tmp_path / "plot.png"
     show = estim("record", "show", str(record), "--plot", str(png))
@@ -102,21 +105,22 @@ def test_run_completes_and_record_verifies_and_shows(sim: SimProcess, tmp_path: 
     assert summary["output"][0]["channel"] == 1 and summary["output"][0]["peak_ma"] == pytest.approx(1.0)
     assert summary["faults"] == [] and summary["refusals"] == []
 
-    # tampering with one value breaks the chain at that line
+    # tampering with one value: exit 6, naming the line
     lines = record.read_text().splitlines()
     lines[5] = lines[5].replace('"mono":', '"mono":1', 1)
     tampered = tmp_path / "tampered.jsonl"
     tampered.write_text("\n".join(lines) + "\n")
     bad = estim("record", "verify", str(tampered))
-    assert bad.returncode == 2
-    assert "line 6" in bad.stdout and "hash does not match" in bad.stdout
+    assert bad.returncode == 6
+    assert "line 6" in bad.stdout and "ALTERED" in bad.stdout
     assert json.loads(estim("record", "verify", str(tampered), "--json").stdout)["first_bad_line"] == 6
 
-    # a process killed mid-write leaves a partial last line: reported as truncated, the rest verifies
+    # the end cut off (to what looks like a killed writer's partial line): the visit store saw the close
+    lines = record.read_text().splitlines()
     truncated = tmp_path / "truncated.jsonl"
-    truncated.write_text(record.read_text() + lines[3][:40])
+    truncated.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:30])
     cut = estim("record", "verify", str(truncated))
-    assert cut.returncode == 0 and "truncated" in cut.stdout
+    assert cut.returncode == 6 and "visit store saw" in cut.stdout
 
 
 def test_run_refuses_monophasic_on_needles_before_sending(sim: SimProcess, tmp_path: Path) -> None:
@@ -279,7 +283,7 @@ def test_check_without_needed_thresholds_says_what_to_do() -> None:
 
 def test_bad_input_is_a_calm_message(tmp_path: Path) -> None:
     missing = estim("record", "verify", str(tmp_path / "nope.jsonl"))
-    assert missing.returncode == 2 and "no such record" in missing.stderr
+    assert missing.returncode == 7 and "no such record" in missing.stderr
     sites = estim("titrate", "--channel", "1", "--frequency", "2", "--pulse-width", "200",
                   "--sites", "left:elbowish", "--record", str(tmp_path / "r.jsonl"))
     assert sites.returncode == 2 and "Traceback" not in sites.stderr

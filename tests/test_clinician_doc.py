@@ -82,7 +82,8 @@ def test_every_command_in_the_clinician_doc_runs(tmp_path: Path, monkeypatch: py
     assert first.thresholds[0].placement.b.point == "LI4"
     assert dose_ma(runs[0].stdout) == pytest.approx(expected_dose_ma(first.thresholds[0]))
     assert "sources:" in runs[0].stdout and "caution: bleeding risk" in runs[0].stderr
-    assert first.doses[0].completed and "visit-1" in {record_id for record_id, _ in first.records}
+    assert first.doses[0].completed and "visit-1.jsonl" in {Path(path).name for _, path in first.records}
+    assert (tmp_path / "visit-1.pdf").read_bytes()[:5] == b"%PDF-" and (tmp_path / "visit-1.json").exists()
     assert first.outcome.pain_before == 6 and first.plan.kinds == ("loading", "breathing") and first.ended_at
     assert "last time" in titrations[1].stderr and "since last time: sensory" in titrations[1].stderr
     assert "last dose: Segmental" in runs[1].stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 import firmware_host as fh
 from firmware_host.console import ConsoleApp, ConsoleSettings
-from safety import ChannelSetting, Shape, TreatmentRecord
+from safety import ChannelSetting, Shape, TreatmentRecord, read_entries
 
 from support import forearm_sites, prescription
 
@@ -58,7 +57,7 @@ def applied_ma(stim: fh.Stimulator, channel: int) -> float:
 
 def kinds(stim: fh.Stimulator) -> list[dict]:
     assert stim.record is not None
-    return [json.loads(line) for line in stim.record.path.read_text().splitlines()]
+    return list(read_entries(stim.record.path))
 
 
 @synchronous

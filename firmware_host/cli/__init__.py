@@ -34,7 +34,8 @@ COMMANDS = {
     "console": ("console", "full-screen treatment-room console: live channels, intensity keys, STOP"),
     "check": ("check", "check a dosing program against every safety rule before a session (exit 0 / 2)"),
     "preview": ("preview", "draw a program (intensity and frequency over time, each pulse shape) to a PNG"),
-    "record": ("record", "verify a treatment record's hash chain, or summarise and plot a session"),
+    "record": ("record", "verify a treatment record, summarise a session, write its PDF report or FHIR export"),
+    "keys": ("keys", "create and list the keys that sign treatment records"),
     "presets": ("presets", "list the presets by target mechanism, or show one with its evidence and sources"),
     "patient": ("patient", "add a patient by code, show their last visits, plot their outcomes over visits"),
     "visit": ("visit", "a visit: start it with the screening, record the outcomes, end it with the plan"),
@@ -60,6 +61,8 @@ examples:
   estim clear-faults --device /dev/ttyUSB0 --operator "J. Doe"
   estim record verify session.jsonl
   estim record show session.jsonl --plot session.png
+  estim record report session.jsonl --out visit.pdf
+  estim keys init --label "Room 2"
 
 exit codes: 0 done; 2 refused or bad input (nothing sent); 3 a device fault, lost link or STOP
 ended the session; 4 device not found or in use; 5-7 record verify (not closed, altered,

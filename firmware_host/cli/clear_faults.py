@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
                                                  "clearing them (--operator)", value=args.operator,
                                limit="name or initials"), args.json)
     try:
-        record = open_record(args.record, "clear-faults")
+        record = open_record(args.record, "clear-faults", getattr(args, "store", None))
     except SafetyError as exc:
         return refused(exc, args.json)
     with record:

@@ -95,7 +95,7 @@ def _console(args: argparse.Namespace) -> int:
     if code is not None:
         return code
     try:
-        record = open_record(args.record)
+        record = open_record(args.record, store=args.store)
     except (SafetyError, ValueError) as exc:
         return refused(exc)
 
@@ -104,7 +104,7 @@ def _console(args: argparse.Namespace) -> int:
     except SafetyError as exc:  # the record cannot be written: nothing is sent
         record.close()
         return refused(exc)
-    keep_record(args, record.path)
+    keep_record(args, record)
     stim = open_session(args, setup, record)
     if isinstance(stim, int):
         return stim

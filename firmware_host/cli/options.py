@@ -254,23 +254,47 @@ def _thresholds_as_given(path: Path | None) -> Any:
         return str(path)  # unreadable: the run refuses it on its own; the record names the file
 
 
-def open_record(path: Path | None, kind: str = "session") -> TreatmentRecord:
-    """The treatment record at `path` (default: a timestamped file in the user's data dir);
-    a place that cannot be written, or an existing file that is not an intact record, is a
-    refusal before any device is opened."""
+def open_record(path: Path | None, kind: str = "session", store: str | None = None) -> TreatmentRecord:
+    """The treatment record at `path` (default: a timestamped file in the user's data dir),
+    signed with this computer's record key; a place that cannot be written, or an existing
+    file that is not an intact record, is a refusal before any device is opened. On a first
+    run the key is created here, with a notice (the README's quick start must work on a
+    fresh machine). Its head is anchored in the visit store at `store` (None: the default)."""
+    from safety.record_keys import RecordKeyError, default_key_or_create, key_dir
+
+    from .anchoring import StoreAnchor
+
     if path is None:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
         path = base / "estim" / "records" / time.strftime(f"{kind}-%Y%m%d-%H%M%S.jsonl")
     check_writable(path, "treatment record")
     try:
+        key, created = default_key_or_create()
+    except (OSError, RecordKeyError) as exc:
+        raise Refusal("output.no_record_key", f"no usable record key in {key_dir()} "
+                      f"({getattr(exc, 'strerror', None) or exc}); fix it or run `estim keys init`",
+                      value=str(key_dir()), limit="a readable key, or a writable folder for one") from None
+    if created:
+        print(f"notice: this computer had no record key; created {key.key_id} in {key_dir()} to sign treatment "
+              "records. Back up that folder: records cannot be checked without it.", file=sys.stderr)
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return TreatmentRecord(path)
+        record = TreatmentRecord(path, key=key, anchor=StoreAnchor(store))
     except OSError as exc:
         raise Refusal("output.not_writable", f"the treatment record {path} cannot be written ({exc.strerror}): "
                       "choose another place with --record", value=str(path), limit="a writable file") from None
     except ValueError as exc:
         raise Refusal("output.not_a_record", f"{exc}: choose a new file with --record", value=str(path),
                       limit="an intact record or a new file") from None
+    if not record.wait_anchored(ANCHOR_START_WAIT_S):  # before anything is sent; never on the way to a stop
+        why = record.anchor_error or f"no answer in {ANCHOR_START_WAIT_S:g} s"
+        print(f"notice: the visit store did not take this record's head ({why}); the session goes on, but "
+              "`estim record verify` will not be able to check its end", file=sys.stderr)
+    return record
+
+
+ANCHOR_START_WAIT_S = 3.0
+"""Longest wait, before a session starts, for the visit store to take the record's first head."""
 
 
 def dose_thresholds(args: argparse.Namespace, program: Any) -> tuple[Any, tuple[str, ...]]:

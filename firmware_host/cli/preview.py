@@ -46,9 +46,20 @@ def main(argv: list[str]) -> int:
     try:
         check_writable(args.out, "picture")
         program, _notes = program_from_args(args)
+        marks = threshold_lines(args.thresholds) if args.thresholds is not None else None
     except (ProgramError, SafetyError, OSError, ValueError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    path = preview(program, args.out)
+    path = preview(program, args.out, thresholds=marks)
     print(f"{program.name}: {program.duration_s / 60:.1f} min -> {path}")
     return EXIT_OK
+
+
+def threshold_lines(path: Path) -> dict[int, dict[str, float | None]]:
+    """The latest thresholds per channel in a titration file, drawn as lines on the picture."""
+    from ..waveforms.thresholds import load
+
+    latest: dict[int, dict[str, float | None]] = {}
+    for t in sorted(load(path), key=lambda t: t.measured_at):
+        latest[t.channel] = {"sensory": t.sensory_ma, "motor": t.motor_ma, "tolerance": t.tolerance_ma}
+    return latest

@@ -1,10 +1,12 @@
-"""`estim record verify|show`: check a treatment record's hash chain and summarise a session.
+"""`estim record verify|show|report|export`: check a treatment record, summarise a session,
+and hand it on as a PDF report or a FHIR R4 bundle.
 
-`verify` exits 0 when every complete line verifies (a truncated final line left by a killed
-process is reported, and still exits 0: the lines before it are intact); 2 when the chain is
-broken, naming the first bad line. `show` reads the record as written and reports what was
-planned, who ran it, the thresholds, the commands, faults, refusals and stops, and the output
-as the device reported it in telemetry.
+`verify` exit codes: 0 intact and closed; 5 intact but not closed (cut at a record
+boundary, or mid-line by a killed process); 6 altered, or not a treatment record (also:
+shorter than, or different from, the head the visit store kept, or deleted); 7 cannot check
+(the key it names is not on this computer, the file cannot be read, or the visit store has
+no head for it or cannot be opened).
+`show`, `report` and `export` read what the record holds and say when it does not verify.
 """
 
 from __future__ import annotations
@@ -12,36 +14,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import EXIT_OK, EXIT_REFUSED
-
-FLAG_ENABLED = 0x01  # ICD Telemetry flags (kept here so `--help` does not import the ICD)
-FLAG_COMPLIANCE_LIMITED = 0x02
+from . import EXIT_OK, EXIT_RECORD_ALTERED, EXIT_RECORD_NOT_CLOSED, EXIT_RECORD_UNCHECKABLE, EXIT_REFUSED
+from .options import add_store_option
 
 EXAMPLES = """examples:
   estim record verify ~/.local/share/estim/records/session-20250101-093000.jsonl
-  estim record show session.jsonl
+  estim record verify session.jsonl --key k-3f9a0c1d2e4b5a60 --json
+  estim record verify --id 5f0c2a9e8d7b4c3a9e1f2d3c4b5a6978      (the file may be gone)
   estim record show session.jsonl --plot session.png
-  estim record show session.jsonl --json
+  estim record report session.jsonl --out visit.pdf
+  estim record export session.jsonl --fhir visit.json
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="estim record",
-        description="Check and summarise treatment records (hash-chained JSON lines).",
+        description="Check treatment records, summarise a session, write its report or FHIR export.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    verify = sub.add_parser("verify", help="check the hash chain (exit 0 intact, 2 broken)",
-                            description="Check every line's hash and its link to the line before. "
-                                        "Exit 0: intact (a truncated final line is reported); 2: broken.")
-    verify.add_argument("path", type=Path, metavar="PATH")
+    verify = sub.add_parser("verify", help="check a record: signed with the clinic's key, nothing changed "
+                                           "(exit 0 / 5 / 6 / 7)",
+                            description="Check every line against the key the record names, and the record "
+                                        "against the head the visit store kept of it (so a cut-off end or a "
+                                        "deleted file is caught). Exit 0: intact and closed; 5: intact but not "
+                                        "closed; 6: altered, not a record, or deleted; 7: cannot check (key not on "
+                                        "this computer, file unreadable, no entry in the visit store).")
+    verify.add_argument("path", type=Path, metavar="PATH", nargs="?")
+    verify.add_argument("--id", metavar="RECORD_ID", help="the record the visit store knows by this id (printed "
+                                                          "when the session started), wherever it was written")
+    add_store_option(verify)
+    verify.add_argument("--key", metavar="ID", help="insist the record was signed with this key")
     verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
     show = sub.add_parser("show", help="summarise a session: plan, operator, thresholds, commands, faults, output",
                           description="Summarise a session from its record. The output table is what the "
@@ -49,158 +58,194 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("path", type=Path, metavar="PATH")
     show.add_argument("--plot", type=Path, metavar="PNG", help="also draw intensity over time as delivered")
     show.add_argument("--json", action="store_true", help="print the summary as JSON")
+    report = sub.add_parser("report", help="write the session report a person reads (PDF, two pages)",
+                            description="Write a two-page PDF: who, when, screening, sites and needles, "
+                                        "thresholds, dose by channel, the intensity delivered with every stop, "
+                                        "fault and patient remark marked, and the output summary at the needle.")
+    report.add_argument("path", type=Path, metavar="PATH")
+    report.add_argument("--out", type=Path, required=True, metavar="PDF")
+    add_store_option(report)
+    export = sub.add_parser("export", help="export the session for a clinic system (FHIR R4 bundle, JSON)",
+                            description="Write a FHIR R4 (4.3, R4B) collection Bundle: Device, Procedure with "
+                                        "the dose per channel as extensions, and pain Observations when recorded.")
+    export.add_argument("path", type=Path, metavar="PATH")
+    export.add_argument("--fhir", type=Path, required=True, metavar="JSON")
+    add_store_option(export)
     return parser
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if not args.path.is_file():
-        print(f"error: {args.path}: no such record file", file=sys.stderr)
-        return EXIT_REFUSED
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.action == "verify" and (args.path is None) == (args.id is None):
+        parser.error("give the record's PATH, or --id RECORD_ID")
+    if args.path is not None and not args.path.is_file():
+        print(f"error: {args.path}: no such record file" + (
+            "; if it was deleted, `estim record verify --id RECORD_ID` asks the visit store what it saw"
+            if args.action == "verify" else ""), file=sys.stderr)
+        return EXIT_RECORD_UNCHECKABLE if args.action == "verify" else EXIT_REFUSED
     if args.action == "verify":
-        return _verify(args.path, args.json)
+        return _verify(args, args.json)
+    if args.action == "report":
+        return _report(args.path, args.out, args.store)
+    if args.action == "export":
+        return _export(args.path, args.fhir, args.store)
     return _show(args.path, args.plot, args.json)
 
 
-def _verify(path: Path, as_json: bool) -> int:
+def _checked(path: Path) -> Any:
+    """The record's verdict, with a warning line when it does not verify (its content is
+    still shown: that is what a reviewer needs to see)."""
     from safety import verify_record
 
     verdict = verify_record(path)
+    if not verdict.ok:
+        print(f"warning: {path}: {verdict.status.value}: {verdict.reason}", file=sys.stderr)
+    return verdict
+
+
+def _visit(session: Any, store_url: str | None) -> Any:
+    """The visit this record was written in (linked by its id in the visit store), or None."""
+    if not session.patient_code or not session.record_id:
+        return None
+    from ..visits import StoreError, VisitStore
+
+    try:
+        with VisitStore(store_url) as store:
+            visits = store.visits(session.patient_code)
+    except StoreError as exc:
+        print(f"warning: the visit store cannot be read ({exc}); the report holds what the record holds",
+              file=sys.stderr)
+        return None
+    return next((v for v in visits if any(rid == session.record_id for rid, _ in v.records)), None)
+
+
+def _report(path: Path, out: Path, store_url: str | None) -> int:
+    from ..reports.pdf import write_report
+    from ..reports.session import read_session
+
+    verdict = _checked(path)
+    session = read_session(path)
+    try:
+        write_report(session, verdict, out, _visit(session, store_url))
+    except OSError as exc:
+        print(f"error: cannot write {out} ({exc.strerror or exc})", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"report: {out}")
+    return EXIT_OK if verdict.ok else EXIT_BY_STATUS[verdict.status.name]
+
+
+def _export(path: Path, out: Path, store_url: str | None) -> int:
+    from ..reports.fhir import build_bundle
+    from ..reports.session import read_session
+
+    verdict = _checked(path)
+    session = read_session(path)
+    visit = _visit(session, store_url)
+    outcome = visit.outcome if visit is not None else None
+    bundle = build_bundle(session, (outcome.pain_before, outcome.pain_after) if outcome else (None, None))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(bundle.json(indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write {out} ({exc.strerror or exc})", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"FHIR bundle: {out} ({len(bundle.entry)} resources)")
+    return EXIT_OK if verdict.ok else EXIT_BY_STATUS[verdict.status.name]
+
+
+EXIT_BY_STATUS = {"CLOSED": EXIT_OK, "OPEN": EXIT_RECORD_NOT_CLOSED, "TRUNCATED": EXIT_RECORD_NOT_CLOSED,
+                  "ALTERED": EXIT_RECORD_ALTERED, "UNCHECKABLE": EXIT_RECORD_UNCHECKABLE}
+
+NEXT_STEP = {
+    "CLOSED": "",
+    "OPEN": " The session did not close its record (the host stopped or was killed between records).",
+    "TRUNCATED": " The writing process stopped in the middle of a line (killed, or the power went).",
+    "ALTERED": " Do not rely on this file; keep it as it is and tell whoever looks after the clinic's records.",
+    "UNCHECKABLE": "",
+}
+
+
+def _verify(args: argparse.Namespace, as_json: bool) -> int:
+    from safety import verify_anchored, verify_record
+
+    from ..visits import StoreError, VisitStore
+
+    path = args.path
+    try:
+        store = VisitStore(args.store)
+    except StoreError as exc:
+        print(f"{path or args.id}: cannot be checked: {exc}.")
+        return EXIT_RECORD_UNCHECKABLE
+    try:
+        with store:
+            verdict = verify_anchored(args.id, store) if path is None else \
+                verify_record(path, expect_key=args.key, anchors=store)
+    except OSError as exc:
+        print(f"error: {path}: cannot read the record ({exc.strerror or exc})", file=sys.stderr)
+        return EXIT_RECORD_UNCHECKABLE
+    path = path or args.id
+    status = verdict.status.name
     if as_json:
-        print(json.dumps({"path": str(path), **asdict(verdict)}, indent=2))
-    elif not verdict.ok:
-        print(f"{path}: does NOT verify: line {verdict.first_bad_line}: {verdict.reason}. "
-              f"The {verdict.records} record(s) before it verify.")
-    elif verdict.truncated_tail:
-        print(f"{path}: {verdict.records} complete record(s) verify; line {verdict.first_bad_line} is truncated "
-              f"(the writing process stopped mid-record, e.g. it was killed). Nothing before it was altered.")
+        body = {k: v for k, v in asdict(verdict).items() if k != "fragment"}
+        print(json.dumps({"path": str(path), **body, "status": status, "exit": EXIT_BY_STATUS[status]}, indent=2))
+        return EXIT_BY_STATUS[status]
+    signer = f"signed with key {verdict.key_id}" + (f" ({verdict.key_label})" if verdict.key_label else "")
+    if status in ("CLOSED", "OPEN", "TRUNCATED"):
+        print(f"{path}: {verdict.status.value}: {verdict.records} record(s) and {verdict.readings} reading(s), "
+              f"{signer}." + NEXT_STEP[status])
+    elif status == "ALTERED":
+        print(f"{path}: ALTERED: {verdict.reason}." + (f" The {verdict.records} record(s) before it verify."
+                                                       if verdict.records else "") + NEXT_STEP[status])
     else:
-        ending = "closed cleanly" if verdict.closed else "no close record (the session did not end with close)"
-        print(f"{path}: verifies: {verdict.records} record(s), {ending}; last hash {verdict.last_hash}")
-    return EXIT_OK if verdict.ok else EXIT_REFUSED
-
-
-@dataclass
-class ChannelOutput:
-    """One channel's output as the device reported it."""
-
-    channel: int
-    peak_ma: float = 0.0
-    on_s: float = 0.0
-    charge_device_uc: float = 0.0
-    frequencies_hz: set[float] = field(default_factory=set)
-    pulse_widths_us: set[float] = field(default_factory=set)
-    load_min_ohm: float | None = None
-    load_max_ohm: float | None = None
-    compliance_limited_readings: int = 0
-    samples: list[tuple[float, float]] = field(default_factory=list)  # (device s, mA delivered)
+        print(f"{path}: cannot be checked: {verdict.reason}.")
+    if verdict.anchor and verdict.ok:
+        print(f"visit store: {verdict.anchor}.")
+    return EXIT_BY_STATUS[status]
 
 
 def _show(path: Path, plot: Path | None, as_json: bool) -> int:
     from safety import verify_record
 
+    from ..reports.session import read_session
+
     verdict = verify_record(path)
-    records = _read(path)
-    summary = _summarise(records)
-    outputs = _outputs(records)
-    summary["integrity"] = {"ok": verdict.ok, "records": verdict.records, "first_bad_line": verdict.first_bad_line,
-                            "reason": verdict.reason, "truncated_tail": verdict.truncated_tail}
-    summary["output"] = [{**{k: v for k, v in asdict(o).items() if k != "samples"},
-                          "frequencies_hz": sorted(o.frequencies_hz), "pulse_widths_us": sorted(o.pulse_widths_us)}
-                         for o in outputs]
+    session = read_session(path)
+    summary = _summary(session)
+    summary["integrity"] = {"status": verdict.status.name, "ok": verdict.ok, "records": verdict.records,
+                            "first_bad_line": verdict.first_bad_line, "reason": verdict.reason,
+                            "key_id": verdict.key_id}
     if plot is not None:
-        _plot(outputs, plot, path.name)
+        from ..reports.plots import save_record_plot
+
+        save_record_plot(session, plot)
         summary["plot"] = str(plot)
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
     else:
-        print(_format(path, summary, outputs))
-    return EXIT_OK if verdict.ok else EXIT_REFUSED
+        print(_format(path, summary, session.outputs))
+    return EXIT_OK if verdict.ok else EXIT_BY_STATUS[verdict.status.name]
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
-    """Every line that parses as a record (a tampered record is still worth reading; verify judges it)."""
-    out = []
-    for line in path.read_bytes().split(b"\n"):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("data"), dict) and "kind" in rec:
-            out.append(rec)
-    return out
-
-
-def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    def data(kind: str) -> list[dict[str, Any]]:
-        return [r["data"] for r in records if r["kind"] == kind]
-
-    plan = (data("session_plan") or [{}])[0]
-    setup = (data("session_setup") or [{}])[0]
-    identity = (data("identity") or [{}])[0]
-    commands = Counter(r["data"].get("command", {}).get("type", "?") for r in records if r["kind"] == "approved")
+def _summary(s: Any) -> dict[str, Any]:  # reports.session.Session
     return {
-        "started": records[0]["t"] if records else None,
-        "ended": records[-1]["t"] if records else None,
-        "operator": plan.get("operator"),
-        "plan": plan,
-        "device": {"serial": identity.get("serial"), "channels": identity.get("channels"),
-                   "firmware": f"{identity.get('fw_major')}.{identity.get('fw_minor')}" if identity else None},
-        "channels": setup.get("channels"),
-        "patient": setup.get("patient"),
-        "prescription": setup.get("prescription"),
-        "thresholds": data("thresholds"),
-        "patient_feedback": data("patient_feedback"),
-        "commands": dict(commands),
-        "naks": data("nak"),
-        "faults": data("fault"),
-        "refusals": data("refusal"),
-        "stops": [d.get("reason") for d in data("stop")],
-        "notices": [d for d in data("action") if d.get("kind") == "notify"],
-        "session_end": bool(data("session_end")),
-        "closed": bool(records) and records[-1]["kind"] == "close",
+        "started": s.started, "ended": s.ended, "operator": s.operator, "plan": s.plan, "device": s.device,
+        "channels": s.setup.get("channels"), "patient": s.setup.get("patient"),
+        "prescription": s.setup.get("prescription"), "thresholds": s.thresholds, "patient_feedback": s.feedback,
+        "commands": dict(s.commands), "naks": s.naks, "faults": s.faults, "refusals": s.refusals,
+        "stops": s.stops, "notices": s.notices, "session_end": s.session_end, "closed": s.closed,
+        "output": [{**{k: v for k, v in asdict(o).items() if k != "samples"},
+                    "frequencies_hz": sorted(o.frequencies_hz), "pulse_widths_us": sorted(o.pulse_widths_us)}
+                   for o in s.outputs],
     }
 
 
-def _outputs(records: list[dict[str, Any]]) -> list[ChannelOutput]:
-    """Per channel (1-based) from the telemetry lines (wire units: µA, mHz, µs, 0-based channel)."""
-    channels: dict[int, ChannelOutput] = {}
-    last_t: dict[int, float] = {}
-    for rec in records:
-        if rec["kind"] != "telemetry":
-            continue
-        d = rec["data"]
-        ch = int(d["channel"]) + 1
-        out = channels.setdefault(ch, ChannelOutput(ch))
-        t = d["device_time_ms"] / 1000
-        on = bool(d["flags"] & FLAG_ENABLED)
-        ma = d["amplitude_ua"] / 1000 if on else 0.0
-        if ch in last_t and out.samples and out.samples[-1][1] > 0:
-            out.on_s += max(0.0, t - last_t[ch])
-        last_t[ch] = t
-        out.samples.append((t, ma))
-        out.peak_ma = max(out.peak_ma, ma)
-        out.charge_device_uc = max(out.charge_device_uc, float(d["charge_total_uc"]))
-        if on:
-            out.frequencies_hz.add(d["frequency_mhz"] / 1000)
-            out.pulse_widths_us.add(float(d["phase_us"]))
-            if d["flags"] & FLAG_COMPLIANCE_LIMITED:
-                out.compliance_limited_readings += 1
-        if on and d["load_ohm"] != 0xFFFFFFFF:
-            load = float(d["load_ohm"])
-            out.load_min_ohm = load if out.load_min_ohm is None else min(out.load_min_ohm, load)
-            out.load_max_ohm = load if out.load_max_ohm is None else max(out.load_max_ohm, load)
-    return [channels[ch] for ch in sorted(channels) if channels[ch].peak_ma > 0 or channels[ch].on_s > 0]
-
-
-def _format(path: Path, s: dict[str, Any], outputs: list[ChannelOutput]) -> str:
+def _format(path: Path, s: dict[str, Any], outputs: list[Any]) -> str:
     integrity = s["integrity"]
     if not integrity["ok"]:
-        check = f"BROKEN at line {integrity['first_bad_line']}: {integrity['reason']}"
-    elif integrity["truncated_tail"]:
-        check = f"{integrity['records']} records verify; final line truncated (writer stopped mid-record)"
+        check = f"{integrity['reason']} (run `estim record verify` for details)"
     else:
-        check = f"{integrity['records']} records verify"
+        check = f"{integrity['records']} records verify, signed with key {integrity['key_id']}"
     rx = s["prescription"] or {}
     lines = [
         f"record:     {path}",
@@ -253,24 +298,3 @@ def _ma(value: float | None) -> str:
 
 def _where(channel: int | None) -> str:
     return "the device" if channel is None else f"channel {channel}"
-
-
-def _plot(outputs: list[ChannelOutput], png: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    for o in outputs:
-        ax.step([t for t, _ in o.samples], [ma for _, ma in o.samples], where="post", label=f"channel {o.channel}")
-    ax.set_xlabel("device time (s)")
-    ax.set_ylabel("intensity delivered (mA)")
-    ax.set_title(f"{title}: intensity as delivered")
-    if outputs:
-        ax.legend(loc="upper right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)

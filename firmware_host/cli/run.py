@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
 
     print("sensitivity " + describe_sensitivity(setup[0].sensitivity, args.max_amplitude, args.ramp))
     try:
-        record = open_record(args.record)
+        record = open_record(args.record, store=args.store)
     except (SafetyError, ValueError) as exc:
         return refused(exc, args.json)
 
@@ -173,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         except SafetyError as exc:  # the record cannot be written: nothing is sent
             return refused(exc, args.json)
         print(f"record: {record.path}")
-        keep_record(args, record.path)
+        keep_record(args, record)
         stim = open_session(args, setup, record)
         if isinstance(stim, int):
             return stim
@@ -278,7 +278,7 @@ def _run_program(args: argparse.Namespace) -> int:
     if code is not None:
         return code
     try:
-        record = open_record(args.record)
+        record = open_record(args.record, store=args.store)
     except (SafetyError, OSError, ValueError) as exc:
         return refused(exc, args.json)
 
@@ -289,7 +289,7 @@ def _run_program(args: argparse.Namespace) -> int:
         except SafetyError as exc:  # the record cannot be written: nothing is sent
             return refused(exc, args.json)
         print(f"record: {record.path}")
-        keep_record(args, record.path)
+        keep_record(args, record)
         try:
             link = fh.connect(args.device)
         except fh.EstimError as exc:

@@ -155,10 +155,10 @@ def _titrate(args: argparse.Namespace) -> int:
         return code
     previous = _previous(args, setup[1][args.channel], wave)
 
-    record = open_record(args.record)
+    record = open_record(args.record, store=args.store)
     record.append("session_plan", session_plan(args, titration=True, waveform=wave.as_dict(), aim=args.aim))
     print(f"record: {record.path}", file=sys.stderr)
-    keep_record(args, record.path)
+    keep_record(args, record)
     stim = open_session(args, setup, record)
     if isinstance(stim, int):
         return stim

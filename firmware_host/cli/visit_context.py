@@ -69,12 +69,12 @@ def keep_thresholds(args: argparse.Namespace, thresholds: Any) -> None:
         visits.add_thresholds(args.visit.id, thresholds)
 
 
-def keep_record(args: argparse.Namespace, path: Path) -> None:
-    """The treatment record written in today's visit (its id is the file's name)."""
+def keep_record(args: argparse.Namespace, record: Any) -> None:
+    """The treatment record (safety.TreatmentRecord) written in today's visit, by its id."""
     if getattr(args, "visit", None) is None:
         return
     with store(args) as visits:
-        visits.link_record(args.visit.id, path.stem, str(path))
+        visits.link_record(args.visit.id, record.record_id, str(record.path))
 
 
 def keep_dose(args: argparse.Namespace, program: Any, request: Mapping[str, Any], stim: Any, completed: bool) -> None:

@@ -1,0 +1,1 @@
+"""Session report (PDF), FHIR R4 export and record plots, built from a treatment record."""
