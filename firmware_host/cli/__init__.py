@@ -117,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     global _JSON_ASKED
     argv = list(sys.argv[1:] if argv is None else argv)
     _JSON_ASKED = "--json" in argv
-    sys.stdout = _SurvivingStream(sys.stdout)  # type: ignore[assignment]
-    sys.stderr = _SurvivingStream(sys.stderr)  # type: ignore[assignment]
+    if not isinstance(sys.stdout, _SurvivingStream):
+        sys.stdout = _SurvivingStream(sys.stdout)  # type: ignore[assignment]
+    if not isinstance(sys.stderr, _SurvivingStream):
+        sys.stderr = _SurvivingStream(sys.stderr)  # type: ignore[assignment]
     parser = build_parser()
     if not argv:
         parser.print_help(sys.stderr)
