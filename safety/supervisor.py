@@ -6,7 +6,8 @@ after, the record written last). What it compares, and why it cannot be blinded:
 
 - Freshness: a channel's telemetry counts as fresh only when its device time advances
   beyond every earlier reading (modulo the u32 millisecond wrap): a device that repeats
-  itself is stale. Three frames missing (3.5 periods) stop everything.
+  itself is stale. Three frames missing (3.5 periods, and at least half a second) stop
+  everything.
 - Commanded vs applied: each reading must match, as a whole, one setting the session may
   legitimately see: the applied one, one applied since the reading was sampled (plus two
   periods), or one in flight. Amplitude within 1 µA, frequency to the mHz, phase to the
@@ -38,6 +39,7 @@ from .interlock import Interlock
 from .settings import ChannelReading, ChannelSetting
 
 STALE_PERIODS = 3
+STALE_MIN_S = 0.5        # and never less than this: a busy host must not stop a fast-reporting device
 READING_AGE_PERIODS = 2  # a reading may show a state applied up to this long ago
 OFFSET_WINDOW_S = 3.0    # the device-to-host clock offset is estimated over this long...
 OFFSET_DISCARD = 0.1     # ...as its minimum after the lowest 10 % (at least one) are set aside
@@ -83,8 +85,9 @@ class Supervisor:
         self._interlock = interlock
         self._clock = clock
         # three frames missed: the third was due 3 periods after the last one; half a period
-        # of grace keeps an on-time but jittered frame from counting as missing
-        self._stale_after_s = (STALE_PERIODS + 0.5) / telemetry_hz
+        # of grace keeps an on-time but jittered frame from counting as missing; at 20 Hz and
+        # more that is under a fifth of a second, which a loaded host can lose to scheduling alone
+        self._stale_after_s = max((STALE_PERIODS + 0.5) / telemetry_hz, STALE_MIN_S)
         self._reading_age_s = READING_AGE_PERIODS / telemetry_hz
         self._offsets: deque[tuple[float, float]] = deque()  # (host time, host - device time)
         start = clock()

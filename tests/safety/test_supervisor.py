@@ -39,23 +39,31 @@ def test_stale_telemetry_estops_once(running, interlock, clock):
     clock.advance(0.29)
     running.on_reading(reading(amplitude_ma=1.0))
     running.on_reading(reading(2, enabled=False))
-    clock.advance(0.34)   # three frames due, the third only just: not yet missed
+    clock.advance(0.49)   # three frames missing at 10 Hz, but not yet half a second
     assert running.poll() == []
-    clock.advance(0.02)   # 3.6 periods without a frame: three are missing
+    clock.advance(0.02)   # half a second without a frame
     assert kinds(running.poll()) == [ActionKind.ESTOP]
     assert running.poll() == []
+
+
+def test_stale_telemetry_at_a_slow_rate_waits_for_three_frames(interlock, clock):
+    supervisor = Supervisor(interlock, telemetry_hz=2.0, clock=clock)
+    clock.advance(1.74)   # 3.5 periods of 0.5 s
+    assert supervisor.poll() == []
+    clock.advance(0.02)
+    assert kinds(supervisor.poll()) == [ActionKind.ESTOP]
 
 
 def test_telemetry_that_repeats_itself_is_stale(running, clock):
     """A device that keeps sending the same reading (its clock not advancing) is not reporting:
     only readings with a newer device time count as fresh."""
     frozen = reading(amplitude_ma=1.0)
-    for _ in range(4):
+    for _ in range(5):
         clock.advance(0.1)
         assert running.on_reading(frozen) == []
         running.on_reading(reading(2, enabled=False))
         assert running.poll() == []
-    clock.advance(0.1)
+    clock.advance(0.15)
     [action] = running.poll()
     assert action.kind is ActionKind.ESTOP and "channel 1" in action.reason
 
