@@ -114,6 +114,7 @@ class Link:
         self._decoder = icd.FrameDecoder()
         self._lock = threading.Lock()  # sequencing state; taken before _write_lock
         self._write_lock = threading.Lock()
+        self._send_order = threading.Lock()  # approvals redeemed and queued as one step
         self._next_seq = random.randrange(256)
         self._inflight: dict[int, _Pending] = {}  # insertion order = send order
         self._queue: deque[_Pending] = deque()
@@ -239,8 +240,9 @@ class Link:
         approved.verify()
         message = units.command_to_wire(approved.command)
         message.body()  # raises ValueError for a field beyond the wire, before anything is redeemed
-        approved.consume()
-        return self._enqueue(message)
+        with self._send_order:  # redeemed in the order they go out (the interlock checks that order)
+            approved.consume()
+            return self._enqueue(message)
 
     def query(self, message: icd.GetStatus | icd.Heartbeat) -> Future[icd.Message]:
         """Queue a command that cannot change the output (GET_STATUS, HEARTBEAT)."""

@@ -99,6 +99,7 @@ class Interlock:
         self._outstanding: dict[int, Approved] = {}   # minted, not yet consumed
         self._in_flight: dict[int, Approved] = {}     # SetChannel/SetOutputs approved, not yet ACK/NAK
         self._awaiting: dict[int, Approved] = {}      # consumed, waiting for ACK/NAK
+        self._last_sent = 0                            # serial of the newest approval consumed
         self._session_start: float | None = None
         self._session_ended = False
         self._history = AppliedHistory(channels)
@@ -420,6 +421,13 @@ class Interlock:
             if self._outstanding.get(approved.serial) is not approved:
                 raise InterlockStateError(f"approval {approved.serial} is used, void or not from this interlock")
             del self._outstanding[approved.serial]
+            if approved.serial < self._last_sent:
+                # every check assumed approvals reach the device in the order they were given: one
+                # given before an approval already sent (a decrease to 0, say) could now be a jump
+                self._in_flight.pop(approved.serial, None)
+                self._state_error(f"approval {approved.serial} was given before approval {self._last_sent}, which "
+                                  f"has already been sent: it is void; ask for it again")
+            self._last_sent = approved.serial
             age = self._clock() - approved.issued_s
             if age > APPROVAL_TTL_S:
                 self._in_flight.pop(approved.serial, None)

@@ -374,3 +374,17 @@ def test_zero_start_holds_while_a_disable_is_still_in_flight(interlock, clock):
     with pytest.raises(Refusal) as exc:
         interlock.approve_outputs({1})
     assert exc.value.rule == "dynamic.zero_start"
+
+
+def test_approvals_reach_the_device_in_the_order_they_were_given(interlock, clock):
+    """Found by the property test: an approval that was no increase when given (1 mA again)
+    became a 0 -> 1 mA jump when sent after a later decrease to 0 had been applied. An
+    approval given before one already sent is void."""
+    start_channel(interlock, clock)
+    clock.advance(1.0)
+    send(interlock, interlock.approve_set_channel(setting(1, 1.0)))
+    again = interlock.approve_set_channel(setting(1, 1.0))        # no increase: approved
+    send(interlock, interlock.approve_set_channel(setting(1, 0.0)))  # a later decrease, applied first
+    with pytest.raises(InterlockStateError, match="void"):
+        again.consume()
+    assert interlock.applied(1)[0].amplitude_ma == 0.0
