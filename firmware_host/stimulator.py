@@ -151,11 +151,12 @@ class Stimulator:
         self._link = link
         self._clock = clock
         self._period_s = 1.0 / max(self.identity.telemetry_hz, 1)
-        # heartbeats go on only while the supervisor runs (half a second, or as long as telemetry
-        # may be missing if that is longer: a slow disk under the record must not starve the
-        # watchdog); commands from other threads are refused once it has not run for a second
-        self._lease_s = max(3.5 * self._period_s, 0.5)
-        self._unsupervised_s = max(1.0, 2 * self._lease_s)
+        # heartbeats go on only while the supervisor runs: a second, or as long as telemetry may
+        # be missing if that is longer (a slow disk or a busy machine must not starve the watchdog;
+        # a stuck supervisor still lets the device make itself safe within that plus its watchdog);
+        # commands from other threads are refused once it has not run for twice that
+        self._lease_s = max(3.5 * self._period_s, 1.0)
+        self._unsupervised_s = 2 * self._lease_s
         self._supervised_at = clock()
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._delivery = _Delivery()

@@ -17,6 +17,7 @@ on) and never stops a stop.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -36,6 +37,29 @@ from .rules import check_setting
 from .settings import ChannelSetting, exact_int
 
 SIM_REBOOT = 3         # SimControl op that restarts the simulated device in its safe state
+
+
+def _journaled(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Record what `method` decided once it has let go of the interlock's lock: a slow disk
+    under the record never holds up supervision waiting for that lock. What it approved is
+    handed out only once recorded; a record that cannot be written trips the session (which
+    voids every approval) and the call is refused."""
+
+    @functools.wraps(method)
+    def journaled(self: Interlock, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self._journal, "entries", None) is not None:
+            return method(self, *args, **kwargs)  # inside an outer journaled call: it writes
+        self._journal.entries = []
+        try:
+            result = method(self, *args, **kwargs)
+        except BaseException:
+            self._write_journal()
+            raise
+        if not self._write_journal():
+            raise InterlockStateError(f"not approved: {self._tripped}")
+        return result
+
+    return journaled
 
 
 @dataclass(frozen=True)
@@ -84,6 +108,7 @@ class Interlock:
         self._clock = clock
         self._record = record
         self._lock = threading.RLock()
+        self._journal = threading.local()  # entries a journaled call writes after releasing the lock
         self._tripped: str | None = None
         self._epoch = 0
         refusals = check_placement(setup.placements, setup.patient)
@@ -167,6 +192,7 @@ class Interlock:
 
     # ---- approvals -----------------------------------------------------------------
 
+    @_journaled
     def approve_set_channel(self, setting: ChannelSetting) -> Approved:
         with self._lock:
             now = self._clock()
@@ -215,6 +241,7 @@ class Interlock:
                                  limit=rise.step_ma if rise.too_large else rise.allowed_ma, channel=ch,
                                  detail=rise.quantity))
 
+    @_journaled
     def approve_outputs(self, enabled: Iterable[int]) -> Approved:
         """Outputs enabled afterwards; enabling needs a configured channel at exactly 0 mA."""
         with self._lock:
@@ -243,6 +270,7 @@ class Interlock:
                 self._log("session_start", {"session_s": self._session_s})
             return self._mint(SetOutputs(target), now)
 
+    @_journaled
     def approve_clear_faults(self, operator: str) -> Approved:
         """Only after a trip, with every output off, and with the person's name or initials."""
         with self._lock:
@@ -258,6 +286,7 @@ class Interlock:
                 self._state_error("disable every output before clearing the stop")
             return self._mint(ClearFaults(name), now)
 
+    @_journaled
     def approve_sim_control(self, op: int, channel: int, value: int) -> Approved:
         """Simulated-device control: always approved, always recorded."""
         with self._lock:
@@ -269,6 +298,7 @@ class Interlock:
                                      "is not three whole numbers", value=(op, channel, value), limit="integers"))
             return self._mint(SimControl(*numbers), now)
 
+    @_journaled
     def ramp_plan(self, channel: int, target_ma: float, gentle_down: bool = False) -> list[tuple[float, float]]:
         """Steps to reach `target_ma`: (seconds to wait after the previous step's ACK, or from
         now for the first, then amplitude mA). A decrease is one immediate step, or with
@@ -307,6 +337,7 @@ class Interlock:
                 level = nxt
             return plan
 
+    @_journaled
     def session_tick(self) -> list[Approved]:
         """Call periodically: near the end ramps amplitudes down so they reach 0 at the end,
         then switches every output off."""
@@ -416,6 +447,7 @@ class Interlock:
             state.dynamics.disabled()
             self._applied_changed(ch, now)
 
+    @_journaled
     def _redeem(self, approved: Approved) -> None:
         with self._lock:
             if self._outstanding.get(approved.serial) is not approved:
@@ -441,8 +473,7 @@ class Interlock:
         approved = Approved(MINT, command, next(self._serials), now, self._epoch, self, warnings)
         for text in warnings:
             self._log("warning", {"serial": approved.serial, "message": text})
-        if not self._log("approved", {"serial": approved.serial, "command": command_json(command)}):
-            raise InterlockStateError(f"not approved: {self._tripped}")
+        self._log("approved", {"serial": approved.serial, "command": command_json(command)})
         self._outstanding[approved.serial] = approved
         if isinstance(command, (SetChannel, SetOutputs)):
             self._in_flight[approved.serial] = approved
@@ -503,7 +534,19 @@ class Interlock:
         self._log("state_error", {"message": message})
         raise InterlockStateError(message)
 
-    def _log(self, kind: str, data: dict[str, Any]) -> bool:
+    def _log(self, kind: str, data: dict[str, Any]) -> None:
+        """Record now, or when the journaled call around this one has let go of the lock."""
+        entries = getattr(self._journal, "entries", None)
+        if entries is not None:
+            entries.append((kind, data))
+        else:
+            self._write(kind, data)
+
+    def _write_journal(self) -> bool:
+        entries, self._journal.entries = self._journal.entries, None
+        return all([self._write(kind, data) for kind, data in entries])
+
+    def _write(self, kind: str, data: dict[str, Any]) -> bool:
         """Write to the record; False (and the session tripped) when it can no longer be written."""
         if self._record is None:
             return True

@@ -256,8 +256,8 @@ def test_a_stuck_supervisor_lets_the_device_watchdog_make_it_safe(sim: SimProces
     with stimulating(sim.url, level_ma=1.0) as stim:
         stim.supervisor.on_reading = lambda *args: stuck.wait(10.0)  # type: ignore[method-assign]
         sim.trace.mark()
-        sim.wait_event(output_off("watchdog"), timeout=3.0)
-        time.sleep(0.5)
+        sim.wait_event(output_off("watchdog"), timeout=5.0)
+        time.sleep(stim._unsupervised_s)  # noqa: SLF001 - how long the session waits before it gives up on it
         with pytest.raises(fh.LinkError, match="supervision"):
             stim.set_amplitude(1, 0.5)
         stuck.set()
