@@ -213,16 +213,20 @@ def latched_at_start(stim: Any, args: argparse.Namespace) -> int | None:
 
 def check_writable(path: Path, what: str) -> None:
     """Refuse (before any device is opened) a file this command could not write: by trying,
-    since permission bits say nothing to root and nothing about read-only file systems."""
-    existed = path.exists()
+    since permission bits say nothing to root and nothing about read-only file systems. A file
+    not there yet is tried through a scratch file beside it, so the path itself never flickers."""
+    import tempfile
+
     try:
         if path.is_dir():
             raise IsADirectoryError(21, "it is a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab"):
-            pass
-        if not existed:
-            path.unlink()
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".estim-check-"):
+                pass
     except OSError as exc:
         raise Refusal("output.not_writable", f"the {what} {path} cannot be written there "
                       f"({exc.strerror or exc}): choose another place", value=str(path),
