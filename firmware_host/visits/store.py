@@ -175,7 +175,8 @@ class VisitStore:
             self._engine = create_engine(parsed, pool_pre_ping=True)
             if parsed.get_backend_name() == "sqlite":
                 event.listen(self._engine, "connect", _sqlite_pragmas)
-            _migrate(self._engine)
+            with _migration_lock(parsed.database if parsed.get_backend_name() == "sqlite" else None):
+                _migrate(self._engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the visit store at {self.url}: {exc.orig or exc}") from None
 
@@ -407,6 +408,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+
+
+@contextmanager
+def _migration_lock(sqlite_file: str | None) -> Iterator[None]:
+    """Two programs opening a new SQLite store at once must not both create its tables (one
+    would fail): they take turns on a lock file beside it. PostgreSQL uses an advisory lock."""
+    if sqlite_file in (None, "", ":memory:"):
+        yield
+        return
+    import fcntl
+
+    with open(f"{sqlite_file}.migration-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _migrate(engine: Engine) -> None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -197,3 +198,20 @@ def test_racing_record_heads_end_at_the_highest_count(postgres_url_template: str
         head = store.get_record_head("shared")
     assert (head.count, head.last_hash) == (59, "hash-59")
     assert 59 not in refused
+
+
+def _open_and_close(url: str) -> str:
+    from firmware_host.visits import VisitStore
+
+    with VisitStore(url):
+        return "ok"
+
+
+def test_two_programs_opening_a_new_store_at_once_both_succeed(tmp_path: Path) -> None:
+    """Both found no schema and both created its tables: one failed ("table already exists")."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4) as pool:
+        for n in range(3):
+            url = f"sqlite:///{tmp_path / f'new-{n}.sqlite3'}"
+            assert list(pool.map(_open_and_close, [url] * 4)) == ["ok"] * 4
