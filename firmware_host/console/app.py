@@ -25,7 +25,7 @@ from safety import ChannelSetting, SafetyError
 from .. import fault_text
 from ..errors import EstimError
 from ..link import LinkLost
-from ..stimulator import DeviceFault, Notice, Stimulator
+from ..stimulator import REPLY_TIMEOUT_S, DeviceFault, Notice, Stimulator
 
 HISTORY = 120      # sparkline samples (12 s at the 10 Hz refresh)
 REFRESH_S = 0.1
@@ -82,10 +82,11 @@ class ChannelControl:
         return target
 
     def cancel(self) -> None:
-        """End a running ramp where it stands (at most one step already in flight completes)."""
+        """End a running ramp where it stands: the step already on its way completes (within
+        the link's reply timeout) before anything newer is sent, so steps never cross."""
         self._cancel.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=1.0)
+            self._thread.join(timeout=REPLY_TIMEOUT_S + 1.0)
         self._thread = None
 
     def ramping(self) -> bool:
