@@ -96,6 +96,10 @@ def run_clinic(workdir: Path, quick: bool) -> list[Result]:
             report = Day(sim.url, day, sim_control=True).run_day(sessions=30)
         sessions = [s for s in report.steps if s.record is not None]
         bad = [n for n, c in report.verified.items() if c != expected_verify(n)]
+        for step in report.failures:
+            print(f"  clinic day {name}: {step.name}: exit {step.code}, expected {step.expected}: {step.detail[-300:]}")
+        for record in bad:
+            print(f"  clinic day {name}: record {record} verified with exit {report.verified[record]}")
         results += [
             Result(f"clinic_day_{name}_sessions", report.sessions, "", ">= 30", report.sessions >= 30),
             Result(f"clinic_day_{name}_wall", report.seconds, "s"),
