@@ -200,6 +200,8 @@ def stoppable(body: Callable[[], int]) -> int:
     """Run a command that may drive a device: Ctrl-C and SIGTERM unwind through its session
     (which e-stops on the way out) and end with exit 130 / 143 and one calm line."""
     signal.signal(signal.SIGTERM, _raise_terminated)
+    # a program started in the background inherits SIGINT ignored; a session must stop on it anyway
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return body()
     except KeyboardInterrupt:
