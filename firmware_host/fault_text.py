@@ -7,7 +7,8 @@ from __future__ import annotations
 
 MEANING = {
     "WATCHDOG": "the device stopped hearing from its controller and switched its outputs off by itself "
-                "(a controller that was closed without ending the session, crashed or lost the cable; "
+                "(a controller that was closed without ending the session, crashed, lost the cable or was too "
+                "busy to keep in touch; "
                 "devices speaking ICD v1 do this after every session)",
     "ESTOP": "someone stopped the stimulation at once (an e-stop) in an earlier session",
     "OVERCURRENT": "the device measured more current than it allows and switched off: check the needles, "

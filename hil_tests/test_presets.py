@@ -34,7 +34,7 @@ def test_preset_delivered_as_programmed(stim: Stimulator, dut: DeviceUnderTest, 
     verdict = check(program, stim.limits)
     if not verdict.ok:  # e.g. a device whose widest phase is narrower than the preset's
         pytest.skip(f"{mechanism.value} cannot run within this device's limits: "
-                    + "; ".join(f.message for f in verdict.violations[:3]))
+                    + "; ".join(list(dict.fromkeys(f.message for f in verdict.violations))[:3]))
     starts: list[float] = []
 
     def on_update(update: Update) -> None:

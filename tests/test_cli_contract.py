@@ -111,6 +111,40 @@ def test_a_missing_device_exits_4() -> None:
     assert done.returncode == 4 and "Traceback" not in done.stderr
 
 
+def _free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("address,said", [
+    ("foo://bar", "is not a device address"),
+    ("socket://127.0.0.1:{port}", "nothing is listening"),
+    ("tcp://127.0.0.1:{port}", "nothing is listening"),
+])
+def test_an_address_that_leads_nowhere_exits_4_in_plain_words(address: str, said: str) -> None:
+    done = estim("run", "--device", address.format(port=_free_tcp_port()), *DIRECT, "--seconds", "2")
+    assert done.returncode == 4 and said in done.stderr and "Traceback" not in done.stderr
+    assert "Errno" not in done.stderr and "Could not open port" not in done.stderr
+
+
+def test_sessions_started_in_the_same_second_keep_separate_records(tmp_path: Path) -> None:
+    """Two rooms (or one script) starting at once: each default record is its own file, both verify."""
+    with spawn_sim("pty", trace_path=tmp_path / "a.jsonl") as one, \
+            spawn_sim("tcp:127.0.0.1:0", trace_path=tmp_path / "b.jsonl") as two:
+        runs = [subprocess.Popen([sys.executable, "-m", "firmware_host", "run", "--device", url, *DIRECT,
+                                  "--seconds", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=child_env(), cwd=REPO)
+                for url in (one.url, two.url.replace("socket://", "tcp://"))]
+        outcomes = [(run.wait(timeout=40), run.stdout.read() + run.stderr.read())  # type: ignore[union-attr]
+                    for run in runs]
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    records = [line.split("record: ", 1)[1].strip() for _, said in outcomes for line in said.splitlines()
+               if line.startswith("record: ")]
+    assert len(set(records)) == 2, records
+    assert all(estim("record", "verify", path).returncode == 0 for path in records)
+
+
 def test_a_stop_is_cleared_by_name_and_the_next_session_runs(sim: SimProcess, tmp_path: Path) -> None:
     stopped = subprocess.Popen([sys.executable, "-m", "firmware_host", "run", "--device", sim.url, *DIRECT,
                                 "--seconds", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

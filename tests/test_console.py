@@ -22,7 +22,9 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.fixture
 def stim(tmp_path: Path) -> Iterator[fh.Stimulator]:
     record = TreatmentRecord(tmp_path / "console.jsonl")
-    with fh.open("sim://", prescription=prescription(max_ma=3.0, ramp=2.0), placements=forearm_sites(1, 2),
+    # Textual's drawing shares the GIL with the link: on a loaded machine a 300 ms watchdog
+    # can trip for want of a heartbeat, which is not what these tests are about
+    with fh.open("sim://?watchdog_ms=1000", prescription=prescription(max_ma=3.0, ramp=2.0), placements=forearm_sites(1, 2),
                  record=record) as session:
         yield session
     record.close()
@@ -46,7 +48,9 @@ async def until(pilot, predicate: Callable[[], bool], timeout: float = 15.0) -> 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
+        log = pilot.app.query_one("#messages").lines
+        assert loop.time() < deadline, "condition not met in time; the console said: " + " | ".join(
+            line.text for line in log)
         await pilot.pause(0.05)
 
 

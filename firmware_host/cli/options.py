@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -270,7 +271,8 @@ def open_record(path: Path | None, kind: str = "session", store: str | None = No
 
     if path is None:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-        path = base / "estim" / "records" / time.strftime(f"{kind}-%Y%m%d-%H%M%S.jsonl")
+        # a random tail: two sessions started in the same second never share (and refuse) one file
+        path = base / "estim" / "records" / f"{time.strftime(f'{kind}-%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}.jsonl"
     check_writable(path, "treatment record")
     try:
         key, created = default_key_or_create()

@@ -3,15 +3,18 @@
 - `sim://[?key=value&...]`  the built-in simulated device, in this process (overrides as in
   ICD.md section 7, e.g. `sim://?channels=2&watchdog_ms=500`)
 - `usb://VID:PID[/SERIAL]`  a vendor-specific USB device (bulk endpoint pair)
+- `tcp://HOST:PORT`          the same as pyserial's `socket://HOST:PORT` (a device or
+                             simulator listening on TCP)
 - anything else              a pyserial URL or path: `/dev/ttyUSB0`, `/dev/pts/3`,
                              `socket://127.0.0.1:5000`, `loop://`
 """
 
 from __future__ import annotations
 
+import importlib.util
 from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import TransportError
+from ..errors import DeviceNotFound, TransportError
 from .base import Transport
 
 __all__ = ["Transport", "open_transport"]
@@ -20,12 +23,17 @@ __all__ = ["Transport", "open_transport"]
 def open_transport(url: str) -> Transport:
     """Open the byte path named by `url`; raises a TransportError subclass on failure."""
     scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme == "tcp":
+        url, scheme = "socket://" + url.removeprefix("tcp://"), "socket"
     if scheme == "sim":
         return _open_sim(url)
     if scheme == "usb":
         from .usb import UsbTransport
 
         return UsbTransport(url)
+    if scheme and importlib.util.find_spec(f"serial.urlhandler.protocol_{scheme}") is None:
+        raise DeviceNotFound(f"{url} is not a device address: use sim://, a serial port such as "
+                             "/dev/ttyUSB0, socket://HOST:PORT (or tcp://HOST:PORT) or usb://VID:PID")
     from .serial_port import SerialTransport
 
     return SerialTransport(url)

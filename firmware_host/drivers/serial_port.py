@@ -82,6 +82,8 @@ def _translate_open_error(url: str, exc: serial.SerialException) -> TransportErr
         return DeviceNotFound(f"no device at {url}")
     if "exclusively lock" in text or code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
         return DeviceBusy(f"{url} is in use by another program")
+    if code == errno.ECONNREFUSED or "Connection refused" in text:
+        return DeviceNotFound(f"nothing is listening at {url} (connection refused): is the device or simulator running?")
     if code == errno.EACCES:
         return TransportError(f"permission denied opening {url} (add your user to the dialout group)")
     return TransportError(f"cannot open {url}: {text}")

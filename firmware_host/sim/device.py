@@ -178,10 +178,14 @@ class SimulatedDevice:
     def receive(self, data: bytes, now: float) -> bytes:
         """Advance to `now`, then execute every complete frame in `data`; returns bytes to send."""
         with self._lock:
-            out = bytearray(self._advance(now))
             bad_before = self._decoder.bad_frames
             packets = self._decoder.feed(data)
             self._rx_bad += self._decoder.bad_frames - bad_before
+            if packets and self._in_session:
+                # frames in hand arrived by `now`, when a UART interrupt would already have fed the
+                # watchdog: a simulator thread late to read them must not trip on its own lateness
+                self._last_rx = now
+            out = bytearray(self._advance(now))
             for packet in packets:
                 out += self._handle(packet, self._clock)
             events, self._events = self._events, []

@@ -229,6 +229,16 @@ def test_valid_frames_restart_the_watchdog_but_bad_frames_do_not() -> None:
     assert h.device.counters["rx_bad_frames"] == 1
 
 
+def test_frames_read_late_feed_the_watchdog_before_it_is_judged() -> None:
+    # the serving thread hands over bytes when it gets to run; they arrived by then, and a
+    # UART would have fed the watchdog on arrival: the device must not trip on its own lateness
+    h = Host()
+    h.hello(now=0.0)
+    assert not [m for _, m in h.send(Heartbeat(), 0.45) if isinstance(m, Fault)]
+    assert h.device.latched_faults == 0
+    assert [m for _, m in h.tick(0.75) if isinstance(m, Fault)] == [Fault(750, FaultCode.WATCHDOG, icd.DEVICE_WIDE)]
+
+
 def test_no_watchdog_outside_a_session() -> None:
     h = Host()
     assert h.tick(10.0) == []
