@@ -34,5 +34,6 @@ def clear_hint(device: str, protocol_version: int) -> str:
     separate clear-faults run would latch WATCHDOG again when it closes: clear in the session."""
     same_session = '--clear-faults --operator "YOUR NAME"'
     if protocol_version < 2:
-        return f"add {same_session} to the command, since this ICD v1 device latches WATCHDOG after every session"
+        return (f"add {same_session} to the command (this device speaks ICD v1: a separate clear-faults run "
+                "would latch WATCHDOG again as it closes)")
     return f"{clear_command(device)}, or add {same_session} to the command"

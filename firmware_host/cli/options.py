@@ -168,18 +168,16 @@ def open_session(args: argparse.Namespace, setup: tuple[Any, dict, dict], record
         return refused(exc, getattr(args, "json", False))
     except fh.EstimError as exc:
         return unreachable(exc, getattr(args, "json", False))
-    version_notice(stim.identity, args.device)
+    version_notice(stim.identity)
     return stim
 
 
-def version_notice(identity: Any, device: str) -> None:
+def version_notice(identity: Any) -> None:
     """ICD v1 has no end of session: say once what that means for the next one."""
     if identity.protocol_version < 2:
-        from ..fault_text import clear_hint
-
-        print(f"note: {identity.serial} speaks ICD v1, which has no end of session: after this session closes "
-              f"its watchdog will latch WATCHDOG, and the next session must clear it first: "
-              f"{clear_hint(device, identity.protocol_version)}.", file=sys.stderr)
+        print(f"note: {identity.serial} speaks ICD v1, which has no end of session: when this session closes, its "
+              'watchdog will latch WATCHDOG; start the next session with --clear-faults --operator "YOUR NAME".',
+              file=sys.stderr)
 
 
 def latched_at_start(stim: Any, args: argparse.Namespace) -> int | None:

@@ -308,7 +308,7 @@ def _run_program(args: argparse.Namespace) -> int:
         except BaseException:
             link.close()
             raise
-        version_notice(stim.identity, args.device)
+        version_notice(stim.identity)
         with stim:
             latched = latched_at_start(stim, args)
             if latched is not None:
