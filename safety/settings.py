@@ -20,6 +20,16 @@ from .errors import Refusal
 
 MAX_U8 = 255
 _U16, _U32 = 0xFFFF, 0xFFFFFFFF
+_WORDS = {  # a setting's fields as a person reads them in a refusal
+    "amplitude_ma": "the amplitude (mA)",
+    "frequency_hz": "the frequency (Hz)",
+    "burst_rate_hz": "the burst rate (Hz)",
+    "pulse_width_us": "the phase width (µs)",
+    "interphase_us": "the interphase gap (µs)",
+    "asym_ratio": "the asymmetry ratio",
+    "burst_pulses": "the pulses per burst",
+}
+
 _GRID = {  # field -> (steps per unit, resolution text, largest value in steps the wire carries)
     "amplitude_ma": (1000, "1 µA", _U32),
     "frequency_hz": (1000, "1 mHz", _U32),
@@ -90,8 +100,8 @@ class ChannelSetting:
             v = exact_int(getattr(self, name))
             if v is None or not low <= v <= MAX_U8:
                 raise Refusal("setting.invalid_number",
-                              f"{name}={getattr(self, name)!r} is not a whole number from {low} to {MAX_U8} "
-                              f"on channel {ch}", value=getattr(self, name), limit=f"{low}..{MAX_U8}", channel=ch,
+                              f"{_WORDS[name]} must be a whole number from {low} to {MAX_U8} "
+                              f"(given: {getattr(self, name)!r}) on channel {ch}", value=getattr(self, name), limit=f"{low}..{MAX_U8}", channel=ch,
                               detail=name)
             self._store(name, v)
         for name, (steps, text, wire_max) in _GRID.items():
@@ -99,16 +109,16 @@ class ChannelSetting:
             v = exact_float(given)
             if v is None or math.isnan(v) or v < 0 or (math.isinf(v) and isinstance(given, float)):
                 raise Refusal("setting.invalid_number",
-                              f"{name}={given!r} is not a finite number >= 0 on channel {ch}",
+                              f"{_WORDS[name]} must be a finite number, 0 or more (given: {given!r}) on channel {ch}",
                               value=given, limit="finite and >= 0", channel=ch, detail=name)
             if v * steps > wire_max:  # also integers too large for a float
-                shown = f"{name}={v:g}" if math.isfinite(v) else f"{name} (a number too large for any device)"
+                shown = f"{v:g}" if math.isfinite(v) else "a number too large for any device"
                 raise Refusal("setting.out_of_range",
-                              f"{shown} is beyond what the device can be sent (at most {wire_max / steps:g}) "
-                              f"on channel {ch}", value=v, limit=wire_max / steps, channel=ch, detail=name)
+                              f"{_WORDS[name]} {shown} is beyond what a device can be sent (at most "
+                              f"{wire_max / steps:g}) on channel {ch}", value=v, limit=wire_max / steps, channel=ch, detail=name)
             if abs(v * steps - round(v * steps)) > 1e-6:
                 raise Refusal("setting.resolution",
-                              f"{name}={v!r} is not a whole multiple of {text} on channel {ch}",
+                              f"{_WORDS[name]} {v!r} is not a whole multiple of {text} on channel {ch}",
                               value=v, limit=text, channel=ch, detail=name)
             self._store(name, v)
 
@@ -154,7 +164,8 @@ class ChannelSetting:
         value = exact_float(amplitude_ma)
         if value is None or math.isnan(value) or value < 0 or (math.isinf(value) and isinstance(amplitude_ma, float)):
             raise Refusal("setting.invalid_number",
-                          f"amplitude_ma={amplitude_ma!r} is not a finite number >= 0 on channel {self.channel}",
+                          f"{_WORDS['amplitude_ma']} must be a finite number, 0 or more (given: {amplitude_ma!r}) "
+                          f"on channel {self.channel}",
                           value=amplitude_ma, limit="finite and >= 0", channel=self.channel,
                           detail="amplitude_ma")
         rounded = round(value * 1000) / 1000 if math.isfinite(value) else value

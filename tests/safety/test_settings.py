@@ -6,6 +6,12 @@ from safety import ChannelSetting, Refusal, Shape
 
 from .conftest import setting
 
+SAID = {  # the field as a person reads it in the refusal (the API has it as `detail`)
+    "frequency_hz": "the frequency (Hz)", "pulse_width_us": "the phase width (µs)",
+    "amplitude_ma": "the amplitude (mA)", "interphase_us": "the interphase gap (µs)",
+    "burst_rate_hz": "the burst rate (Hz)",
+}
+
 
 @pytest.mark.parametrize("field", ["frequency_hz", "pulse_width_us", "amplitude_ma", "interphase_us",
                                    "burst_rate_hz"])
@@ -14,7 +20,7 @@ def test_non_finite_or_negative_is_refused_naming_the_field(field, bad):
     with pytest.raises(Refusal) as exc:
         setting(2, **{field: bad})
     assert exc.value.rule == "setting.invalid_number"
-    assert exc.value.detail == field and field in str(exc.value)
+    assert exc.value.detail == field and SAID[field] in str(exc.value) and repr(bad) in str(exc.value)
     assert exc.value.channel == 2
 
 
@@ -115,4 +121,4 @@ def test_numbers_beyond_the_wire_are_refused_not_overflowed(field, value):
     kwargs[field] = value
     with pytest.raises(Refusal) as exc:
         ChannelSetting(**kwargs)
-    assert exc.value.rule == "setting.out_of_range" and field in str(exc.value)
+    assert exc.value.rule == "setting.out_of_range" and exc.value.detail == field and SAID[field] in str(exc.value)
