@@ -23,7 +23,8 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import tomli_w
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainSerializer, Tag,
+                      ValidationError, model_validator)
 
 import safety
 from safety.limits import Sensitivity
@@ -106,8 +107,14 @@ class Relative(_Model):
     of: ThresholdKind
 
 
-Intensity = NonNegative | Relative
-"""Absolute mA, or relative to a measured threshold."""
+def _intensity_kind(value: Any) -> str:
+    return "relative" if isinstance(value, (dict, Relative)) else "amount"
+
+
+Intensity = Annotated[Annotated[NonNegative, Tag("amount")] | Annotated[Relative, Tag("relative")],
+                      Discriminator(_intensity_kind)]
+"""Absolute mA, or relative to a measured threshold (a table): one kind is judged, so a bad
+value gets one error, not one per kind it is not."""
 
 
 class Site(_Model):
@@ -640,7 +647,7 @@ def _problems(exc: ValidationError, source: str, text: str | None) -> list[Probl
     lines = _toml_key_lines(text) if text is not None and not source.lower().endswith(".json") else {}
     problems = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if p not in PATTERN_KINDS)
+        loc = tuple(p for p in err["loc"] if p not in PATTERN_KINDS and p not in ("amount", "relative"))
         value: Any = err.get("input", _MISSING)
         message = err["msg"]
         ctx = err.get("ctx") or {}

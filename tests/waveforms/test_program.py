@@ -211,6 +211,17 @@ def test_invalid_values_name_file_line_field_and_value(
     assert f"= {value}" in message
 
 
+@pytest.mark.parametrize("new,said", [
+    ('intensity = { multiple = inf, of = "tolerance" }', "intensity.multiple = inf: Input should be a finite number"),
+    ("intensity = -2", "intensity = -2: Input should be greater than or equal to 0"),
+])
+def test_a_bad_intensity_gets_one_error_in_the_kind_it_was_written_as(tmp_path: Path, new: str, said: str) -> None:
+    path, text = broken(tmp_path, 'intensity = { multiple = 0.75, of = "tolerance" }', new)
+    message = error_of(path)
+    assert message.count(said) == 1, message
+    assert "constrained-float" not in message and "Relative" not in message and len(message.splitlines()) == 1
+
+
 def test_missing_field_points_at_its_table(tmp_path: Path) -> None:
     path, text = broken(tmp_path, "[needles.3]\ndiameter_mm = 0.25\n", "[needles.3]\n")
     message = error_of(path)
