@@ -143,7 +143,9 @@ class Link:
             reply = self._enqueue(icd.Hello(icd.PROTOCOL_VERSION), handshake=True).result(timeout)
         except TimeoutError:
             self.close()
-            raise HandshakeFailed(f"{self._transport.url}: no IDENTITY within {timeout:.1f} s") from None
+            raise HandshakeFailed(f"{self._transport.url} did not answer as a stimulator within {timeout:.1f} s (no "
+                                  "IDENTITY to HELLO): check that this is the stimulator's port and that it is "
+                                  "switched on") from None
         except (EstimError, TransportError) as exc:
             self.close()
             if isinstance(exc, TransportClosed) or isinstance(exc.__cause__, TransportClosed):

@@ -81,6 +81,7 @@ KINDS: dict[str, str] = {
     "link_lost": "the link to the device was lost",
     "telemetry": "one device reading (only when it cannot go into a telemetry block)",
     "session_closed": "the host closed the device session: link statistics",
+    "not_started": "the session never reached the device: refused, or the device could not be reached; why",
     # the clinician (command line, console)
     "session_plan": "operator, target mechanism, sensitivity, thresholds, integration plan",
     "threshold_mark": "a threshold marked during titration",

@@ -12,11 +12,12 @@ from firmware_host.sim.process import SimProcess, spawn_sim
 
 @pytest.fixture(autouse=True)
 def _user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test (and every `estim` it starts) gets its own config and data directories:
-    record keys, the visit store and default record paths never touch the real user's."""
+    """Every test (and every `estim` it starts) gets its own config, data and state directories:
+    record keys, the visit store, default record paths and estim.log never touch the real user's."""
     home = tmp_path_factory.mktemp("user")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
 
 
 @pytest.fixture(params=["pty", "tcp"])

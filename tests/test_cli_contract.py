@@ -128,6 +128,46 @@ def test_an_address_that_leads_nowhere_exits_4_in_plain_words(address: str, said
     assert "Errno" not in done.stderr and "Could not open port" not in done.stderr
 
 
+@pytest.mark.parametrize("answer", [b"", bytes(range(256))], ids=["silent", "garbage"])
+def test_a_port_that_is_not_a_stimulator_is_said_in_plain_words(answer: bytes) -> None:
+    """A silent port, or one that pours out bytes that are no frames: exit 4, one plain line on
+    stderr, the link's details in estim.log (for an engineer), no traceback."""
+    import os
+    import pty
+    import threading
+    import tty
+
+    controller, port = pty.openpty()
+    tty.setraw(port)
+    done_writing = threading.Event()
+
+    def pour() -> None:
+        while answer and not done_writing.wait(0.01):
+            try:
+                os.write(controller, answer)
+            except OSError:
+                return
+
+    writer = threading.Thread(target=pour, daemon=True)
+    writer.start()
+    record = Path(child_env()["XDG_DATA_HOME"]) / "attempt.jsonl"
+    try:
+        done = estim("run", "--device", os.ttyname(port), *DIRECT, "--seconds", "1", "--record", str(record))
+    finally:
+        done_writing.set()
+        writer.join()
+        os.close(controller)
+        os.close(port)
+    assert done.returncode == 4, done.stderr
+    assert "did not answer as a stimulator" in done.stderr and "switched on" in done.stderr
+    assert "Traceback" not in done.stderr and "retransmission" not in done.stderr and "seq" not in done.stderr
+    log = Path(child_env()["XDG_STATE_HOME"]) / "estim" / "estim.log"
+    assert "lost" in log.read_text()
+    assert estim("record", "verify", str(record)).returncode == 0  # the attempt is documented, and why it ended
+    why = [json.loads(line)["data"] for line in record.read_text().splitlines() if '"not_started"' in line]
+    assert why and why[0]["outcome"] == "device not reachable" and "did not answer" in why[0]["why"]
+
+
 def test_sessions_started_in_the_same_second_keep_separate_records(tmp_path: Path) -> None:
     """Two rooms (or one script) starting at once: each default record is its own file, both verify."""
     with spawn_sim("pty", trace_path=tmp_path / "a.jsonl") as one, \

@@ -18,7 +18,7 @@ from types import FrameType
 EXIT_OK = 0                 # done as asked (a session: ramped down, every output off)
 EXIT_REFUSED = 2            # refused or bad input: nothing was sent to the device
 EXIT_DEVICE_FAULT = 3       # a device fault, a lost link or an operator's STOP ended the session
-EXIT_NO_DEVICE = 4          # the device was not found, or another program is using it
+EXIT_NO_DEVICE = 4          # the device was not found, did not answer, or another program is using it
 EXIT_RECORD_NOT_CLOSED = 5  # record verify: intact, but the session did not close it
 EXIT_RECORD_ALTERED = 6     # record verify: altered, cut or not a record
 EXIT_RECORD_UNCHECKABLE = 7 # record verify: cannot check (no key, or no anchor in the visit store)
@@ -65,7 +65,7 @@ examples:
   estim keys init --label "Room 2"
 
 exit codes: 0 done; 2 refused or bad input (nothing sent); 3 a device fault, lost link or STOP
-ended the session; 4 device not found or in use; 5-7 record verify (not closed, altered,
+ended the session; 4 device not found, not answering or in use; 5-7 record verify (not closed, altered,
 cannot check); 130 Ctrl-C; 143 SIGTERM. Research and investigational use only.
 """
 
@@ -128,8 +128,33 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints help (exit 0) or the usage error (exit 2)
         return EXIT_REFUSED
+    _diagnostics_to_file()
     module = importlib.import_module(f"{__name__}.{COMMANDS[argv[0]][0]}")
     return int(module.main(argv[1:]))
+
+
+def _diagnostics_to_file() -> None:
+    """The library's diagnostics (a lost link's details, a failed BYE, a stack trace) are for
+    engineers: they go to estim.log in the user's state directory, never between the lines a
+    clinician reads. Every command says in plain words what happened."""
+    import logging
+    import os
+    from pathlib import Path
+
+    root = logging.getLogger()
+    if any(getattr(handler, "estim_cli", False) for handler in root.handlers):
+        return
+    logging.raiseExceptions = False  # a full disk must not print a logging traceback either
+    folder = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "estim"
+    handler: logging.Handler
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(folder / "estim.log", encoding="utf-8", delay=True)
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s pid %(process)d %(name)s %(levelname)s: %(message)s"))
+    handler.estim_cli = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
 
 
 class Terminated(BaseException):

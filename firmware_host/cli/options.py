@@ -165,11 +165,26 @@ def open_session(args: argparse.Namespace, setup: tuple[Any, dict, dict], record
         stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
                        patient=patient(args), record=record)
     except SafetyError as exc:
+        _not_started(record, "refused", exc)
         return refused(exc, getattr(args, "json", False))
     except fh.EstimError as exc:
+        _not_started(record, "device not reachable", exc)
         return unreachable(exc, getattr(args, "json", False))
     version_notice(stim.identity)
     return stim
+
+
+def _not_started(record: TreatmentRecord, outcome: str, exc: Exception) -> None:
+    """An auditor reading the record learns why the session it opened never began; a record
+    that cannot take it changes nothing (nothing reached the device either way)."""
+    from safety import SafetyError
+
+    from . import plain
+
+    try:
+        record.append("not_started", {"outcome": outcome, "why": plain(exc), "rule": getattr(exc, "rule", None)})
+    except (OSError, SafetyError):
+        pass
 
 
 def version_notice(identity: Any) -> None:
