@@ -342,8 +342,8 @@ class Link:
         if self._stalls >= self.max_attempts:
             oldest = next(iter(self._inflight.values()))
             raise LinkTimeout(
-                f"{type(oldest.message).__name__} (seq {oldest.seq}) unanswered after "
-                f"{self._stalls} retransmissions without progress"
+                f"the device stopped answering ({type(oldest.message).__name__} seq {oldest.seq} unanswered "
+                f"after {self._stalls} retransmissions)"
             )
         self._last_go_back = self._clock()
         for pending in list(self._inflight.values()):
@@ -377,7 +377,7 @@ class Link:
                 return
             except TransportError as exc:
                 if not self._closing.is_set():
-                    lost = LinkError(f"lost the device: {exc}")
+                    lost = LinkError(str(exc))
                     lost.__cause__ = exc
                     self._fail(lost)
                 return

@@ -195,6 +195,11 @@ class Stimulator:
         return self.interlock.tripped
 
     @property
+    def connected(self) -> bool:
+        """The link to the device still works (False once it was lost or closed)."""
+        return self._link.alive
+
+    @property
     def events_dropped(self) -> int:
         """Events a slow subscriber did not get (the oldest are dropped first)."""
         return self._delivery.dropped
@@ -377,7 +382,7 @@ class Stimulator:
         except LinkError as exc:
             self.interlock.note_rejected(approved, str(exc))
             if not self._link.alive:
-                self._safe_estop(f"link lost: {exc}")
+                self._safe_estop(f"link to the device lost: {exc}")
             raise
         self.interlock.note_acknowledged(approved)
         return reply
@@ -416,7 +421,7 @@ class Stimulator:
                 self.interlock.stop(f"the device restarted in the middle of the session ({event.reason})")
                 self._delivery.put(Notice(None, self.interlock.tripped or ""))
             else:
-                self._safe_estop(f"link lost: {event.reason}")  # best effort: the byte path may still carry it
+                self._safe_estop(f"link to the device lost: {event.reason}")  # best effort: the byte path may still carry it
             self._log("link_lost", {"reason": str(event.reason)})
             self._delivery.put(event)
 

@@ -151,7 +151,22 @@ def test_run_exits_3_when_the_device_stops_answering(sim: SimProcess, tmp_path: 
     finally:
         sim.resume()
     assert proc.returncode == 3, err
-    assert "stopped:" in err and ("telemetry" in err or "link lost" in err)
+    assert "stopped:" in err and ("telemetry" in err or "link to the device lost" in err)
+
+
+def test_a_device_that_vanishes_is_not_claimed_off(tmp_path: Path) -> None:
+    """The device's process dies mid-session: exit 3, and no claim that its outputs are off
+    (nothing can confirm it over a dead link); what the device's watchdog guarantees instead."""
+    record = tmp_path / "vanished.jsonl"
+    with spawn_sim("pty", trace_path=tmp_path / "trace.jsonl") as sim:
+        proc = spawn(*run_args(sim, record, seconds="20"))
+        wait_for(lambda: holding(record))
+        sim.proc.kill()
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 3, err
+    assert "link to the device lost" in err and "the connection closed" in err
+    assert "every output is off" not in err and "watchdog switches its outputs off within 300 ms" in err
+    assert "Traceback" not in err and "readiness to read" not in err
 
 
 @pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])

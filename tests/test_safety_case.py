@@ -227,7 +227,7 @@ def test_the_host_estops_when_its_link_is_broken_by_garbage(sim: SimProcess) -> 
         proxies[0]._rx.plan.corrupt = 1.0  # noqa: SLF001 - every frame from the device damaged
         event = sim.wait_event(lambda e: e["kind"] == "output_off", timeout=3.0)
         assert event["reason"] == "estop"  # not "watchdog": the host's own ESTOP got there first
-        assert eventually(lambda: stim.tripped is not None) and "link lost" in stim.tripped
+        assert eventually(lambda: stim.tripped is not None) and "link to the device lost" in stim.tripped
 
 
 # --- 6. supervision runs on its own ------------------------------------------------------

@@ -249,7 +249,12 @@ def _stopped(stim, args: argparse.Namespace) -> int:  # noqa: ANN001 - Stimulato
     from ..fault_text import clear_hint
 
     print(f"stopped: {stim.tripped}", file=sys.stderr)
-    print(f"every output is off. Before the next session, check the patient and the device, then clear the stop "
+    if stim.connected:
+        state = "every output is off."
+    else:  # nothing can confirm it over a lost link: say what the device itself guarantees
+        state = (f"the device can no longer be reached: its watchdog switches its outputs off within "
+                 f"{stim.identity.watchdog_ms} ms of the last frame it received. Check that it shows no output.")
+    print(f"{state} Before the next session, check the patient and the device, then clear the stop "
           f"with your name: {clear_hint(args.device, stim.identity.protocol_version)}", file=sys.stderr)
     return EXIT_DEVICE_FAULT
 

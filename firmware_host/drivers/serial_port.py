@@ -49,7 +49,8 @@ class SerialTransport(Transport):
             return first + port.read(waiting) if waiting else first
         except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
             # TypeError/AttributeError: pyserial's posix read after a concurrent close.
-            raise TransportClosed(f"{self.url}: read failed: {exc}") from exc
+            raise TransportClosed(f"{self.url}: the connection closed (the device was unplugged, switched off "
+                                  "or stopped)") from exc
 
     def write(self, data: bytes) -> None:
         try:

@@ -25,7 +25,8 @@ class SocketTransport(Transport):
                 return b""
             data = self._sock.recv(4096)
         except (OSError, ValueError) as exc:
-            raise TransportClosed(f"{self.url}: read failed: {exc}") from exc
+            raise TransportClosed(f"{self.url}: the connection closed (the device was unplugged, switched off "
+                                  "or stopped)") from exc
         if not data:
             raise TransportClosed(f"{self.url}: the device end closed")
         return data
