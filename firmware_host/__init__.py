@@ -15,6 +15,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+INTENDED_USE = "For research and investigational use only: not a cleared medical device."
+"""Said wherever the product meets a person: help, every session's start, the console, the report."""
+
 _EXPORTS = {
     **{name: "errors" for name in (
         "DeviceBusy", "DeviceNotFound", "DeviceRebooted", "DeviceRefused", "EstimError", "HandshakeFailed",
@@ -23,7 +26,7 @@ _EXPORTS = {
     **{name: "stimulator" for name in ("DeviceFault", "DeviceStatus", "Notice", "Stimulator", "connect", "open")},
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "INTENDED_USE"])
 
 
 def __getattr__(name: str) -> Any:

@@ -182,6 +182,7 @@ def test_sessions_started_in_the_same_second_keep_separate_records(tmp_path: Pat
     records = [line.split("record: ", 1)[1].strip() for _, said in outcomes for line in said.splitlines()
                if line.startswith("record: ")]
     assert len(set(records)) == 2, records
+    assert all(said.count("research and investigational use only") == 1 for _, said in outcomes)
     assert all(estim("record", "verify", path).returncode == 0 for path in records)
 
 

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from types import FrameType
 
+from .. import INTENDED_USE
+
 # The exit codes of every `estim` command (README, "Exit codes", is the same table).
 EXIT_OK = 0                 # done as asked (a session: ramped down, every output off)
 EXIT_REFUSED = 2            # refused or bad input: nothing was sent to the device
@@ -66,8 +68,8 @@ examples:
 
 exit codes: 0 done; 2 refused or bad input (nothing sent); 3 a device fault, lost link or STOP
 ended the session; 4 device not found, not answering or in use; 5-7 record verify (not closed, altered,
-cannot check); 130 Ctrl-C; 143 SIGTERM. Research and investigational use only.
-"""
+cannot check); 130 Ctrl-C; 143 SIGTERM.
+""" + INTENDED_USE
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -170,7 +170,7 @@ def open_session(args: argparse.Namespace, setup: tuple[Any, dict, dict], record
     except fh.EstimError as exc:
         _not_started(record, "device not reachable", exc)
         return unreachable(exc, getattr(args, "json", False))
-    version_notice(stim.identity)
+    session_notices(stim.identity)
     return stim
 
 
@@ -187,8 +187,12 @@ def _not_started(record: TreatmentRecord, outcome: str, exc: Exception) -> None:
         pass
 
 
-def version_notice(identity: Any) -> None:
-    """ICD v1 has no end of session: say once what that means for the next one."""
+def session_notices(identity: Any) -> None:
+    """Said once as a session opens: the intended use, and on an ICD v1 device (no end of
+    session) what that means for the next one."""
+    from .. import INTENDED_USE
+
+    print(f"note: {INTENDED_USE}", file=sys.stderr)
     if identity.protocol_version < 2:
         print(f"note: {identity.serial} speaks ICD v1, which has no end of session: when this session closes, its "
               'watchdog will latch WATCHDOG; start the next session with --clear-faults --operator "YOUR NAME".',

@@ -19,7 +19,7 @@ import time
 
 from . import EXIT_DEVICE_FAULT, EXIT_OK, refused, stoppable, unreachable
 from .options import (add_program_options, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
-                      open_session, patient, print_dose, program_from_args, session_plan, version_notice)
+                      open_session, patient, print_dose, program_from_args, session_plan, session_notices)
 from .visit_context import (apply_last_dose, attach_visit, dose_request, keep_dose, keep_record,
                             screening_verdict)
 
@@ -313,7 +313,7 @@ def _run_program(args: argparse.Namespace) -> int:
         except BaseException:
             link.close()
             raise
-        version_notice(stim.identity)
+        session_notices(stim.identity)
         with stim:
             latched = latched_at_start(stim, args)
             if latched is not None:

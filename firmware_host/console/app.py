@@ -22,7 +22,7 @@ from textual.widgets import Button, Footer, Header, RichLog, Sparkline, Static
 
 from safety import ChannelSetting, SafetyError
 
-from .. import fault_text
+from .. import INTENDED_USE, fault_text
 from ..errors import EstimError
 from ..link import LinkLost
 from ..stimulator import REPLY_TIMEOUT_S, DeviceFault, Notice, Stimulator
@@ -182,7 +182,7 @@ class ConsoleApp(App[None]):
 
     def on_mount(self) -> None:
         ident = self.stim.identity
-        self.sub_title = f"{ident.serial} firmware {ident.fw_major}.{ident.fw_minor}"
+        self.sub_title = f"{ident.serial} firmware {ident.fw_major}.{ident.fw_minor} · {INTENDED_USE}"
         self.query_one("#stop", Button).can_focus = False
         if self.stim.tripped:
             self._say(f"the device has a stop latched from before: {self.stim.tripped}. Check the patient and the "

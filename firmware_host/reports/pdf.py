@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import INTENDED_USE
 from .session import Session, delivered_doses
 
 A4 = (8.27, 11.69)
@@ -39,6 +40,7 @@ def write_report(session: Session, verdict: Any, out: Path, visit: Any = None) -
                                  "Creator": "estim record report"}) as pdf:
         first = plt.figure(figsize=A4)
         _text_page(first, _page_one(session, verdict, visit))
+        first.text(0.06, 0.02, INTENDED_USE, fontsize=7, style="italic", va="bottom")
         pdf.savefig(first)
         plt.close(first)
         second = plt.figure(figsize=A4, layout="constrained")

@@ -78,7 +78,7 @@ def test_pdf_report_text_and_rendering(session_record: Path, tmp_path: Path) -> 
     for expected in ("Needle e-stim session report", "JD", "SIM-0001", "left forearm to left forearm",
                      "0.25 x 15 mm", "first felt 0.4 mA", "tolerance 2.5 mA", "segmental_inhibition",
                      "100 Hz", "patient asked to stop", "too strong", "graded knee extension",
-                     "Output summary at the needle", "intact and closed"):
+                     "Output summary at the needle", "intact and closed", "research and investigational use only"):
         assert expected in text, expected
     image = np.asarray(pypdfium2.PdfDocument(str(pdf))[1].render(scale=2).to_pil().convert("RGB"), dtype=int)
     red = (image[..., 0] > 120) & (image[..., 1] < 80) & (image[..., 2] < 80)    # the stop and e-stop lines
