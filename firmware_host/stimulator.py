@@ -436,7 +436,9 @@ class Stimulator:
                 self._execute(approved)
 
     def _on_fault(self, fault: DeviceFault) -> None:
-        stale = fault.device_time_s < self._faults_cleared_before_s
+        # device time counts whole ms: an ESTOP's FAULT and the status read just before a clear
+        # at machine speed can share one, and that FAULT is still from before the clear
+        stale = fault.device_time_s <= self._faults_cleared_before_s
         actions = [] if stale else self.supervisor.on_fault(fault.code, fault.channel)
         for action in actions:
             if action.kind is ActionKind.ESTOP and fault.channel is None:
