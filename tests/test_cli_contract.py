@@ -54,6 +54,18 @@ def test_a_flag_that_would_go_unused_is_refused_naming_it(extra: list[str], flag
     assert flag in done.stderr and "cannot be used with" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("command", [
+    ["run", *DIRECT[:6], "--amp", "1", *SITES, "--seconds", "1"],
+    ["titrate", "--channel", "1", *SITES, "--rep", "2"],
+    ["clear-faults", "--device", "sim://", "--operator", "J. Doe", "--rec", "x.jsonl"],
+    ["record", "verify", "x.jsonl", "--stor", "sqlite:///x"],
+])
+def test_an_abbreviated_flag_is_refused_not_guessed(command: list[str]) -> None:
+    done = estim(*command)
+    assert done.returncode == 2 and "unrecognized arguments" in done.stderr, done.stderr
+    assert "device:" not in done.stdout
+
+
 @pytest.mark.parametrize("length", [["--minutes", "61"], ["--seconds", "100000"]])
 def test_a_session_longer_than_an_hour_is_refused_before_anything_is_sent(sim: SimProcess,
                                                                          length: list[str]) -> None:

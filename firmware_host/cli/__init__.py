@@ -16,6 +16,15 @@ from types import FrameType
 
 from .. import INTENDED_USE
 
+class Parser(argparse.ArgumentParser):
+    """Every `estim` parser: an abbreviated flag is refused, not guessed (`--amp` is not
+    `--amplitude`). Subcommand parsers are made of the same class."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
 # The exit codes of every `estim` command (README, "Exit codes", is the same table).
 EXIT_OK = 0                 # done as asked (a session: ramped down, every output off)
 EXIT_REFUSED = 2            # refused or bad input: nothing was sent to the device
@@ -73,7 +82,7 @@ cannot check); 130 Ctrl-C; 143 SIGTERM.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="estim",
         description="Host controller for a needle e-stim (electroacupuncture) stimulator.",
         epilog=EPILOG,

@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Any
 
-from . import EXIT_NO_DEVICE, EXIT_OK, EXIT_REFUSED
+from . import EXIT_NO_DEVICE, EXIT_OK, EXIT_REFUSED, Parser
 from .options import (add_patient_options, add_preset_options, add_program_options, patient, print_dose,
                       program_from_args)
 
@@ -35,7 +35,7 @@ needle sites and waveform, on the day it was measured. Programs whose intensitie
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="estim check",
         description="Check a dosing program (TOML or JSON) or a preset against every safety rule, for every "
                     "segment and channel, before a session. Device limits: the simulated device's defaults unless "

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import EXIT_DEVICE_FAULT, EXIT_OK, EXIT_REFUSED, refused, unreachable
+from . import EXIT_DEVICE_FAULT, EXIT_OK, EXIT_REFUSED, Parser, refused, unreachable
 from .options import open_record
 
 EXAMPLES = """examples:
@@ -24,7 +24,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="estim clear-faults",
         description="Show the faults the device has latched (a stop, a lost controller, an overcurrent...), "
                     "what each means, and clear them with the name of the person clearing them. Every output "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, refused, stoppable
+from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, Parser, refused, stoppable
 from .options import add_session_options, fixed_waveform_setup, open_record, open_session, session_plan
 from .visit_context import attach_visit, keep_record, screening_verdict
 
@@ -34,7 +34,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="estim console",
         description="Full-screen console for the treatment room: live channel panels, intensity keys, "
                     "patient feedback, session timer and an always-visible STOP.",

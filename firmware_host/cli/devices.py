@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import EXIT_OK
+from . import EXIT_OK, Parser
 
 EXAMPLES = """examples:
   estim devices
@@ -19,7 +19,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="estim devices",
         description="List serial ports and USB devices that look like stimulators, and sim://.",
         epilog=EXAMPLES,

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from . import EXIT_OK, EXIT_REFUSED
+from . import EXIT_OK, EXIT_REFUSED, Parser
 
 EXAMPLES = """examples:
   estim keys init --label "Room 2, Northside clinic"
@@ -24,7 +24,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="estim keys", description="Create and list the keys that sign "
+    parser = Parser(prog="estim keys", description="Create and list the keys that sign "
                                      "treatment records.", epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import EXIT_OK, refused
+from . import EXIT_OK, Parser, refused
 from .options import add_store_option
 
 EXAMPLES = """examples:
@@ -24,7 +24,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="estim patient", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+    parser = Parser(prog="estim patient", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
     add = sub.add_parser("add", help="register a patient by the clinic's code")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import EXIT_OK
+from . import EXIT_OK, Parser
 from .options import PRESET_NAMES
 
 EXAMPLES = """examples:
@@ -16,7 +16,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="estim presets", description=__doc__, epilog=EXAMPLES,
+    parser = Parser(prog="estim presets", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action")
     show = sub.add_parser("show", help="one preset in full")

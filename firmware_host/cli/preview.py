@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import EXIT_OK, EXIT_REFUSED
+from . import EXIT_OK, EXIT_REFUSED, Parser
 from .options import add_preset_options, add_program_options, check_writable, program_from_args
 
 EXAMPLES = """examples:
@@ -18,7 +18,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="estim preview", description=__doc__, epilog=EXAMPLES,
+    parser = Parser(prog="estim preview", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", nargs="?", type=Path, help="a dosing program (same as --program)")
     add_program_options(parser)

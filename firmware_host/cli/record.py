@@ -18,7 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import EXIT_OK, EXIT_RECORD_ALTERED, EXIT_RECORD_NOT_CLOSED, EXIT_RECORD_UNCHECKABLE, EXIT_REFUSED
+from . import (EXIT_OK, EXIT_RECORD_ALTERED, EXIT_RECORD_NOT_CLOSED, EXIT_RECORD_UNCHECKABLE, EXIT_REFUSED,
+               Parser)
 from .options import add_store_option
 
 EXAMPLES = """examples:
@@ -32,7 +33,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="estim record",
         description="Check treatment records, summarise a session, write its report or FHIR export.",
         epilog=EXAMPLES,

@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 
-from . import EXIT_DEVICE_FAULT, EXIT_OK, refused, stoppable, unreachable
+from . import EXIT_DEVICE_FAULT, EXIT_OK, Parser, refused, stoppable, unreachable
 from .options import (add_program_options, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
                       open_session, patient, print_dose, program_from_args, session_plan, session_notices)
 from .visit_context import (apply_last_dose, attach_visit, dose_request, keep_dose, keep_record,
@@ -60,13 +60,12 @@ _WHY = {"program": "the program file sets it", "preset": "the preset sets it",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="estim run",
         description="Run a stimulation session: ramp up at the prescribed rate, hold for the set time, "
         "ramp down and switch every output off. Ctrl-C stops output at once.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
     )
     add_program_options(parser)
     parser.add_argument("--channel", type=int, help="channel number as printed on the device (1-based)")

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, refused, stoppable
+from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, Parser, refused, stoppable
 from .options import (PRESET_NAMES, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
                       open_session, parse_sites, session_plan)
 from .visit_context import attach_visit, keep_record, keep_thresholds, screening_verdict, store
@@ -65,7 +65,7 @@ class Stopped(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="estim titrate",
         description="Threshold titration on the waveform of the dose to come: ramp one channel slowly from 0 mA "
                     "and mark when the patient first feels it, when a twitch is visible and the top.",

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from . import EXIT_OK, EXIT_REFUSED, refused
+from . import EXIT_OK, EXIT_REFUSED, Parser, refused
 from .options import add_store_option
 
 EXAMPLES = """examples:
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ..visits import PLAN_KINDS
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="estim visit", description=__doc__.split("\n\n")[0],
         epilog=EXAMPLES.format(questions=", ".join(q.value for q in Question), plans=", ".join(PLAN_KINDS)),
         formatter_class=argparse.RawDescriptionHelpFormatter)
