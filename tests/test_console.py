@@ -43,7 +43,7 @@ def app_for(stim: fh.Stimulator, operator: str = "") -> ConsoleApp:
                       operator=operator)
 
 
-async def until(pilot, predicate: Callable[[], bool], timeout: float = 8.0) -> None:  # noqa: ANN001
+async def until(pilot, predicate: Callable[[], bool], timeout: float = 15.0) -> None:  # noqa: ANN001
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():
@@ -111,7 +111,11 @@ async def test_x_clears_a_stop_in_the_operators_name_and_the_session_goes_on(sti
         await pilot.press("space")
         await until(pilot, lambda: stim.tripped is not None)
         await pilot.press("x")
-        await until(pilot, lambda: stim.tripped is None)
+        try:
+            await until(pilot, lambda: stim.tripped is None)
+        except AssertionError:
+            log = app.query_one("#messages")
+            raise AssertionError("\n".join(str(line.text) for line in log.lines)) from None
         assert not stim.status().latched_faults
         assert any(r["kind"] == "cleared" and r["data"]["operator"] == "J. Doe" for r in kinds(stim))
         await pilot.press("up")  # from zero again
