@@ -161,6 +161,12 @@ class Link:
                 f"{self._transport.url}: the device answered with protocol version {reply.protocol_version}; "
                 f"this host works with versions {', '.join(map(str, sorted(icd.PROTOCOL_VERSIONS)))}"
             )
+        if reply.telemetry_hz == 0 or reply.watchdog_ms == 0 or reply.channels == 0:
+            self.close()  # nothing to supervise with, no watchdog to keep fed, or nothing to drive
+            raise HandshakeFailed(
+                f"{self._transport.url}: {reply.serial} reports {reply.channels} channels, a watchdog of "
+                f"{reply.watchdog_ms} ms and telemetry at {reply.telemetry_hz} Hz: this host drives only a device "
+                "with channels, a watchdog and telemetry, since it cannot otherwise keep the patient safe")
         self.identity = reply
         self._heartbeat_interval = reply.watchdog_ms / 4000.0
         with self._lock:

@@ -3,6 +3,7 @@ the supervisor's dynamic rules, and the door the interlock keeps."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import socket
 import subprocess
@@ -242,6 +243,18 @@ def test_unknown_protocol_version_is_refused(version: int) -> None:
     time.sleep(0.1)
     assert all(raw.type == icd.MsgType.HELLO for raw in peer.received)
     assert all(raw.body == bytes([icd.PROTOCOL_VERSION]) for raw in peer.received)
+
+
+@pytest.mark.parametrize("field", ["channels", "watchdog_ms", "telemetry_hz"])
+def test_a_device_without_channels_watchdog_or_telemetry_is_not_driven(field: str) -> None:
+    """A watchdog of 0 ms cannot be kept fed, and no telemetry leaves nothing to supervise with
+    (it crashed the supervisor's set-up): the handshake refuses such a device, saying why."""
+    peer = _SilentPeer(dataclasses.replace(_identity(2), **{field: 0}))
+    link = Link(SocketTransport("peer://zero", peer.host_end))
+    with pytest.raises(fh.HandshakeFailed, match="cannot otherwise keep the patient safe"):
+        link.open(timeout=1.0)
+    time.sleep(0.1)
+    assert all(raw.type == icd.MsgType.HELLO for raw in peer.received)
 
 
 HOST_SCRIPT = textwrap.dedent("""
