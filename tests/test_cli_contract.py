@@ -178,6 +178,8 @@ def test_a_port_that_is_not_a_stimulator_is_said_in_plain_words(answer: bytes) -
     assert estim("record", "verify", str(record)).returncode == 0  # the attempt is documented, and why it ended
     why = [json.loads(line)["data"] for line in record.read_text().splitlines() if '"not_started"' in line]
     assert why and why[0]["outcome"] == "device not reachable" and "did not answer" in why[0]["why"]
+    shown = estim("record", "show", str(record))
+    assert "not started: device not reachable" in shown.stdout, shown.stdout
 
 
 def test_sessions_started_in_the_same_second_keep_separate_records(tmp_path: Path) -> None:

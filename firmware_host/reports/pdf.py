@@ -101,6 +101,7 @@ def _page_one(s: Session, verdict: Any, visit: Any) -> list[tuple[str, list[str]
               + ("".join(f"; bursts of {n} at {r:g} Hz" for n, r in d.burst)) for d in s.doses],
         ]),
         ("What happened", [
+            *([f"the session never reached the device ({s.not_started})"] if s.not_started else []),
             f"commands: " + (", ".join(f"{n} {k}" for k, n in sorted(s.commands.items())) or "none"),
             f"stops: {len(s.stops)}; faults: {len(s.faults)}; refusals: {len(s.refusals)}; "
             f"patient feedback: {len(s.feedback)}",

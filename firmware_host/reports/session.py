@@ -91,6 +91,7 @@ class Session:
     faults: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[dict[str, Any]] = field(default_factory=list)
     stops: list[str] = field(default_factory=list)
+    not_started: str | None = None  # why the session never reached the device, when it did not
     notices: list[dict[str, Any]] = field(default_factory=list)
     session_end: bool = False
     closed: bool = False
@@ -160,6 +161,8 @@ def read_session(path: str | Path) -> Session:
         elif kind == "refusal":
             s.refusals.append(d)
             host_events.append((e["mono"], "refusal", d.get("channel"), str(d.get("rule"))))
+        elif kind == "not_started":
+            s.not_started = f"{d.get('outcome')}: {d.get('why')}"
         elif kind == "stop":
             s.stops.append(str(d.get("reason")))
             host_events.append((e["mono"], "stop", None, str(d.get("reason"))))
