@@ -234,7 +234,8 @@ def _summary(s: Any) -> dict[str, Any]:  # reports.session.Session
         "channels": s.setup.get("channels"), "patient": s.setup.get("patient"),
         "prescription": s.setup.get("prescription"), "thresholds": s.thresholds, "patient_feedback": s.feedback,
         "commands": dict(s.commands), "naks": s.naks, "faults": s.faults, "refusals": s.refusals,
-        "stops": s.stops, "not_started": s.not_started, "notices": s.notices, "session_end": s.session_end, "closed": s.closed,
+        "stops": s.stops, "not_started": s.not_started, "notices": s.notices, "session_end": s.session_end,
+        "closed": s.closed,
         "output": [{**{k: v for k, v in asdict(o).items() if k != "samples"},
                     "frequencies_hz": sorted(o.frequencies_hz), "pulse_widths_us": sorted(o.pulse_widths_us)}
                    for o in s.outputs],
