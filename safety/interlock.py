@@ -377,35 +377,41 @@ class Interlock:
             now = self._clock()
             if not approved.issued_by(self):
                 raise InterlockStateError("approval belongs to another interlock")
-            if approved.epoch != self._epoch:
-                self._log("ack_after_stop", {"serial": approved.serial})
-                return
-            if self._awaiting.pop(approved.serial, None) is None:
-                raise InterlockStateError(f"approval {approved.serial} was not sent (or already acknowledged)")
-            self._in_flight.pop(approved.serial, None)
-            cmd = approved.command
-            if isinstance(cmd, SetChannel):
-                state = self._channels[cmd.setting.channel]
-                before = state.setting.amplitude_ua if state.setting else 0
-                state.setting = cmd.setting
-                if state.enabled:
-                    state.dynamics.applied(cmd.setting, before, now)
-                self._applied_changed(cmd.setting.channel, now)
-            elif isinstance(cmd, SetOutputs):
-                for ch, state in self._channels.items():
-                    if ch in cmd.enabled and not state.enabled:
-                        state.dynamics.enabled(state.setting, now)
-                    elif ch not in cmd.enabled:
-                        state.dynamics.disabled()
-                    state.enabled = ch in cmd.enabled
-                    self._applied_changed(ch, now)
-            elif isinstance(cmd, ClearFaults):
-                self._tripped = None
-            elif cmd.op == SIM_REBOOT:
-                self._trip("simulated device rebooted", now)
+            late = approved.epoch != self._epoch
+            if not late:
+                self._apply_acknowledged(approved, now)
+        if late:  # recorded after letting go of the lock, like every other decision
+            self._log("ack_after_stop", {"serial": approved.serial})
+            return
         self._log("ack", {"serial": approved.serial})
         if isinstance(approved.command, ClearFaults):
             self._log("cleared", {"operator": approved.command.operator})
+
+    def _apply_acknowledged(self, approved: Approved, now: float) -> None:
+        """The applied view after the device ACKed `approved` (under the lock)."""
+        if self._awaiting.pop(approved.serial, None) is None:
+            raise InterlockStateError(f"approval {approved.serial} was not sent (or already acknowledged)")
+        self._in_flight.pop(approved.serial, None)
+        cmd = approved.command
+        if isinstance(cmd, SetChannel):
+            state = self._channels[cmd.setting.channel]
+            before = state.setting.amplitude_ua if state.setting else 0
+            state.setting = cmd.setting
+            if state.enabled:
+                state.dynamics.applied(cmd.setting, before, now)
+            self._applied_changed(cmd.setting.channel, now)
+        elif isinstance(cmd, SetOutputs):
+            for ch, state in self._channels.items():
+                if ch in cmd.enabled and not state.enabled:
+                    state.dynamics.enabled(state.setting, now)
+                elif ch not in cmd.enabled:
+                    state.dynamics.disabled()
+                state.enabled = ch in cmd.enabled
+                self._applied_changed(ch, now)
+        elif isinstance(cmd, ClearFaults):
+            self._tripped = None
+        elif cmd.op == SIM_REBOOT:
+            self._trip("simulated device rebooted", now)
 
     def note_rejected(self, approved: Approved, reason: str = "") -> None:
         """The device NAKed (or never answered) this command: nothing changed."""
