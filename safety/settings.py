@@ -160,15 +160,10 @@ class ChannelSetting:
 
     def with_amplitude(self, amplitude_ma: float) -> ChannelSetting:
         """The same waveform at another amplitude (rounded to the 1 µA grid; the number is
-        copied to a plain float before any arithmetic touches it)."""
+        copied to a plain float before any arithmetic touches it). Anything else goes to the
+        constructor untouched, which refuses it as it refuses any other field."""
         value = exact_float(amplitude_ma)
-        if value is None or math.isnan(value) or value < 0 or (math.isinf(value) and isinstance(amplitude_ma, float)):
-            raise Refusal("setting.invalid_number",
-                          f"{_WORDS['amplitude_ma']} must be a finite number, 0 or more (given: {amplitude_ma!r}) "
-                          f"on channel {self.channel}",
-                          value=amplitude_ma, limit="finite and >= 0", channel=self.channel,
-                          detail="amplitude_ma")
-        rounded = round(value * 1000) / 1000 if math.isfinite(value) else value
+        rounded = round(value * 1000) / 1000 if value is not None and 0 <= value < math.inf else amplitude_ma
         return ChannelSetting(self.channel, self.shape, self.frequency_hz, self.pulse_width_us, rounded,
                               self.asym_ratio, self.interphase_us, self.burst_pulses, self.burst_rate_hz)
 
