@@ -209,11 +209,6 @@ class TreatmentRecord:
         """Records written so far (telemetry blocks count as one each)."""
         return self._durable.count
 
-    @property
-    def anchored(self) -> Head | None:
-        """The last head the anchor sink accepted (None: none yet, or no sink)."""
-        return self._anchorer.anchored if self._anchorer is not None else None
-
     def wait_anchored(self, timeout_s: float) -> bool:
         """Before a session starts: wait (at most `timeout_s`) until the anchor sink has the
         record's first head, so even a host killed at once leaves a record the store knows.
@@ -248,14 +243,6 @@ class TreatmentRecord:
             upto = self._next
         self._commit(upto, reporting=True)
         return mac
-
-    def flush(self) -> None:
-        """Write buffered telemetry now."""
-        with self._lock:
-            self._check_writable()
-            self._seal_block()
-            upto = self._next
-        self._commit(upto, reporting=True)
 
     def close(self) -> None:
         """Write buffered telemetry and a `close` record, anchor the final head, close the file.

@@ -57,11 +57,6 @@ class Anchorer:
         self._thread = threading.Thread(target=self._run, name="record-anchor", daemon=True)
         self._thread.start()
 
-    @property
-    def anchored(self) -> Head | None:
-        """The last head the sink accepted."""
-        return self._anchored
-
     def post(self, head: Head) -> None:
         """Queue the newest head (older queued heads are superseded). Never blocks on the sink."""
         with self._cond:
@@ -73,15 +68,14 @@ class Anchorer:
         self._answered.wait(timeout_s)
         return self._anchored is not None
 
-    def close(self, head: Head, wait_s: float = CLOSE_WAIT_S) -> bool:
-        """Post the final head and wait up to `wait_s` for it; True when it was anchored."""
+    def close(self, head: Head, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Post the final head and wait up to `wait_s` for it (`error` says why it was not anchored)."""
         with self._cond:
             self._pending, self._stopping = head, True
             self._cond.notify()
         self._thread.join(wait_s)
         if self._thread.is_alive() and self.error is None:
             self.error = f"the visit store did not answer within {wait_s:g} s"
-        return self._anchored == head
 
     def _run(self) -> None:
         first = True

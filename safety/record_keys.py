@@ -123,16 +123,10 @@ def default_key_id(directory: Path | None = None) -> str | None:
         return None
 
 
-def default_key(directory: Path | None = None) -> RecordKey:
-    """The key new records are signed with; raises `RecordKeyError` when there is none."""
+def default_key_or_create(directory: Path | None = None) -> tuple[RecordKey, bool]:
+    """The key new records are signed with, creating one on a first run; `True` when it was
+    just created."""
     key_id = default_key_id(directory)
     if key_id is None:
-        raise RecordKeyError("no record key on this computer yet: run `estim keys init`")
-    return load_key(key_id, directory)
-
-
-def default_key_or_create(directory: Path | None = None) -> tuple[RecordKey, bool]:
-    """The default key, creating one on a first run; `True` when it was just created."""
-    if default_key_id(directory) is None:
         return create_key("created on first use", directory), True
-    return default_key(directory), False
+    return load_key(key_id, directory), False
