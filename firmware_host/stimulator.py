@@ -391,20 +391,25 @@ class Stimulator:
         while not self._closed.is_set():
             self._supervised_at = self._clock()
             self._link.lease_heartbeats(self._lease_s)
-            try:
-                self._handle(*self._events.get(timeout=self._period_s / 2))
-                while True:  # everything that arrived is judged before time is
-                    self._handle(*self._events.get_nowait())
-            except queue.Empty:
-                pass
-            except Exception:  # supervision must outlive any single bad event
-                log.exception("supervision step failed; stopping outputs")
-                self._safe_estop("internal supervision error")
-            try:
-                self._periodic()
-            except Exception:
-                log.exception("supervision step failed; stopping outputs")
-                self._safe_estop("internal supervision error")
+            self._guarded(self._drain_events)
+            self._guarded(self._periodic)
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Supervision must outlive any single bad event: a step that fails stops the outputs."""
+        try:
+            step()
+        except Exception:
+            log.exception("supervision step failed; stopping outputs")
+            self._safe_estop("internal supervision error")
+
+    def _drain_events(self) -> None:
+        """Judge everything that arrived (waiting up to half a period for the first) before time is."""
+        try:
+            self._handle(*self._events.get(timeout=self._period_s / 2))
+            while True:
+                self._handle(*self._events.get_nowait())
+        except queue.Empty:
+            pass
 
     def _handle(self, received_s: float, event: Any) -> None:
         if isinstance(event, icd.Telemetry):
