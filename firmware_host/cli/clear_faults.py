@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from . import EXIT_DEVICE_FAULT, EXIT_OK, EXIT_REFUSED, Parser, refused, unreachable
-from .options import open_record
 
 EXAMPLES = """examples:
   estim clear-faults --device /dev/ttyUSB0 --operator "J. Doe"
@@ -45,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from safety import Refusal, SafetyError
+
+    from .options import open_record
 
     name = args.operator.strip()
     if len(name) < 2 or not any(c.isalpha() for c in name):

@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     from safety.record_keys import RecordKeyError, create_key, default_key_id, key_dir, list_keys, load_key
 
-    args = build_parser().parse_args(argv)
     default = default_key_id()
     if args.action == "init":
         if default is not None and not args.new:

@@ -14,6 +14,8 @@ from typing import Any
 
 from safety import ChannelPlacement, Needle, NeedleSite, Patient, Refusal, Region, Sensitivity, Side, TreatmentRecord
 
+from .visit_context import add_store_option
+
 SITES_HELP = (
     "the channel's two needles as SIDE:REGION,SIDE:REGION, e.g. left:forearm,left:forearm; "
     "regions: " + ", ".join(r.value for r in Region) + "; sides: left, right, midline"
@@ -62,12 +64,6 @@ def add_patient_options(parser: argparse.ArgumentParser) -> None:
                              "device (stimulation is then refused)")
     parser.add_argument("--pregnant", action="store_true",
                         help="without --patient: the patient is pregnant (pelvic sites refused)")
-
-
-def add_store_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", metavar="URL",
-                        help="the visit store (default: $ESTIM_STORE_URL, else a SQLite file in the user's data "
-                             "directory), e.g. postgresql+psycopg://estim@db.clinic/estim")
 
 
 def parse_sites(text: str) -> ChannelPlacement:

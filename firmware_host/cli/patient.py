@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import EXIT_OK, Parser, refused
-from .options import add_store_option
+from .visit_context import add_store_option
 
 EXAMPLES = """examples:
   estim patient add P001 --sensitivity hyper

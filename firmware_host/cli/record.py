@@ -20,7 +20,7 @@ from typing import Any
 
 from . import (EXIT_OK, EXIT_RECORD_ALTERED, EXIT_RECORD_NOT_CLOSED, EXIT_RECORD_UNCHECKABLE, EXIT_REFUSED,
                Parser)
-from .options import add_store_option
+from .visit_context import add_store_option
 
 EXAMPLES = """examples:
   estim record verify ~/.local/share/estim/records/session-20250101-093000.jsonl

@@ -14,7 +14,7 @@ import os
 import sys
 
 from . import EXIT_OK, EXIT_REFUSED, Parser, refused
-from .options import add_store_option
+from .visit_context import add_store_option
 
 EXAMPLES = """examples:
   estim visit start P001 --no all

@@ -15,6 +15,12 @@ from typing import Any
 from . import refused
 
 
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", metavar="URL",
+                        help="the visit store (default: $ESTIM_STORE_URL, else a SQLite file in the user's data "
+                             "directory), e.g. postgresql+psycopg://estim@db.clinic/estim")
+
+
 def store(args: argparse.Namespace) -> Any:
     """The visit store named by --store (or the default); raises StoreError."""
     from ..visits import VisitStore
