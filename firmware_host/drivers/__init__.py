@@ -11,10 +11,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import DeviceNotFound, TransportError
+from ..errors import TransportError
 from .base import Transport
 
 __all__ = ["Transport", "open_transport"]
@@ -31,9 +30,6 @@ def open_transport(url: str) -> Transport:
         from .usb import UsbTransport
 
         return UsbTransport(url)
-    if scheme and importlib.util.find_spec(f"serial.urlhandler.protocol_{scheme}") is None:
-        raise DeviceNotFound(f"{url} is not a device address: use sim://, a serial port such as "
-                             "/dev/ttyUSB0, socket://HOST:PORT (or tcp://HOST:PORT) or usb://VID:PID")
     from .serial_port import SerialTransport
 
     return SerialTransport(url)

@@ -30,7 +30,12 @@ class SerialTransport(Transport):
             )
         except serial.SerialException as exc:
             raise _translate_open_error(url, exc) from exc
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:
+            if "not known" in str(exc):  # pyserial: "invalid URL, protocol 'foo' not known"
+                raise DeviceNotFound(f"{url} is not a device address: use sim://, a serial port such as "
+                                     "/dev/ttyUSB0, socket://HOST:PORT (or tcp://HOST:PORT) or usb://VID:PID") from exc
+            raise TransportError(f"cannot open {url}: {exc}") from exc
+        except OSError as exc:
             raise TransportError(f"cannot open {url}: {exc}") from exc
         sock = getattr(self._port, "_socket", None)
         if isinstance(sock, socket.socket):
