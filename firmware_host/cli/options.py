@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from safety import ChannelPlacement, Needle, NeedleSite, Patient, Refusal, Region, Sensitivity, Side, TreatmentRecord
+from safety import (STANDARD, ChannelPlacement, Needle, NeedleSite, Patient, Refusal, Region, Sensitivity, Side,
+                    TreatmentRecord)
 
 from .visit_context import add_store_option
 
@@ -391,9 +392,10 @@ def unresolved_program(args: argparse.Namespace) -> Any:
         program = Program.load(args.program)
     else:
         minutes = args.seconds / 60 if getattr(args, "seconds", None) is not None else getattr(args, "minutes", None)
-        if minutes is not None and not 0 < minutes <= 60:
-            raise Refusal("session.too_long", f"a preset of {minutes:g} minutes is outside 0 to the 60 minutes "
-                          "allowed", value=minutes, limit=60)
+        longest = STANDARD.max_session_minutes
+        if minutes is not None and not 0 < minutes <= longest:
+            raise Refusal("session.too_long", f"a preset of {minutes:g} minutes is outside 0 to the {longest:g} "
+                          "minutes allowed", value=minutes, limit=longest)
         placement, (diameter, length) = parse_sites(args.sites), needle_size(args)
         spec = NeedleSpec(diameter_mm=diameter, length_mm=length, inserted_mm=parse_needle(args).length_mm,
                           site_a=Site(region=placement.a.region, side=placement.a.side, point=placement.a.point),

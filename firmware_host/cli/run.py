@@ -17,13 +17,15 @@ import argparse
 import sys
 import time
 
+from safety import STANDARD
+
 from . import EXIT_DEVICE_FAULT, EXIT_OK, Parser, refused, stoppable, unreachable
 from .options import (add_program_options, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
                       open_session, patient, print_dose, program_from_args, session_plan, session_notices)
 from .visit_context import (apply_last_dose, attach_visit, dose_request, keep_dose, keep_record,
                             screening_verdict)
 
-MAX_SESSION_MIN = 60.0  # safety.STANDARD.max_session_minutes, without importing safety for --help
+MAX_SESSION_MIN = STANDARD.max_session_minutes  # the standard's limit on one session
 DEFAULTS = {"max_amplitude": 10.0, "ramp": 1.0, "shape": "biphasic"}
 
 EXAMPLES = """examples:
