@@ -5,7 +5,7 @@ See RULES.md for every rule and its source.
 """
 
 from .errors import InterlockStateError, Refusal, SafetyError
-from .approvals import APPROVAL_TTL_S, Approved, ClearFaults, Command, SetChannel, SetOutputs, SimControl
+from .approvals import APPROVAL_TTL_S, Approved, ClearFaults, Command, SetChannel, SetOutputs, SimControl, operator_name
 from .dynamic import JITTER_S
 from .history import AppliedDose
 from .interlock import Expected, Interlock, SessionSetup
@@ -32,6 +32,6 @@ __all__ = [
     "Refusal", "Region", "SafetyError", "Screening", "ScreeningVerdict", "Sensitivity", "SessionSetup", "SetChannel",
     "SetOutputs", "SettingArrays", "Shape", "SimControl", "Side", "StandardLimits", "Supervisor", "TreatmentRecord",
     "UnknownRecordKind", "Verdict", "check_placement", "check_setting", "describe_sensitivity", "effective_limits",
-    "evaluate_arrays", "format_summary", "output_summary", "read_entries", "read_readings", "screen",
+    "evaluate_arrays", "format_summary", "operator_name", "output_summary", "read_entries", "read_readings", "screen",
     "verify_anchored", "verify_record",
 ]

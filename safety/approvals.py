@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from .errors import InterlockStateError
+from .errors import InterlockStateError, Refusal
 from .settings import ChannelSetting
 
 if TYPE_CHECKING:
@@ -39,6 +39,16 @@ class SetOutputs:
 @dataclass(frozen=True)
 class ClearFaults:
     operator: str
+
+
+def operator_name(operator: object) -> str:
+    """The name or initials a stop is cleared in (two characters or more, one a letter): no
+    stop is cleared in nobody's name. Refuses anything else."""
+    name = operator.strip() if isinstance(operator, str) else ""
+    if len(name) < 2 or not any(c.isalpha() for c in name):
+        raise Refusal("clear.operator", "clearing a stop needs the name or initials of the person clearing it",
+                      value=operator, limit="name or initials")
+    return name
 
 
 @dataclass(frozen=True)

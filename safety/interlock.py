@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from .approvals import (APPROVAL_TTL_S, MINT, Approved, ClearFaults, Command, SetChannel, SetOutputs, SimControl,
-                        command_json)
+                        command_json, operator_name)
 from .dynamic import RAMP_TICK_S, ChannelDynamics, refusal_text
 from .errors import InterlockStateError, Refusal
 from .history import AppliedDose, AppliedHistory
@@ -278,10 +278,10 @@ class Interlock:
             self._purge(now)
             if not self._tripped:
                 self._state_error("there is no stop to clear")
-            name = operator.strip() if isinstance(operator, str) else ""
-            if len(name) < 2 or not any(c.isalpha() for c in name):
-                self._refuse(Refusal("clear.operator", "clearing a stop needs the name or initials of the person "
-                                     "clearing it", value=operator, limit="name or initials"))
+            try:
+                name = operator_name(operator)
+            except Refusal as refusal:
+                self._refuse(refusal)
             if any(self._may_be_enabled(ch) for ch in self._channels):
                 self._state_error("disable every output before clearing the stop")
             return self._mint(ClearFaults(name), now)

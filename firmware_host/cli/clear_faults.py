@@ -43,16 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from safety import Refusal, SafetyError
+    from safety import SafetyError, operator_name
 
     from .options import open_record
 
-    name = args.operator.strip()
-    if len(name) < 2 or not any(c.isalpha() for c in name):
-        return refused(Refusal("clear.operator", "clearing faults needs the name or initials of the person "
-                                                 "clearing them (--operator)", value=args.operator,
-                               limit="name or initials"), args.json)
     try:
+        name = operator_name(args.operator)  # before the device is opened
         record = open_record(args.record, "clear-faults", getattr(args, "store", None))
     except SafetyError as exc:
         return refused(exc, args.json)

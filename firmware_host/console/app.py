@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.widgets import Button, Footer, Header, RichLog, Sparkline, Static
 
-from safety import ChannelSetting, SafetyError
+from safety import ChannelSetting, Refusal, SafetyError, operator_name
 
 from .. import INTENDED_USE, fault_text
 from ..errors import EstimError
@@ -239,8 +239,10 @@ class ConsoleApp(App[None]):
         if not self.stim.tripped:
             self._say("nothing to clear: the session is not stopped.")
             return
-        if len(self.operator.strip()) < 2:
-            self._say("clearing a stop needs your name: start the console with --operator NAME.")
+        try:
+            operator_name(self.operator)
+        except Refusal:
+            self._say("clearing a stop needs your name or initials: start the console with --operator NAME.")
             return
         try:
             latched = sorted(self.stim.status().latched_faults)
