@@ -295,17 +295,20 @@ class Stimulator:
         self._log("estop", {"reason": reason, "acked": acked})
         return acked
 
-    def clear_faults(self, operator: str) -> None:
-        """A person clears a stop (and the device's latched faults) with every output off.
+    def clear_faults(self, operator: str) -> frozenset[str]:
+        """A person clears a stop (and the device's latched faults) with every output off;
+        returns the faults the device had latched just before.
 
         Faults the device reported before the clear began (the FAULT that follows every
         ESTOP, say) may still be on their way; they are recorded but no longer trip the
         session. The device's clock, read just before the clear, tells them apart.
         """
         approved = self.interlock.approve_clear_faults(operator)
-        self._faults_cleared_before_s = self.status().device_time_s
+        before = self.status()
+        self._faults_cleared_before_s = before.device_time_s
         self._execute(approved)
         self._device_safe = False
+        return before.latched_faults
 
     def safe_off(self) -> None:
         """Every channel to 0 mA, then every output disabled (decreases never wait)."""

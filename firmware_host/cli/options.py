@@ -204,22 +204,21 @@ def latched_at_start(stim: Any, args: argparse.Namespace) -> int | None:
     from .. import fault_text
     from . import EXIT_DEVICE_FAULT
 
-    latched = sorted(stim.status().latched_faults)
     if getattr(args, "clear_faults", False):
         from safety import SafetyError
 
         from ..errors import EstimError
 
         try:
-            stim.clear_faults(args.operator)
+            cleared = stim.clear_faults(args.operator)
         except (SafetyError, EstimError) as exc:
             print(f"refused: the stop latched from before was not cleared: {exc}", file=sys.stderr)
             return EXIT_DEVICE_FAULT
-        for code in latched:
+        for code in sorted(cleared):
             print(f"cleared by {args.operator.strip()}: {fault_text.explain(code)}", file=sys.stderr)
         return None
     print("refused: the device has a stop latched from before, so nothing was sent:", file=sys.stderr)
-    for code in latched or ["(none reported now)"]:
+    for code in sorted(stim.status().latched_faults) or ["(none reported now)"]:
         print(f"  - {fault_text.explain(code)}", file=sys.stderr)
     print(f"check the patient and the device, then clear it with your name: "
           f"{fault_text.clear_hint(args.device, stim.identity.protocol_version)}", file=sys.stderr)

@@ -245,12 +245,11 @@ class ConsoleApp(App[None]):
             self._say("clearing a stop needs your name or initials: start the console with --operator NAME.")
             return
         try:
-            latched = sorted(self.stim.status().latched_faults)
-            self.stim.clear_faults(self.operator)
+            cleared = self.stim.clear_faults(self.operator)
         except (SafetyError, EstimError) as exc:
             self._say(f"not cleared: {exc}")
             return
-        for code in latched:
+        for code in sorted(cleared):
             self._say(f"cleared {fault_text.explain(code)}")
         self._say(f"stop cleared by {self.operator}. Outputs are off; raise a channel from 0 mA when ready.")
         for control in self.controls.values():
