@@ -23,25 +23,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.waveforms_bench import SIM_DEVICE, dense_disperse  # noqa: E402
+from bench.waveforms_bench import SIM_DEVICE, VirtualClock, dense_disperse  # noqa: E402
 from safety import Interlock, Patient, SafetyError, TreatmentRecord, read_readings, verify_record  # noqa: E402
-from safety.record_keys import create_key  # noqa: E402
+from safety.record_keys import create_key, load_key  # noqa: E402
 
 READINGS_PER_S = 10
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def replay(path: Path, minutes: float, key_dir: Path) -> dict[str, int]:
     """Write the session's record; returns counts of what went in."""
     program = dense_disperse(minutes)
-    clock, rng = Clock(), random.Random(1)
+    clock, rng = VirtualClock(), random.Random(1)
     counts = {"settings": 0, "readings": 0, "refusals": 0}
     charge = {ch: 0.0 for ch in program.needles}
     applied: dict[int, Any] = {}
@@ -64,11 +56,10 @@ def replay(path: Path, minutes: float, key_dir: Path) -> dict[str, int]:
                     enabled = True
                 pending = next(settings, None)
             for ch, s in sorted(applied.items()):
-                rate = s.frequency_hz if not s.burst_pulses else s.burst_rate_hz * s.burst_pulses
-                charge[ch] += s.amplitude_ma * s.pulse_width_us * 1e-3 * rate / READINGS_PER_S
+                charge[ch] += s.phase_charge_uc * s.pulse_rate_hz / READINGS_PER_S
                 record.append("telemetry", {
                     "device_time_ms": tick * 100 + 3, "channel": ch - 1, "flags": 1 if enabled else 0,
-                    "latched_faults": 0, "amplitude_ua": round(s.amplitude_ma * 1000),
+                    "latched_faults": 0, "amplitude_ua": s.amplitude_ua,
                     "frequency_mhz": round(s.frequency_hz * 1000), "phase_us": round(s.pulse_width_us),
                     "load_ohm": 1000 + rng.randint(-3, 3), "charge_total_uc": int(charge[ch]),
                     "shape": int(s.shape), "asym_ratio": s.asym_ratio, "burst_pulses": s.burst_pulses,
@@ -84,15 +75,12 @@ def _send(interlock: Interlock, approved: Any) -> None:
 
 def run(minutes: float = 30.0) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="estim-record-bench-") as tmp:
-        path = Path(tmp) / "session.jsonl"
-        import os
-
-        os.environ["XDG_CONFIG_HOME"] = tmp    # verify finds the bench key there
+        path, keys = Path(tmp) / "session.jsonl", Path(tmp) / "estim" / "keys"
         start = time.perf_counter()
-        counts = replay(path, minutes, Path(tmp) / "estim" / "keys")
+        counts = replay(path, minutes, keys)
         write_s = time.perf_counter() - start
         start = time.perf_counter()
-        verdict = verify_record(path)
+        verdict = verify_record(path, keys=lambda key_id: load_key(key_id, keys))
         verify_s = time.perf_counter() - start
         if not verdict.closed:
             raise RuntimeError(f"the bench record does not verify: {verdict.reason}")
