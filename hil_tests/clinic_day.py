@@ -85,7 +85,17 @@ class DayReport:
 
     @property
     def sessions(self) -> int:
-        return sum(1 for s in self.steps if s.record is not None)
+        return len(self.session_steps)
+
+    @property
+    def session_steps(self) -> list[Step]:
+        """The steps that opened a session (each has a record)."""
+        return [s for s in self.steps if s.record is not None]
+
+    @property
+    def bad_records(self) -> dict[str, int]:
+        """Records whose `record verify` exit code is not the one expected of them."""
+        return {name: code for name, code in self.verified.items() if code != expected_verify(name)}
 
     @property
     def false_trips(self) -> list[Step]:
@@ -340,10 +350,9 @@ def main(argv: list[str]) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     report = Day(url, workdir, "--no-sim-control" not in argv).run_day()
     print(report.summary())
-    bad_records = {n: c for n, c in report.verified.items() if c != expected_verify(n)}
     print(json.dumps({"false_trips": len(report.false_trips), "failures": len(report.failures),
-                      "records_not_as_expected": bad_records}))
-    return 0 if not report.failures and not bad_records else 1
+                      "records_not_as_expected": report.bad_records}))
+    return 0 if not report.failures and not report.bad_records else 1
 
 
 if __name__ == "__main__":

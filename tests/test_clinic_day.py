@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from firmware_host.sim.process import spawn_sim
-from hil_tests.clinic_day import Day, expected_verify
+from hil_tests.clinic_day import Day
 from tests.peer_device.process import spawn_peer
 
 pytestmark = pytest.mark.timeout(240)
@@ -25,7 +25,7 @@ def assert_a_good_day(day: Day, sessions: int) -> None:
     assert report.sessions >= sessions, summary
     assert not report.false_trips, summary
     assert not report.failures, summary
-    assert report.verified and all(code == expected_verify(name) for name, code in report.verified.items()), summary
+    assert report.verified and not report.bad_records, summary
     assert any("killed" in name for name in report.verified), "the day must include a killed controller"
 
 
