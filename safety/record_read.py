@@ -156,12 +156,9 @@ def verify_record(path: str | Path, *, keys: KeyLookup = load_key, expect_key: s
     label = key.label
     head, anchor_mac = None, None
     if anchors is not None:
-        try:
-            head = anchors.get_record_head(record_id)
-        except Exception as exc:  # a store we cannot read is not evidence either way
-            return verdict(RecordStatus.UNCHECKABLE, f"the visit store could not be read ({exc})")
-        if head is None:
-            return verdict(RecordStatus.UNCHECKABLE, f"the visit store has no entry for record {record_id}")
+        head, unreadable = _stored_head(anchors, record_id)
+        if unreadable:
+            return verdict(RecordStatus.UNCHECKABLE, unreadable)
     fragment: bytes | None = None
     fragment_problem = ""
     last_kind = ""
@@ -198,7 +195,7 @@ def verify_record(path: str | Path, *, keys: KeyLookup = load_key, expect_key: s
         status, cut = RecordStatus.TRUNCATED, tail
     if head is None:
         return verdict(status, status.value, len(lines) + 1 if cut else None, fragment=cut)
-    seen = f"the visit store saw {head.count} record(s){' and the close' if head.closed else ''}"
+    seen = _seen(head)
     if head.key_id is not None and head.key_id != key_id:
         return verdict(RecordStatus.ALTERED, f"{seen}, signed with key {head.key_id}, not {key_id}", anchor=seen)
     if head.count > count:
@@ -218,20 +215,44 @@ def verify_record(path: str | Path, *, keys: KeyLookup = load_key, expect_key: s
 def verify_anchored(record_id: str, anchors: AnchorSink, *, keys: KeyLookup = load_key) -> RecordVerdict:
     """Check the record the anchor store knows by this id, at the path it was written to:
     a file that is gone is reported as altered (deleted), not as merely missing."""
+    head, unreadable = _stored_head(anchors, record_id)
+    if unreadable:
+        return RecordVerdict(RecordStatus.UNCHECKABLE, 0, None, unreadable, record_id=record_id)
+    try:
+        return verify_record(head.path, keys=keys, anchors=_HeadAlreadyRead(record_id, head, anchors))
+    except FileNotFoundError:
+        seen = f"{_seen(head)} at {head.path}"
+        return RecordVerdict(RecordStatus.ALTERED, 0, None, f"{seen}; that file is gone (deleted or moved)",
+                             record_id=record_id, key_id=head.key_id, last_hash=head.last_hash, anchor=seen)
+
+
+def _stored_head(anchors: AnchorSink, record_id: str) -> tuple[Any, str | None]:
+    """The head the store keeps for `record_id`, or why there is none to check against."""
     try:
         head = anchors.get_record_head(record_id)
     except Exception as exc:  # a store we cannot read is not evidence either way
-        return RecordVerdict(RecordStatus.UNCHECKABLE, 0, None, f"the visit store could not be read ({exc})",
-                             record_id=record_id)
-    if head is None:
-        return RecordVerdict(RecordStatus.UNCHECKABLE, 0, None, f"the visit store has no entry for record {record_id}",
-                             record_id=record_id)
-    try:
-        return verify_record(head.path, keys=keys, anchors=anchors)
-    except FileNotFoundError:
-        seen = f"the visit store saw {head.count} record(s){' and the close' if head.closed else ''} at {head.path}"
-        return RecordVerdict(RecordStatus.ALTERED, 0, None, f"{seen}; that file is gone (deleted or moved)",
-                             record_id=record_id, key_id=head.key_id, last_hash=head.last_hash, anchor=seen)
+        return None, f"the visit store could not be read ({exc})"
+    return head, None if head is not None else f"the visit store has no entry for record {record_id}"
+
+
+def _seen(head: Any) -> str:
+    return f"the visit store saw {head.count} record(s){' and the close' if head.closed else ''}"
+
+
+@dataclass(frozen=True)
+class _HeadAlreadyRead:
+    """`anchors` with one record's head already read, so verifying that record asks the store once."""
+
+    record_id: str
+    head: Any
+    anchors: AnchorSink
+
+    def get_record_head(self, record_id: str) -> Any:
+        return self.head if record_id == self.record_id else self.anchors.get_record_head(record_id)
+
+    def put_record_head(self, record_id: str, path: str, count: int, last_hash: str, key_id: str | None,
+                        closed: bool) -> None:
+        self.anchors.put_record_head(record_id, path, count, last_hash, key_id, closed)
 
 
 def _sequence_problem(i: int, kind: str, data: dict[str, Any], count: int, last_kind: str,

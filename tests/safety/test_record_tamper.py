@@ -22,6 +22,7 @@ class Heads:
 
     def __init__(self):
         self.heads = {}
+        self.reads = 0
 
     def put_record_head(self, record_id, path, count, last_hash, key_id, closed):
         old = self.heads.get(record_id)
@@ -30,6 +31,7 @@ class Heads:
                                                     last_hash=last_hash, key_id=key_id, closed=closed)
 
     def get_record_head(self, record_id):
+        self.reads += 1
         return self.heads.get(record_id)
 
 
@@ -242,7 +244,9 @@ def test_anchor_agrees_with_an_intact_record_and_catches_whole_file_deletion(tmp
     head = heads.get_record_head(verdict.record_id)
     assert head.closed and head.count == verdict.records and head.last_hash == verdict.last_hash
     assert head.path == str(path.resolve())
+    reads = heads.reads
     assert verify_anchored(verdict.record_id, heads).closed
+    assert heads.reads == reads + 1  # one question to the store per record checked
     path.unlink()
     gone = verify_anchored(verdict.record_id, heads)
     assert gone.status is RecordStatus.ALTERED and "gone" in gone.reason and str(path.resolve()) in gone.reason
