@@ -176,20 +176,20 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
-def refused(exc: Exception, as_json: bool = False) -> int:
+def refused(exc: Exception) -> int:
     """A safety refusal or bad input in plain words (with --json, also as JSON on stdout), and exit 2."""
     print(f"refused: {plain(exc)}\nnothing was sent to the device.", file=sys.stderr)
-    if as_json or _JSON_ASKED:
+    if _JSON_ASKED:
         print(json.dumps({"outcome": "refused", "message": plain(exc), "rule": getattr(exc, "rule", None),
                           "value": _jsonable(getattr(exc, "value", None)),
                           "limit": _jsonable(getattr(exc, "limit", None)), "sent": False}))
     return EXIT_REFUSED
 
 
-def unreachable(exc: Exception, as_json: bool = False) -> int:
+def unreachable(exc: Exception) -> int:
     """The device could not be reached (not found, in use, no answer): say so, and exit 4."""
     print(f"error: {exc}", file=sys.stderr)
-    if as_json or _JSON_ASKED:
+    if _JSON_ASKED:
         print(json.dumps({"outcome": "device not reachable", "message": str(exc), "sent": False}))
     return EXIT_NO_DEVICE
 

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
         name = operator_name(args.operator)  # before the device is opened
         record = open_record(args.record, "clear-faults", getattr(args, "store", None))
     except SafetyError as exc:
-        return refused(exc, args.json)
+        return refused(exc)
     with record:
         return _clear(args, name, record)
 
@@ -66,7 +66,7 @@ def _clear(args: argparse.Namespace, name: str, record: object) -> int:
     try:
         link = fh.connect(args.device)
     except fh.EstimError as exc:
-        return unreachable(exc, args.json)
+        return unreachable(exc)
     identity = link.identity
     latched = sorted(f.name for f in icd.faults_from_mask(identity.latched_faults))
     result = {"device": args.device, "serial": identity.serial, "latched": latched, "operator": name}
@@ -88,16 +88,16 @@ def _clear(args: argparse.Namespace, name: str, record: object) -> int:
             if status.enabled:
                 return refused(Refusal("clear.outputs_on", f"outputs {sorted(status.enabled)} are on: faults are "
                                        "cleared only with every output off", value=sorted(status.enabled),
-                                       limit="every output off"), args.json)
+                                       limit="every output off"))
             stim.clear_faults(name)
             after = sorted(stim.status().latched_faults)
     except fh.DeviceRefused as exc:
         print(f"error: the device did not clear its faults: {exc}", file=sys.stderr)
         return EXIT_DEVICE_FAULT
     except SafetyError as exc:
-        return refused(exc, args.json)
+        return refused(exc)
     except fh.EstimError as exc:
-        return unreachable(exc, args.json)
+        return unreachable(exc)
     if after:
         print(f"error: still latched after clearing: {', '.join(after)}", file=sys.stderr)
         return EXIT_DEVICE_FAULT

@@ -163,10 +163,10 @@ def open_session(args: argparse.Namespace, setup: tuple[Any, dict, dict], record
                        patient=patient(args), record=record)
     except SafetyError as exc:
         _not_started(record, "refused", exc)
-        return refused(exc, getattr(args, "json", False))
+        return refused(exc)
     except fh.EstimError as exc:
         _not_started(record, "device not reachable", exc)
-        return unreachable(exc, getattr(args, "json", False))
+        return unreachable(exc)
     session_notices(stim.identity)
     return stim
 

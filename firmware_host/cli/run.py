@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
         flags = ", ".join("--" + flag.replace("_", "-") for flag in conflicts)
         source = {"program": "--program", "preset": "--preset", "direct": "direct parameters"}[mode]
         return refused(Refusal("usage.conflict", f"{flags} cannot be used with {source}: {_WHY[mode]}",
-                               value=flags, limit=source), args.json)
+                               value=flags, limit=source))
     needed = {"program": [], "preset": ["channel", "sites"],
               "direct": ["channel", "sites", "frequency", "pulse_width", "amplitude"]}[mode]
     missing = ["--" + flag.replace("_", "-") for flag in needed if getattr(args, flag) is None]
@@ -156,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
                           value=total_min, limit=MAX_SESSION_MIN)
         setup = fixed_waveform_setup(args, {args.channel: args.sites}, min(MAX_SESSION_MIN, total_min + 0.5))
     except (SafetyError, ValueError) as exc:
-        return refused(exc, args.json)
+        return refused(exc)
     code = screening_verdict(args, setup[1])
     if code is not None:
         return code
@@ -166,13 +166,13 @@ def _run(args: argparse.Namespace) -> int:
     try:
         record = open_record(args.record, store=args.store)
     except (SafetyError, ValueError) as exc:
-        return refused(exc, args.json)
+        return refused(exc)
 
     with record:
         try:
             record.append("session_plan", session_plan(args, hold_s=hold_s))
         except SafetyError as exc:  # the record cannot be written: nothing is sent
-            return refused(exc, args.json)
+            return refused(exc)
         print(f"record: {record.path}")
         keep_record(args, record)
         stim = open_session(args, setup, record)
@@ -195,7 +195,7 @@ def _session(stim, setting, hold_s: float, args: argparse.Namespace) -> int:  # 
     ch = setting.channel
     verdict = check_setting(setting, stim.interlock.limits(ch))
     if verdict.refusals:
-        return refused(verdict.refusals[0], args.json)
+        return refused(verdict.refusals[0])
     for text in verdict.warnings:
         print(f"warning: {text}")
     ramp_rate = stim.interlock.limits(ch).ramp_ma_per_s
@@ -276,9 +276,9 @@ def _run_program(args: argparse.Namespace) -> int:
     try:
         program, notes = program_from_args(args)
     except (ProgramError, ThresholdError, SafetyError) as exc:
-        return refused(exc, args.json)
+        return refused(exc)
     except (OSError, ValueError) as exc:
-        return refused(ValueError(f"{args.program or args.preset}: {exc}"), args.json)
+        return refused(ValueError(f"{args.program or args.preset}: {exc}"))
     print_dose(args, program, notes)
     code = screening_verdict(args, {ch: n.placement() for ch, n in program.needles.items()})
     if code is not None:
@@ -286,31 +286,31 @@ def _run_program(args: argparse.Namespace) -> int:
     try:
         record = open_record(args.record, store=args.store)
     except (SafetyError, OSError, ValueError) as exc:
-        return refused(exc, args.json)
+        return refused(exc)
 
     with record:
         plan = session_plan(args, program=program.name, duration_s=program.duration_s)
         try:
             record.append("session_plan", {**plan, "mechanism": plan["mechanism"] or str(program.mechanism)})
         except SafetyError as exc:  # the record cannot be written: nothing is sent
-            return refused(exc, args.json)
+            return refused(exc)
         print(f"record: {record.path}")
         keep_record(args, record)
         try:
             link = fh.connect(args.device)
         except fh.EstimError as exc:
-            return unreachable(exc, args.json)
+            return unreachable(exc)
         try:
             limits = device_limits(link.identity)
             verdict = check(program, limits, patient(args))
             if not verdict.ok:
                 print(verdict.table(), file=sys.stderr)
                 link.close()
-                return refused(ValueError(f"{program.name!r} breaks the rules above"), args.json)
+                return refused(ValueError(f"{program.name!r} breaks the rules above"))
             stim = Stimulator(link, program.session_setup(limits, patient(args)), record=record)
         except SafetyError as exc:
             link.close()
-            return refused(exc, args.json)
+            return refused(exc)
         except BaseException:
             link.close()
             raise
