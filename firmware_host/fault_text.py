@@ -29,11 +29,21 @@ def clear_command(device: str) -> str:
     return f'estim clear-faults --device {device} --operator "YOUR NAME"'
 
 
+SAME_SESSION = '--clear-faults --operator "YOUR NAME"'
+"""Clears a stop in the session that treats: the only way on an ICD v1 device."""
+
+
 def clear_hint(device: str, protocol_version: int) -> str:
     """How to clear a latched stop on this device. An ICD v1 device has no end of session, so a
     separate clear-faults run would latch WATCHDOG again when it closes: clear in the session."""
-    same_session = '--clear-faults --operator "YOUR NAME"'
     if protocol_version < 2:
-        return (f"add {same_session} to the command (this device speaks ICD v1: a separate clear-faults run "
+        return (f"add {SAME_SESSION} to the command (this device speaks ICD v1: a separate clear-faults run "
                 "would latch WATCHDOG again as it closes)")
-    return f"{clear_command(device)}, or add {same_session} to the command"
+    return f"{clear_command(device)}, or add {SAME_SESSION} to the command"
+
+
+def v1_note(serial: str, closing: str) -> str:
+    """Said once on an ICD v1 device: it has no end of session, so `closing` (this session, this
+    command) leaves WATCHDOG latched for the next one."""
+    return (f"{serial} speaks ICD v1, which has no end of session: when {closing} closes, its watchdog will "
+            f"latch WATCHDOG; start the next session with {SAME_SESSION}.")

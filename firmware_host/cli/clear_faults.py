@@ -102,9 +102,7 @@ def _clear(args: argparse.Namespace, name: str, record: object) -> int:
         print(f"error: still latched after clearing: {', '.join(after)}", file=sys.stderr)
         return EXIT_DEVICE_FAULT
     if identity.protocol_version < 2:
-        print(f"note: {identity.serial} speaks ICD v1, which has no end of session: when this command closes, "
-              'its watchdog will latch WATCHDOG again. Clear in the session itself instead: add --clear-faults '
-              '--operator "YOUR NAME" to the command that treats.', file=sys.stderr)
+        print(f"note: {fault_text.v1_note(identity.serial, 'this command')}", file=sys.stderr)
     warning = " Have the device checked before it is used on a patient." if "HARDWARE" in latched else ""
     _say(args, f"cleared by {name}: {', '.join(latched)}. The device is ready for the next session.{warning}",
          {**result, "outcome": "cleared"})

@@ -188,12 +188,11 @@ def session_notices(identity: Any) -> None:
     """Said once as a session opens: the intended use, and on an ICD v1 device (no end of
     session) what that means for the next one."""
     from .. import INTENDED_USE
+    from ..fault_text import v1_note
 
     print(f"note: {INTENDED_USE}", file=sys.stderr)
     if identity.protocol_version < 2:
-        print(f"note: {identity.serial} speaks ICD v1, which has no end of session: when this session closes, its "
-              'watchdog will latch WATCHDOG; start the next session with --clear-faults --operator "YOUR NAME".',
-              file=sys.stderr)
+        print(f"note: {v1_note(identity.serial, 'this session')}", file=sys.stderr)
 
 
 def latched_at_start(stim: Any, args: argparse.Namespace) -> int | None:
