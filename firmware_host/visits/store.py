@@ -168,14 +168,16 @@ class VisitStore:
                              "postgresql+psycopg://user@host/db)") from None
         if parsed.get_backend_name() not in ("sqlite", "postgresql"):
             raise StoreError(f"the visit store runs on SQLite or PostgreSQL, not {parsed.get_backend_name()}")
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        sqlite_file = parsed.database if parsed.get_backend_name() == "sqlite" and parsed.database not in (
+            None, "", ":memory:") else None
+        if sqlite_file is not None:
+            Path(sqlite_file).parent.mkdir(parents=True, exist_ok=True)
         self.url = parsed.render_as_string(hide_password=True)
         try:
             self._engine = create_engine(parsed, pool_pre_ping=True)
             if parsed.get_backend_name() == "sqlite":
                 event.listen(self._engine, "connect", _sqlite_pragmas)
-            with _migration_lock(parsed.database if parsed.get_backend_name() == "sqlite" else None):
+            with _migration_lock(sqlite_file):
                 _migrate(self._engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the visit store at {self.url}: {exc.orig or exc}") from None
@@ -414,7 +416,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _migration_lock(sqlite_file: str | None) -> Iterator[None]:
     """Two programs opening a new SQLite store at once must not both create its tables (one
     would fail): they take turns on a lock file beside it. PostgreSQL uses an advisory lock."""
-    if sqlite_file in (None, "", ":memory:"):
+    if sqlite_file is None:
         yield
         return
     import fcntl
