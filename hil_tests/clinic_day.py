@@ -191,16 +191,17 @@ class Day:
     def api_session(self, name: str, body: Callable[[object], None], expected_tripped: bool) -> Step:
         import firmware_host as fh
         from firmware_host.cli.anchoring import StoreAnchor
-        from safety import ChannelPlacement, NeedleSite, Prescription, Region, Side, TreatmentRecord
+        from safety import Prescription, TreatmentRecord
+
+        from hil_tests.harness import forearm
 
         step = Step(name, 3 if expected_tripped else 0, record=self._record_path(name))
-        site = NeedleSite(Region.FOREARM, Side.LEFT)
         started = time.monotonic()
         with TreatmentRecord(step.record, anchor=StoreAnchor(None)) as record:  # anchored as `estim` anchors
             stim = fh.open(self.url, prescription=Prescription(max_amplitude_ma=3, ramp_ma_per_s=2,
                                                                frequency_hz=(2, 50), pulse_width_us=(100, 300),
                                                                sensitivity="hyposensitive"),
-                           placements={1: ChannelPlacement(site, site)}, needles={}, record=record)
+                           placements=forearm(1), needles={}, record=record)
             with stim:
                 if stim.tripped:
                     stim.clear_faults(OPERATOR)
