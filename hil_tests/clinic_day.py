@@ -20,7 +20,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,27 +125,36 @@ class Day:
 
     # --- running estim ---------------------------------------------------------------
 
-    def estim(self, name: str, expected: int, *args: str, stdin: str | None = None,
-              record: bool = True, timeout: float = 60) -> Step:
+    @contextmanager
+    def _step(self, name: str, expected: int, record: bool = True) -> Iterator[Step]:
+        """A step of the day: timed, and in the report however it ends."""
         step = Step(name, expected, record=self._record_path(name) if record else None)
-        argv = [sys.executable, "-m", "firmware_host", *args]
-        if step.record is not None:
-            argv += ["--record", str(step.record)]
         started = time.monotonic()
-        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, env=child_env(),
-                              cwd=CHECKOUT)
-        step.code, step.seconds = done.returncode, time.monotonic() - started
-        if not step.ok:
-            step.detail = (done.stderr or done.stdout)[-600:]
-        self.report.steps.append(step)
+        try:
+            yield step
+        finally:
+            step.seconds = time.monotonic() - started
+            self.report.steps.append(step)
+
+    def estim(self, name: str, expected: int, *args: str, record: bool = True) -> Step:
+        with self._step(name, expected, record) as step:
+            argv = [sys.executable, "-m", "firmware_host", *args]
+            if step.record is not None:
+                argv += ["--record", str(step.record)]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=child_env(), cwd=CHECKOUT)
+            step.code = done.returncode
+            if not step.ok:
+                step.detail = (done.stderr or done.stdout)[-600:]
         return step
 
-    def run(self, name: str, *extra: str, expected: int = 0, channel: int = 1, frequency: float = 20,
-            amplitude: float = 0.4, seconds: float = 0.3) -> Step:
-        return self.estim(name, expected, "run", "--device", self.url, "--channel", str(channel),
-                          "--frequency", str(frequency), "--pulse-width", "200", "--amplitude", str(amplitude),
-                          "--seconds", str(seconds), "--ramp", "2", "--sites", SITES, "--inserted", "10",
-                          "--operator", OPERATOR, *self.v1_clear(expected), *extra)
+    def _run_args(self, expected: int = 0, channel: int = 1, frequency: float = 20, amplitude: float = 0.4,
+                  seconds: float = 0.3) -> tuple[str, ...]:
+        return ("run", "--device", self.url, "--channel", str(channel), "--frequency", str(frequency),
+                "--pulse-width", "200", "--amplitude", str(amplitude), "--seconds", str(seconds), "--ramp", "2",
+                "--sites", SITES, "--inserted", "10", "--operator", OPERATOR, *self.v1_clear(expected))
+
+    def run(self, name: str, expected: int = 0, channel: int = 1, frequency: float = 20) -> Step:
+        return self.estim(name, expected, *self._run_args(expected, channel, frequency))
 
     def v1_clear(self, expected: int) -> tuple[str, ...]:
         """A v1 device latches WATCHDOG after every session, and a separate clear-faults run would
@@ -156,30 +166,26 @@ class Day:
 
     def interrupted_run(self, name: str, sig: int, expected: int) -> Step:
         """`estim run` stimulating for 30 s, signalled once it is on."""
-        step = Step(name, expected, record=self._record_path(name))
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "firmware_host", "run", "--device", self.url, "--channel", "1", "--frequency",
-             "20", "--pulse-width", "200", "--amplitude", "1", "--ramp", "2", "--seconds", "30", "--sites", SITES,
-             "--inserted", "10", "--record", str(step.record), "--operator", OPERATOR, *self.v1_clear(0)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=CHECKOUT)
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line or line.startswith("ch1 on"):
-                break
-        proc.send_signal(sig)
-        try:
-            _, err = proc.communicate(timeout=20)  # drained, so a chatty child never blocks on a full pipe
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-            err = "did not end within 20 s of the signal; " + err
-        step.code = proc.returncode
-        step.detail = "" if step.ok else err[-600:]
-        step.seconds = time.monotonic() - started
-        self.report.steps.append(step)
+        with self._step(name, expected) as step:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "firmware_host", *self._run_args(amplitude=1, seconds=30),
+                 "--record", str(step.record)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=CHECKOUT)
+            assert proc.stdout is not None
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line or line.startswith("ch1 on"):
+                    break
+            proc.send_signal(sig)
+            try:
+                _, err = proc.communicate(timeout=20)  # drained, so a chatty child never blocks on a full pipe
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+                err = "did not end within 20 s of the signal; " + err
+            step.code = proc.returncode
+            step.detail = "" if step.ok else err[-600:]
         return step
 
     def _record_path(self, name: str) -> Path:
@@ -195,21 +201,16 @@ class Day:
 
         from hil_tests.harness import forearm
 
-        step = Step(name, 3 if expected_tripped else 0, record=self._record_path(name))
-        started = time.monotonic()
-        with TreatmentRecord(step.record, anchor=StoreAnchor(None)) as record:  # anchored as `estim` anchors
-            stim = fh.open(self.url, prescription=Prescription(max_amplitude_ma=3, ramp_ma_per_s=2,
-                                                               frequency_hz=(2, 50), pulse_width_us=(100, 300),
-                                                               sensitivity="hyposensitive"),
-                           placements=forearm(1), needles={}, record=record)
-            with stim:
+        rx = Prescription(max_amplitude_ma=3, ramp_ma_per_s=2, frequency_hz=(2, 50), pulse_width_us=(100, 300),
+                          sensitivity="hyposensitive")
+        with self._step(name, 3 if expected_tripped else 0) as step, \
+                TreatmentRecord(step.record, anchor=StoreAnchor(None)) as record:  # anchored as `estim` anchors
+            with fh.open(self.url, prescription=rx, placements=forearm(1), needles={}, record=record) as stim:
                 if stim.tripped:
                     stim.clear_faults(OPERATOR)
                 body(stim)
                 step.code = 3 if stim.tripped else 0
                 step.detail = stim.tripped or ""
-        step.seconds = time.monotonic() - started
-        self.report.steps.append(step)
         return step
 
     def console(self, stim: object) -> None:
@@ -294,30 +295,28 @@ class Day:
 
     def titrate(self, name: str, out: Path) -> Step:
         """`estim titrate` on the preset's waveform, the marks keyed a second apart once it ramps."""
-        step = Step(name, 0, record=self._record_path(name))
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "firmware_host", "titrate", "--device", self.url, "--preset",
-             "segmental_inhibition", "--channel", "1", "--sites", SITES, "--inserted", "10", "--ramp", "1",
-             "--out", str(out), "--operator", OPERATOR, "--record", str(step.record), *self.v1_clear(0)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
-            cwd=CHECKOUT)
-        assert proc.stdin is not None and proc.stderr is not None
-        seen = []
-        while not seen or not seen[-1].startswith("keys:"):
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
-        for key in "smt":
-            time.sleep(1.0)
-            proc.stdin.write(key + "\n")
-            proc.stdin.flush()
-        out_text, err_text = proc.communicate(timeout=30)
-        step.code, step.seconds = proc.returncode, time.monotonic() - started
-        if not step.ok:
-            step.detail = ("".join(seen) + err_text)[-600:]
-        self.report.steps.append(step)
+        with self._step(name, 0) as step:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "firmware_host", "titrate", "--device", self.url, "--preset",
+                 "segmental_inhibition", "--channel", "1", "--sites", SITES, "--inserted", "10", "--ramp", "1",
+                 "--out", str(out), "--operator", OPERATOR, "--record", str(step.record), *self.v1_clear(0)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+                cwd=CHECKOUT)
+            assert proc.stdin is not None and proc.stderr is not None
+            seen = []
+            while not seen or not seen[-1].startswith("keys:"):
+                line = proc.stderr.readline()
+                if not line:
+                    break
+                seen.append(line)
+            for key in "smt":
+                time.sleep(1.0)
+                proc.stdin.write(key + "\n")
+                proc.stdin.flush()
+            _, err_text = proc.communicate(timeout=30)
+            step.code = proc.returncode
+            if not step.ok:
+                step.detail = ("".join(seen) + err_text)[-600:]
         return step
 
     def verify_records(self) -> None:
