@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .session import Session, delivered_doses
+from .session import Session, output_summaries
 
 DOSE_URL = "https://needle-estim.invalid/fhir/StructureDefinition/channel-dose"
 """Canonical URL of our dose extension (`.invalid` until the product has a registered base)."""
@@ -94,10 +94,8 @@ def _pain(session: Session, rid: str, when: str, score: int, subject: Any, proce
 def _dose_extensions(session: Session) -> list[Any]:
     from fhir.resources.R4B.extension import Extension
     from fhir.resources.R4B.quantity import Quantity
-    from safety import output_summary
 
-    doses, needles, device_charge = delivered_doses(session)
-    summaries = {s.channel: s for s in output_summary(doses, needles, device_charge)[0]} if needles else {}
+    summaries = {s.channel: s for s in output_summaries(session)[0]}
     sites = session.setup.get("sites") or {}
     out = []
     for o in session.outputs:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import INTENDED_USE
-from .session import Session, delivered_doses
+from .session import Session, output_summaries
 
 A4 = (8.27, 11.69)
 NOT_RECORDED = "not recorded"
@@ -118,10 +118,7 @@ def _page_one(s: Session, verdict: Any, visit: Any) -> list[tuple[str, list[str]
 
 
 def _page_two(s: Session) -> list[tuple[str, list[str]]]:
-    from safety import output_summary
-
-    doses, needles, device_charge = delivered_doses(s)
-    _, table = output_summary(doses, needles, device_charge) if needles else ([], "no channel delivered output")
+    _, table = output_summaries(s)
     return [
         ("Output summary at the needle (from the device's readings, 0.1 s resolution)", table.splitlines()),
         ("Marks on the plot", ["numbered lines: red stop, dark red e-stop, orange fault, purple refusal, "

@@ -219,11 +219,11 @@ def _dose(channel: int, rows: list[dict[str, Any]]) -> ChannelDose:
     )
 
 
-def delivered_doses(session: Session) -> tuple[list[Any], dict[int, Any], dict[int, float]]:
-    """(AppliedDose spans, needles, device charge) rebuilt from the readings, for
-    `safety.output_summary`: each reading holds until the next one of its channel, so the
-    summary has the telemetry's resolution (0.1 s at 10 readings a second)."""
-    from safety import AppliedDose, ChannelSetting, Needle, Shape
+def output_summaries(session: Session) -> tuple[list[Any], str]:
+    """`safety.output_summary` (per-channel summaries and their table) of what the readings
+    show was delivered: each reading holds until the next one of its channel, so the summary
+    has the telemetry's resolution (0.1 s at 10 readings a second)."""
+    from safety import AppliedDose, ChannelSetting, Needle, Shape, output_summary
 
     spans: dict[tuple[int, float, float, float, int], float] = {}
     for o in session.outputs:
@@ -236,4 +236,6 @@ def delivered_doses(session: Session) -> tuple[list[Any], dict[int, Any], dict[i
     declared = session.setup.get("needles") or {}
     needles = {o.channel: Needle(**declared[str(o.channel)]) if str(o.channel) in declared else Needle()
                for o in session.outputs}
-    return doses, needles, {o.channel: o.charge_device_uc for o in session.outputs}
+    if not needles:
+        return [], "no channel delivered output"
+    return output_summary(doses, needles, {o.channel: o.charge_device_uc for o in session.outputs})
