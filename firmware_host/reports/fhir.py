@@ -102,7 +102,7 @@ def _dose_extensions(session: Session) -> list[Any]:
         summary = summaries.get(o.channel)
         parts = [Extension(url="channel", valueInteger=o.channel)]
         parts += [Extension(url=f"site-{ab}", valueString=site) for ab, site in zip("ab", sites.get(str(o.channel), []))]
-        needle = needles.get(o.channel)
+        needle = summary.needle if summary is not None else None
         if needle is not None:
             parts.append(Extension(url="needle", valueString=f"{needle.diameter_mm:g} x {needle.length_mm:g} mm"))
         parts += [
