@@ -43,12 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from safety import SafetyError, operator_name
+    from safety import Refusal, SafetyError, operator_name
 
     from .options import open_record
 
     try:
         name = operator_name(args.operator)  # before the device is opened
+    except Refusal as exc:
+        return refused(Refusal(exc.rule, f"{exc}: give yours with --operator NAME", value=exc.value, limit=exc.limit))
+    try:
         record = open_record(args.record, "clear-faults", getattr(args, "store", None))
     except SafetyError as exc:
         return refused(exc)
