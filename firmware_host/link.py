@@ -210,6 +210,12 @@ class Link:
             raise Refusal("session.device_limits",
                           f"the session's device limits are not those {self.identity.serial} reports",
                           value=str(interlock.setup.device), limit=str(reported))
+        if interlock.setup.channels and not interlock.setup.envelope.screened and not self._transport.simulated:
+            raise Refusal("envelope.unscreened",
+                          f"{self.identity.serial} at {self.url} is not the built-in simulated device, so a person may "
+                          "be connected to it, and nobody was screened: start from the patient's screened visit, "
+                          "or declare what is connected (a test load, or a participant screened under a research "
+                          "protocol)", value=self.url, limit="a screened patient or a declared connection")
         self._interlock = interlock
 
     def lease_heartbeats(self, seconds: float) -> None:
@@ -420,6 +426,10 @@ class Link:
             self.stats.undecodable += 1
             return
         self.stats.frames_received += 1
+        if isinstance(message, icd.Telemetry) and (message.shape is None) != (self.protocol_version < 2):
+            raise ProtocolMismatch(f"{self._transport.url}: a reading of {len(raw.body)} bytes in an ICD "
+                                   f"v{self.protocol_version} session: the device does not speak the version it "
+                                   "agreed to")
         if isinstance(message, (icd.Telemetry, icd.Fault)):
             self._deliver_event(raw.seq, message)
             return

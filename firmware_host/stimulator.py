@@ -34,9 +34,9 @@ from safety import (
     ChannelReading,
     ChannelSetting,
     DeviceLimits,
+    Envelope,
     Interlock,
     Needle,
-    Patient,
     Prescription,
     RecordWriteError,
     SessionSetup,
@@ -295,16 +295,18 @@ class Stimulator:
         self._log("estop", {"reason": reason, "acked": acked})
         return acked
 
-    def clear_faults(self, operator: str) -> frozenset[str]:
+    def clear_faults(self, operator: str, named: frozenset[str] = frozenset()) -> frozenset[str]:
         """A person clears a stop (and the device's latched faults) with every output off;
-        returns the faults the device had latched just before.
+        returns the faults the device had latched just before. A stop or a lost controller
+        may be cleared in a session that treats; any other fault only in a session without
+        channels, and only when the person names it in `named` (the interlock's rule).
 
         Faults the device reported before the clear began (the FAULT that follows every
         ESTOP, say) may still be on their way; they are recorded but no longer trip the
         session. The device's clock, read just before the clear, tells them apart.
         """
-        approved = self.interlock.approve_clear_faults(operator)
         before = self.status()
+        approved = self.interlock.approve_clear_faults(operator, before.latched_faults, named)
         self._faults_cleared_before_s = before.device_time_s
         self._execute(approved)
         self._device_safe = False
@@ -544,14 +546,17 @@ def open(  # noqa: A001 - the natural name for the public entry point
     prescription: Prescription,
     placements: Mapping[int, ChannelPlacement],
     needles: Mapping[int, Needle] | None = None,
-    patient: Patient | None = None,
+    envelope: Envelope | None = None,
     record: TreatmentRecord | None = None,
     handshake_timeout: float = 2.0,
 ) -> Stimulator:
     """Open the device at `url`, handshake, and start a supervised session.
 
-    Nothing is written to the device before the handshake succeeded; a safety refusal of
-    the session set-up (placement, contraindication, prescription) closes the link again.
+    `envelope` says who is connected and holds every limit that comes from them (see
+    `safety.Envelope`); without one, only the built-in simulated device (`sim://`) accepts
+    the session. Nothing is written to the device before the handshake succeeded; a safety
+    refusal of the session set-up (placement, contraindication, prescription, an envelope
+    the device does not accept) closes the link again.
     """
     link = connect(url, handshake_timeout)
     try:
@@ -560,7 +565,7 @@ def open(  # noqa: A001 - the natural name for the public entry point
             prescription=prescription,
             placements=dict(placements),
             needles=dict(needles or {}),
-            patient=patient or Patient(),
+            envelope=envelope or Envelope.undeclared(),
         )
         return Stimulator(link, setup, record=record)
     except BaseException:

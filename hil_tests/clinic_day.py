@@ -29,6 +29,9 @@ from firmware_host.sim.process import CHECKOUT, child_env
 
 OPERATOR = "J. Doe"
 SITES = "left:forearm,left:forearm"
+PROTOCOL, PARTICIPANT = "clinic-day rehearsal", "S01"
+DECLARE = ("--research-protocol", PROTOCOL, "--subject", PARTICIPANT)
+"""Who is connected, as every session of the day declares it: a rehearsal's participant."""
 PROGRAM = """name = "clinic-day check, 3 s"
 mechanism = "peripheral_analgesia"
 
@@ -151,7 +154,7 @@ class Day:
                   seconds: float = 0.3) -> tuple[str, ...]:
         return ("run", "--device", self.url, "--channel", str(channel), "--frequency", str(frequency),
                 "--pulse-width", "200", "--amplitude", str(amplitude), "--seconds", str(seconds), "--ramp", "2",
-                "--sites", SITES, "--inserted", "10", "--operator", OPERATOR, *self.v1_clear(expected))
+                "--sites", SITES, "--inserted", "10", "--operator", OPERATOR, *DECLARE, *self.v1_clear(expected))
 
     def run(self, name: str, expected: int = 0, channel: int = 1, frequency: float = 20) -> Step:
         return self.estim(name, expected, *self._run_args(expected, channel, frequency))
@@ -161,8 +164,9 @@ class Day:
         latch it again: sessions meant to run clear it themselves, by name."""
         return ("--clear-faults",) if self.v1 and expected == 0 else ()
 
-    def clear(self, name: str) -> Step:
-        return self.estim(name, 0, "clear-faults", "--device", self.url, "--operator", OPERATOR)
+    def clear(self, name: str, *faults: str) -> Step:
+        named = [arg for fault in faults for arg in ("--fault", fault)]
+        return self.estim(name, 0, "clear-faults", "--device", self.url, "--operator", OPERATOR, *named)
 
     def interrupted_run(self, name: str, sig: int, expected: int) -> Step:
         """`estim run` stimulating for 30 s, signalled once it is on."""
@@ -197,7 +201,7 @@ class Day:
     def api_session(self, name: str, body: Callable[[object], None], expected_tripped: bool) -> Step:
         import firmware_host as fh
         from firmware_host.cli.anchoring import StoreAnchor
-        from safety import Prescription, TreatmentRecord
+        from safety import Envelope, Prescription, TreatmentRecord
 
         from hil_tests.harness import forearm
 
@@ -205,7 +209,8 @@ class Day:
                           sensitivity="hyposensitive")
         with self._step(name, 3 if expected_tripped else 0) as step, \
                 TreatmentRecord(step.record, anchor=StoreAnchor(None)) as record:  # anchored as `estim` anchors
-            with fh.open(self.url, prescription=rx, placements=forearm(1), needles={}, record=record) as stim:
+            with fh.open(self.url, prescription=rx, placements=forearm(1), needles={}, record=record,
+                         envelope=Envelope.research(PROTOCOL, PARTICIPANT)) as stim:
                 if stim.tripped:
                     stim.clear_faults(OPERATOR)
                 body(stim)
@@ -253,11 +258,11 @@ class Day:
         self.titrate("titration on the preset's waveform", thresholds)
         self.estim("preset dosed from the titration", 0, "run", "--device", self.url, "--preset",
                    "segmental_inhibition", "--channel", "1", "--sites", SITES, "--inserted", "10", "--thresholds",
-                   str(thresholds), "--seconds", "3", "--operator", OPERATOR, *self.v1_clear(0))
+                   str(thresholds), "--seconds", "3", "--operator", OPERATOR, *DECLARE, *self.v1_clear(0))
         program = self.workdir / "short.toml"
         program.write_text(PROGRAM)
         self.estim("program file", 0, "run", "--device", self.url, "--program", str(program), "--operator", OPERATOR,
-                   *self.v1_clear(0))
+                   *DECLARE, *self.v1_clear(0))
         self.api_session("console session", self.console, expected_tripped=False)
         self.interrupted_run("operator STOP (Ctrl-C)", signal.SIGINT, 130)
         self.run("next session refused: the stop is latched", expected=3)
@@ -269,7 +274,7 @@ class Day:
                 self.stimulate(stim), stim.sim_control(icd.SimOp.INJECT_FAULT, 1, icd.FaultCode.OVERCURRENT),
                 time.sleep(0.3)), expected_tripped=True)
             self.run("next session refused: OVERCURRENT latched", expected=3)
-            self.clear("OVERCURRENT cleared by name")
+            self.clear("OVERCURRENT cleared by name, after checking", "overcurrent")
             self.api_session("device reboots mid-session", lambda stim: (
                 self.stimulate(stim), stim.sim_control(icd.SimOp.REBOOT), time.sleep(0.3)), expected_tripped=True)
         self.interrupted_run("controller killed (SIGKILL)", signal.SIGKILL, -9)
@@ -299,7 +304,7 @@ class Day:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "firmware_host", "titrate", "--device", self.url, "--preset",
                  "segmental_inhibition", "--channel", "1", "--sites", SITES, "--inserted", "10", "--ramp", "1",
-                 "--out", str(out), "--operator", OPERATOR, "--record", str(step.record), *self.v1_clear(0)],
+                 "--out", str(out), "--operator", OPERATOR, "--record", str(step.record), *DECLARE, *self.v1_clear(0)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
                 cwd=CHECKOUT)
             assert proc.stdin is not None and proc.stderr is not None

@@ -25,7 +25,8 @@ from firmware_host.drivers import Transport, open_transport
 from firmware_host.link import Link, LinkLost
 from firmware_host.sim.process import child_env
 from firmware_host.stimulator import DeviceFault, Notice, Stimulator
-from safety import ChannelPlacement, ChannelReading, ChannelSetting, NeedleSite, Patient, Prescription, Region, SessionSetup, Side
+from safety import (ROUTINE_FAULTS, ChannelPlacement, ChannelReading, ChannelSetting, Envelope, NeedleSite, Prescription,
+                    Region, SessionSetup, Side)
 
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR = "hil-suite"
@@ -44,18 +45,35 @@ def prescription(max_ma: float = 10.0) -> Prescription:
                         pulse_width_us=(50, 600), sensitivity="hyposensitive")
 
 
+RIG = Envelope.test_load("HIL rig: the stimulator's test load")
+"""What the acceptance suite declares: a bench load is connected, nobody is."""
+
+
 def open_session(url: str, channels: tuple[int, ...] | None = None,
                  wrap: Callable[[Transport], Transport] | None = None, **link_options: Any) -> Stimulator:
     """`firmware_host.open` with an optional transport wrapper (the fault proxy) on the given
-    channels (default: every channel the device has), starting clean: faults a previous test
-    or host latched are cleared, as an operator would."""
-    transport = open_transport(url)
-    link = Link(wrap(transport) if wrap else transport, **link_options)
+    channels (default: every channel the device has), on the rig's test load, starting clean:
+    faults a previous test or host latched are cleared, as an operator would (a fault beyond a
+    stop or a lost controller in a session of its own, named, as `estim clear-faults --fault`)."""
+    def connect() -> tuple[Link, icd.Identity]:
+        transport = open_transport(url)
+        opened = Link(wrap(transport) if wrap else transport, **link_options)
+        try:
+            return opened, opened.open(2.0)
+        except BaseException:
+            opened.close()
+            raise
+
+    link, identity = connect()
     try:
-        identity = link.open(2.0)
+        serious = frozenset(f.name for f in icd.faults_from_mask(identity.latched_faults)) - ROUTINE_FAULTS
+        if serious:
+            with Stimulator(link, SessionSetup(units.device_limits(identity), prescription(), {})) as clearing:
+                clearing.clear_faults(OPERATOR, serious)
+            link, identity = connect()
         channels = channels or tuple(range(1, identity.channels + 1))
         setup = SessionSetup(device=units.device_limits(identity), prescription=prescription(),
-                             placements=forearm(*channels), needles={}, patient=Patient())
+                             placements=forearm(*channels), needles={}, envelope=RIG)
         stim = Stimulator(link, setup)
     except BaseException:
         link.close()
@@ -63,6 +81,28 @@ def open_session(url: str, channels: tuple[int, ...] | None = None,
     if stim.tripped is not None:
         stim.clear_faults(OPERATOR)
     return stim
+
+
+def thresholds_on(program: Any, values: Any, who: str, when: Any = None) -> list[Any]:
+    """Thresholds as `estim titrate` keeps them, measured (now, or `when`) on every channel of
+    `program` that needs them (every channel when none does), on its sites and each of its
+    waveforms. `values`: kind -> mA for every channel, or channel -> such a mapping."""
+    from datetime import datetime, timezone
+
+    from safety import ChannelThresholds
+
+    per_channel = all(isinstance(k, int) for k in values)
+    channels = sorted({ch for ch, _ in program.needed_thresholds}) or sorted(program.needles)
+    return [ChannelThresholds(ch, program.needles[ch].placement(), wave, when or datetime.now(timezone.utc),
+                              marks.get("sensory"), marks.get("motor"), marks.get("tolerance"), who)
+            for ch in channels for marks in [values.get(ch, {}) if per_channel else values]
+            for wave in program.titration_waveforms(ch, relative_only=False)]
+
+
+def dosed_in_ma(program: Any, values: Any) -> Any:
+    """`program` in mA from fixed thresholds `values`: a rig's test load has no thresholds of its
+    own, so a threshold-relative preset is given the currents a patient with these would get."""
+    return program.dose(Envelope.undeclared(thresholds=thresholds_on(program, values, "rig"), who="rig"))[0]
 
 
 @dataclass

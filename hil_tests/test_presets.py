@@ -13,7 +13,7 @@ from firmware_host.waveforms import Mechanism, Needle, Site, preset_program
 from firmware_host.waveforms.check import check
 from firmware_host.waveforms.engine import Update, run_program
 from hil_tests.conftest import DeviceUnderTest, Measure
-from hil_tests.harness import Scheduled, observed, timeline_mismatches
+from hil_tests.harness import Scheduled, dosed_in_ma, observed, timeline_mismatches
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -30,7 +30,7 @@ def test_preset_delivered_as_programmed(stim: Stimulator, dut: DeviceUnderTest, 
                                         mechanism: Mechanism) -> None:
     channels = tuple(range(1, min(2, dut.identity.channels) + 1))
     program = preset_program(mechanism, dict.fromkeys(channels, NEEDLE), "hyposensitive", minutes=PROGRAM_S / 60)
-    program = program.resolve(dict.fromkeys(channels, THRESHOLDS_MA))
+    program = dosed_in_ma(program, THRESHOLDS_MA)
     verdict = check(program, stim.limits)
     if not verdict.ok:  # e.g. a device whose widest phase is narrower than the preset's
         pytest.skip(f"{mechanism.value} cannot run within this device's limits: "

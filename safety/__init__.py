@@ -5,8 +5,10 @@ See RULES.md for every rule and its source.
 """
 
 from .errors import InterlockStateError, Refusal, SafetyError
-from .approvals import APPROVAL_TTL_S, Approved, ClearFaults, Command, SetChannel, SetOutputs, SimControl, operator_name
+from .approvals import (APPROVAL_TTL_S, ROUTINE_FAULTS, Approved, ClearFaults, Command, SetChannel, SetOutputs, SimControl,
+                        operator_name)
 from .dynamic import JITTER_S
+from .envelope import Ceiling, Envelope, Subject, stricter
 from .history import AppliedDose
 from .interlock import Expected, Interlock, SessionSetup
 from .limits import (NEEDLE_RULES, SENSITIVITY_FACTORS, STANDARD, DeviceLimits, EffectiveLimits, Needle, NeedleRules,
@@ -22,16 +24,18 @@ from .report import ChannelSummary, format_summary, output_summary
 from .rules import RULES, ArrayVerdict, LimitArrays, SettingArrays, Verdict, check_setting, evaluate_arrays
 from .settings import ChannelReading, ChannelSetting, Shape
 from .supervisor import Action, ActionKind, Supervisor
+from .thresholds import ChannelThresholds, ThresholdError, TitrationWaveform
 
 __all__ = [
-    "APPROVAL_TTL_S", "JITTER_S", "KINDS", "NEEDLE_RULES", "QUESTIONS", "RULES", "SENSITIVITY_FACTORS", "STANDARD",
-    "Action", "ActionKind", "AnchorSink", "AppliedDose", "Approved", "ArrayVerdict", "ChannelPlacement",
-    "ChannelReading", "ChannelSetting", "ChannelSummary", "ClearFaults", "Command", "DeviceLimits", "EffectiveLimits",
+    "APPROVAL_TTL_S", "JITTER_S", "KINDS", "NEEDLE_RULES", "QUESTIONS", "ROUTINE_FAULTS", "RULES", "SENSITIVITY_FACTORS",
+    "STANDARD", "Action", "ActionKind", "AnchorSink", "AppliedDose", "Approved", "ArrayVerdict", "Ceiling",
+    "ChannelPlacement", "ChannelReading", "ChannelSetting", "ChannelSummary", "ChannelThresholds", "ClearFaults",
+    "Command", "DeviceLimits", "EffectiveLimits", "Envelope", "Subject", "ThresholdError", "TitrationWaveform",
     "Expected", "Interlock", "InterlockStateError", "LimitArrays", "Needle", "NeedleRules", "NeedleSite", "Patient",
     "Prescription", "Question", "RecordKey", "RecordKeyError", "RecordStatus", "RecordVerdict", "RecordWriteError",
     "Refusal", "Region", "SafetyError", "Screening", "ScreeningVerdict", "Sensitivity", "SessionSetup", "SetChannel",
     "SetOutputs", "SettingArrays", "Shape", "SimControl", "Side", "StandardLimits", "Supervisor", "TreatmentRecord",
     "UnknownRecordKind", "Verdict", "check_placement", "check_setting", "describe_sensitivity", "effective_limits",
-    "evaluate_arrays", "format_summary", "operator_name", "output_summary", "read_entries", "read_readings", "screen",
+    "evaluate_arrays", "format_summary", "operator_name", "output_summary", "read_entries", "read_readings", "screen", "stricter",
     "verify_anchored", "verify_record",
 ]

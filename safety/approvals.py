@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import unicodedata
 from dataclasses import dataclass, fields, is_dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -42,13 +43,43 @@ class ClearFaults:
 
 
 def operator_name(operator: object) -> str:
-    """The name or initials a stop is cleared in (two characters or more, one a letter): no
-    stop is cleared in nobody's name. Refuses anything else."""
-    name = operator.strip() if isinstance(operator, str) else ""
-    if len(name) < 2 or not any(c.isalpha() for c in name):
-        raise Refusal("clear.operator", "clearing a stop needs the name or initials of the person clearing it",
-                      value=operator, limit="name or initials")
-    return name
+    """The name or initials a stop is cleared in, NFKC-normalised (so look-alike forms of one
+    name are one name), with at least two letters a person can see: no stop is cleared in
+    nobody's name. Text that cannot be read back (undecodable bytes, control or invisible
+    characters) is refused, never stored."""
+    text = unicodedata.normalize("NFKC", operator).strip() if isinstance(operator, str) else ""
+    readable = all(unicodedata.category(c)[0] in "LNPSZ" and unicodedata.category(c) not in ("Zl", "Zp")
+                   for c in text)
+    if not readable:
+        raise Refusal("clear.operator", "the name given to clear a stop has characters that cannot be shown; "
+                      "type it again in plain letters", value=operator.encode("unicode_escape").decode("ascii")
+                      if isinstance(operator, str) else operator, limit="printable text")
+    if sum(unicodedata.category(c).startswith("L") for c in text) < 2:
+        raise Refusal("clear.operator", "clearing a stop needs the name or initials of the person clearing it "
+                      "(at least two letters)", value=operator, limit="a name or initials: two letters or more")
+    return " ".join(text.split())
+
+
+ROUTINE_FAULTS = frozenset({"WATCHDOG", "ESTOP"})  # a stop and a lost controller: cleared where treatment goes on
+
+
+def clear_refusal(latched: frozenset[str], named: frozenset[str], treating: bool) -> Refusal | None:
+    """Why these latched faults may not be cleared here (None: they may). A stop or a lost
+    controller may be cleared in the session that treats (on ICD v1 the only way); anything
+    else (an overcurrent, a hardware fault, a fault this host does not know) is cleared only
+    on its own, after a person has checked, naming it."""
+    serious = latched - ROUTINE_FAULTS
+    if serious and treating:
+        return Refusal("clear.needs_review", f"{', '.join(sorted(serious))} is latched: it is not cleared in a "
+                       "session that treats. Check the patient, the needles, the leads and the device, then clear "
+                       "it on its own with estim clear-faults, naming it (--fault NAME)", value=sorted(serious),
+                       limit=sorted(ROUTINE_FAULTS))
+    unnamed = serious - named
+    if unnamed:
+        return Refusal("clear.unnamed_fault", f"{', '.join(sorted(unnamed))} is latched: name each fault you clear "
+                       f"besides a stop or a lost controller (--fault {sorted(unnamed)[0].lower()})",
+                       value=sorted(unnamed), limit="each one named")
+    return None
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,20 @@ ramping, each on its own ramp clock:
 
 - the amplitude, counted from the lowest level the channel may be at (applied or any
   command in flight), as the device's own step and slew rules count it;
-- the charge per phase, and
+- the strength of each pulse: its amplitude as a multiple of the threshold at its phase
+  width, by the Weiss strength–duration model (`thresholds.strength`, A / (1 + 300 µs / w)),
+  so a wider phase at the same current is the larger stimulus it is; and
 - the r.m.s. current over the densest second (power density is its square over the same
-  needle, so it rises exactly when r.m.s. does),
+  needle, so it rises exactly when r.m.s. does), which grows with the pulse rate,
 
 each of the last two above its *ceiling*, the highest value this channel has delivered in
-this session. Above the ceiling, a rise counts in mA of the channel's most intense allowed
-waveform (highest frequency, widest phase): ramping that waveform's amplitude at the ramp
-rate is the fastest these quantities may grow, and one step may add no more than the
-device's largest step would there. So a change from 2 Hz / 50 µs to 200 Hz / 960 µs at 3 mA
-is a 3 mA-sized increase, refused with the way to ramp it, while alternating between
-states already delivered at their level (dense-disperse) needs no ramp at all.
+this session. A rise in strength counts in mA of the new waveform (a strength rise of s at
+phase width w is s × (1 + 300 µs / w) mA): 10 mA at 50 µs → 10 mA at 200 µs is a 6.4 mA
+rise, refused with the amplitude the wider phase may start at. A rise in r.m.s. current
+counts in mA of the channel's most intense allowed waveform (highest frequency, widest
+phase). Ramping at the ramp rate is the fastest any of them may grow, and one step may add
+no more than the device's largest step. Alternating between states already delivered at
+their level (dense-disperse) needs no ramp at all.
 
 Ramp clocks are kept as a debt (`RampClock`): the 5 ms allowance for scheduler jitter is
 granted once, not per step, so rapid small steps cannot ramp faster than the rate.
@@ -29,14 +32,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .limits import EffectiveLimits
-from .rules import LimitArrays, SettingArrays, compute_metrics
+from .rules import SettingArrays, compute_metrics
 from .settings import ChannelSetting, Shape
+from .thresholds import strength
 
 JITTER_S = 0.005       # clock-jitter allowance on the ramp clocks (granted once)
 RAMP_TICK_S = 0.1      # ramp step spacing (one telemetry period at 10 Hz)
-METRICS = ("phase_charge", "rms_current")
-_LABEL = {"amplitude": "amplitude", "phase_charge": "charge per phase", "rms_current": "r.m.s. current"}
-_UNIT = {"amplitude": "mA", "phase_charge": "µC", "rms_current": "mA"}
+METRICS = ("strength", "rms_current")
+_LABEL = {"amplitude": "amplitude", "strength": "strength (threshold multiples)", "rms_current": "r.m.s. current"}
+_UNIT = {"amplitude": "mA", "strength": "", "rms_current": "mA"}
 
 
 @dataclass
@@ -60,15 +64,18 @@ class RampClock:
 
 
 def intensity(setting: ChannelSetting, area_cm2: float) -> dict[str, float]:
-    """Charge per phase (µC) and r.m.s. current over the densest second (mA) of a setting."""
+    """Strength (threshold multiples at a 1 mA rheobase) and r.m.s. current over the densest
+    second (mA) of a setting."""
     m = compute_metrics(SettingArrays.from_settings([setting]), np.array([area_cm2]))
-    return {"phase_charge": float(m.phase_charge_uc[0]), "rms_current": float(m.rms_current_ma[0])}
+    return {"strength": strength(setting.amplitude_ma, setting.pulse_width_us),
+            "rms_current": float(m.rms_current_ma[0])}
 
 
 @dataclass(frozen=True)
 class Increase:
     """One ramped quantity's rise for a proposed setting: `size_ma` in mA (of the setting's own
-    waveform for the amplitude, of the channel's most intense waveform for the others)."""
+    waveform for the amplitude and the strength, of the channel's most intense waveform for
+    the r.m.s. current)."""
 
     quantity: str
     size_ma: float
@@ -87,7 +94,7 @@ class Increase:
 
     def describe(self) -> str:
         unit = _UNIT[self.quantity]
-        return f"{_LABEL[self.quantity]} {self.before:.3g} → {self.after:.3g} {unit}"
+        return f"{_LABEL[self.quantity]} {self.before:.3g} → {self.after:.3g}{' ' + unit if unit else ''}"
 
 
 @dataclass
@@ -109,6 +116,10 @@ class ChannelDynamics:
     def rate(self) -> float:
         return self.limits.ramp_ma_per_s
 
+    def _per_ma(self, name: str, setting: ChannelSetting) -> float:
+        """How much of quantity `name` one mA of a rise is worth (see the module's docstring)."""
+        return strength(1.0, setting.pulse_width_us) if name == "strength" else self.reference[name]
+
     def increases(self, setting: ChannelSetting, lowest_ua: int, now: float) -> list[Increase]:
         """Every quantity `setting` would raise, with what is allowed now (empty: no rise)."""
         out = []
@@ -123,7 +134,7 @@ class ChannelDynamics:
             if excess > 0 and setting.amplitude_ua > 0:
                 clock = self.metric_clocks.get(name)
                 allowed = clock.allowed_ma(self.rate, now) if clock else 0.0
-                out.append(Increase(name, excess / self.reference[name], allowed, self.limits.max_step_ma,
+                out.append(Increase(name, excess / self._per_ma(name, setting), allowed, self.limits.max_step_ma,
                                     self.ceilings[name], values[name]))
         return out
 
@@ -150,7 +161,7 @@ class ChannelDynamics:
             clock = self.metric_clocks.get(name)
             if per_ma[name] <= 0 or clock is None:
                 continue
-            budget = self.reference[name] * min(self.limits.max_step_ma, clock.allowed_ma(self.rate, now, 0.0))
+            budget = self._per_ma(name, waveform) * min(self.limits.max_step_ma, clock.allowed_ma(self.rate, now, 0.0))
             caps.append(int((self.ceilings[name] + budget) / per_ma[name] * 1000))
         cap = max(0, min(caps)) // asym * asym
         # the recovery phase's integer µA division makes the quantities only nearly linear
@@ -183,7 +194,7 @@ class ChannelDynamics:
         for name in METRICS:
             excess = values[name] - self.ceilings[name]
             if excess > 0:
-                self.metric_clocks[name].spend(excess / self.reference[name], self.rate, now)
+                self.metric_clocks[name].spend(excess / self._per_ma(name, setting), self.rate, now)
                 self.ceilings[name] = values[name]
 
 

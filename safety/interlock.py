@@ -5,8 +5,12 @@ reports the device's ACK (`note_acknowledged`), because a NAKed or lost command 
 reached the patient. The *worst-case* view adds every approved command still in flight,
 because it may reach the patient at any moment; zero start, step and ramp checks use the
 worst case, and one increase per channel may be in flight at a time. What may rise, and
-how fast, is `dynamic.py`: amplitude, charge per phase and r.m.s. current each on a ramp
-clock that runs from the device's ACKs, so the host is never faster than its own check.
+how fast, is `dynamic.py`: amplitude, strength (threshold multiples) and r.m.s. current each
+on a ramp clock that runs from the device's ACKs, so the host is never faster than its check.
+
+Every limit that comes from the person connected (thresholds and the ceilings they set on
+each waveform, the sensitivity, screening and placement across every channel) is the
+session's `Envelope`, fixed at set-up and asked on every SET_CHANNEL, whoever built it.
 
 Stopping never needs approval: `stop()` latches the trip at once (the caller writes ESTOP
 to the wire first); only `approve_clear_faults` with a person's name, then its ACK,
@@ -17,7 +21,6 @@ on) and never stops a stop.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import threading
@@ -25,13 +28,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from .approvals import (APPROVAL_TTL_S, MINT, Approved, ClearFaults, Command, SetChannel, SetOutputs, SimControl,
-                        command_json, operator_name)
+from .approvals import (APPROVAL_TTL_S, MINT, Approved, ClearFaults, Command, SetChannel, SetOutputs,
+                        SimControl, clear_refusal, command_json, operator_name)
 from .dynamic import RAMP_TICK_S, ChannelDynamics, refusal_text
 from .errors import InterlockStateError, Refusal
 from .history import AppliedDose, AppliedHistory
+from .journal import journaled
+from .envelope import ChannelGuard, Envelope, stricter
 from .limits import DeviceLimits, EffectiveLimits, Needle, Prescription, effective_limits
-from .placement import ChannelPlacement, Patient, check_placement
+from .placement import ChannelPlacement
 from .record import RecordWriteError, TreatmentRecord
 from .rules import check_setting
 from .settings import ChannelSetting, exact_int
@@ -39,38 +44,16 @@ from .settings import ChannelSetting, exact_int
 SIM_REBOOT = 3         # SimControl op that restarts the simulated device in its safe state
 
 
-def _journaled(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Record what `method` decided once it has let go of the interlock's lock: a slow disk
-    under the record never holds up supervision waiting for that lock. What it approved is
-    handed out only once recorded; a record that cannot be written trips the session (which
-    voids every approval) and the call is refused."""
-
-    @functools.wraps(method)
-    def journaled(self: Interlock, *args: Any, **kwargs: Any) -> Any:
-        if getattr(self._journal, "entries", None) is not None:
-            return method(self, *args, **kwargs)  # inside an outer journaled call: it writes
-        self._journal.entries = []
-        try:
-            result = method(self, *args, **kwargs)
-        except BaseException:
-            self._write_journal()
-            raise
-        if not self._write_journal():
-            raise InterlockStateError(f"not approved: {self._tripped}")
-        return result
-
-    return journaled
-
-
 @dataclass(frozen=True)
 class SessionSetup:
-    """Everything fixed for the session; channels are those with a declared placement."""
+    """Everything fixed for the session; channels are those with a declared placement. The
+    envelope holds every limit that comes from the person connected (`safety.envelope`)."""
 
     device: DeviceLimits
     prescription: Prescription
     placements: Mapping[int, ChannelPlacement]
     needles: Mapping[int, Needle] = field(default_factory=dict)
-    patient: Patient = field(default_factory=Patient)
+    envelope: Envelope = field(default_factory=Envelope.undeclared)
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -94,6 +77,7 @@ class Expected:
 class _Channel:
     limits: EffectiveLimits
     dynamics: ChannelDynamics
+    guard: ChannelGuard
     setting: ChannelSetting | None = None
     enabled: bool = False
     hold: str | None = None
@@ -111,12 +95,15 @@ class Interlock:
         self._journal = threading.local()  # entries a journaled call writes after releasing the lock
         self._tripped: str | None = None
         self._epoch = 0
-        refusals = check_placement(setup.placements, setup.patient)
+        envelope = setup.envelope
+        self.sensitivity = stricter(setup.prescription.sensitivity, envelope.sensitivity)
+        prescription = setup.prescription.model_copy(update={"sensitivity": self.sensitivity})
+        refusals, self.cautions = envelope.setup_verdict(setup.placements, self.sensitivity)
         channels: dict[int, _Channel] = {}
         for ch in setup.channels:
             try:
-                limits = effective_limits(setup.device, setup.prescription, ch, setup.needle(ch))
-                channels[ch] = _Channel(limits, ChannelDynamics(limits))
+                limits = effective_limits(setup.device, prescription, ch, setup.needle(ch))
+                channels[ch] = _Channel(limits, ChannelDynamics(limits), ChannelGuard(envelope, setup.placements[ch]))
             except Refusal as refusal:
                 refusals.append(refusal)
         self._channels = channels
@@ -131,10 +118,13 @@ class Interlock:
         self._session_s = min(c.limits.session_s for c in channels.values()) if channels else 0.0
         for ch in channels:  # the power-on state is the first applied state
             self._applied_changed(ch, clock())
-        self._log("session_setup", {"channels": list(setup.channels), "patient": vars(setup.patient),
+        self._log("session_setup", {"channels": list(setup.channels), "envelope": envelope.as_record(),
+                                    "sensitivity": self.sensitivity.value,
                                     "prescription": setup.prescription.model_dump(mode="json"),
                                     "sites": {str(ch): [str(p.a), str(p.b)] for ch, p in setup.placements.items()},
                                     "needles": {str(ch): vars(setup.needle(ch)) for ch in setup.channels}})
+        for caution in self.cautions:
+            self._log("caution", {"message": caution})
         if refusals:
             for refusal in refusals:
                 self._log("refusal", refusal.as_record())
@@ -182,29 +172,57 @@ class Interlock:
 
     def highest_amplitude_now(self, waveform: ChannelSetting) -> float:
         """The largest amplitude (mA) of `waveform` the ramp rules accept on its channel now:
-        what a streaming engine may send without being refused (never above the static cap)."""
+        what a streaming engine may send without being refused (never above the static cap
+        nor the patient's ceiling; 0 for a waveform the envelope refuses)."""
         with self._lock:
             state = self._state(waveform.channel)
             if self._pending(waveform.channel, SetChannel) or self._pending(waveform.channel, SetOutputs):
                 return self._lowest_ua(waveform.channel) / 1000
+            try:
+                ceiling = state.guard.ceiling(waveform)
+            except Refusal:
+                return 0.0
             cap_ua = state.dynamics.highest_amplitude_ua(waveform, self._lowest_ua(waveform.channel), self._clock())
-            return min(cap_ua, int(state.limits.max_amplitude_ma * 1000)) / 1000
+            caps = [cap_ua, int(state.limits.max_amplitude_ma * 1000)]
+            if ceiling is not None:
+                caps.append(round(ceiling.amplitude_ma * 1000) // waveform.asym_ratio * waveform.asym_ratio)
+            return min(caps) / 1000
+
+    def highest_allowed(self, waveform: ChannelSetting) -> tuple[float, Refusal | None]:
+        """The highest amplitude of `waveform` the static rules and the envelope allow on its
+        channel, and the refusal just above it (see `ChannelGuard.highest`)."""
+        with self._lock:
+            state = self._state(waveform.channel)
+            return state.guard.highest(waveform, state.limits)
 
     # ---- approvals -----------------------------------------------------------------
 
-    @_journaled
+    @journaled
     def approve_set_channel(self, setting: ChannelSetting) -> Approved:
         with self._lock:
             now = self._clock()
             self._purge(now)
             state = self._state(setting.channel, requested=setting)
-            verdict = check_setting(setting, state.limits)
-            if verdict.refusals:
-                for refusal in verdict.refusals[1:]:
+            refusals, warnings = self._verdict(setting, state)
+            if refusals:
+                for refusal in refusals[1:]:
                     self._log("refusal", refusal.as_record())
-                self._refuse(verdict.refusals[0])
+                self._refuse(refusals[0])
             self._check_increase(setting, state, now)
-            return self._mint(SetChannel(setting), now, verdict.warnings)
+            return self._mint(SetChannel(setting), now, warnings)
+
+    def verdict(self, setting: ChannelSetting) -> tuple[list[Refusal], tuple[str, ...]]:
+        """What every static rule and the patient's envelope say of `setting` (refusals, then
+        warnings); the ramp rules are not asked: they depend on when it is sent."""
+        with self._lock:
+            return self._verdict(setting, self._state(setting.channel, requested=setting))
+
+    @staticmethod
+    def _verdict(setting: ChannelSetting, state: _Channel) -> tuple[list[Refusal], tuple[str, ...]]:
+        static = check_setting(setting, state.limits)
+        envelope = state.guard.refusal(setting)  # the patient's envelope, on every frame
+        return [*static.refusals, *([envelope] if envelope else [])], static.warnings
+
 
     def _check_increase(self, setting: ChannelSetting, state: _Channel, now: float) -> None:
         ch = setting.channel
@@ -241,7 +259,7 @@ class Interlock:
                                  limit=rise.step_ma if rise.too_large else rise.allowed_ma, channel=ch,
                                  detail=rise.quantity))
 
-    @_journaled
+    @journaled
     def approve_outputs(self, enabled: Iterable[int]) -> Approved:
         """Outputs enabled afterwards; enabling needs a configured channel at exactly 0 mA."""
         with self._lock:
@@ -270,9 +288,14 @@ class Interlock:
                 self._log("session_start", {"session_s": self._session_s})
             return self._mint(SetOutputs(target), now)
 
-    @_journaled
-    def approve_clear_faults(self, operator: str) -> Approved:
-        """Only after a trip, with every output off, and with the person's name or initials."""
+    @journaled
+    def approve_clear_faults(self, operator: str, latched: Iterable[str] = (),
+                             named: Iterable[str] = ()) -> Approved:
+        """Only after a trip, with every output off, and with the person's name or initials.
+        `latched` are the faults the device reports latched now. A stop or a lost controller
+        may be cleared anywhere; any other fault only in a session that treats nobody (no
+        channels, so nothing is switched on after it in that run), named by the person in
+        `named` (`approvals.clear_refusal`)."""
         with self._lock:
             now = self._clock()
             self._purge(now)
@@ -282,11 +305,14 @@ class Interlock:
                 name = operator_name(operator)
             except Refusal as refusal:
                 self._refuse(refusal)
+            refusal = clear_refusal(frozenset(latched), frozenset(named), treating=bool(self._channels))
+            if refusal is not None:
+                self._refuse(refusal)
             if any(self._may_be_enabled(ch) for ch in self._channels):
                 self._state_error("disable every output before clearing the stop")
             return self._mint(ClearFaults(name), now)
 
-    @_journaled
+    @journaled
     def approve_sim_control(self, op: int, channel: int, value: int) -> Approved:
         """Simulated-device control: always approved, always recorded."""
         with self._lock:
@@ -298,7 +324,7 @@ class Interlock:
                                      "is not three whole numbers", value=(op, channel, value), limit="integers"))
             return self._mint(SimControl(*numbers), now)
 
-    @_journaled
+    @journaled
     def ramp_plan(self, channel: int, target_ma: float, gentle_down: bool = False) -> list[tuple[float, float]]:
         """Steps to reach `target_ma`: (seconds to wait after the previous step's ACK, or from
         now for the first, then amplitude mA). A decrease is one immediate step, or with
@@ -308,9 +334,9 @@ class Interlock:
             if state.setting is None:
                 self._state_error(f"channel {channel} has no setting to ramp")
             goal = state.setting.with_amplitude(target_ma)
-            verdict = check_setting(goal, state.limits)
-            if verdict.refusals:
-                self._refuse(verdict.refusals[0])
+            refusals, _ = self._verdict(goal, state)
+            if refusals:
+                self._refuse(refusals[0])
             base_ua, target_ua = self._worst_ua(channel), goal.amplitude_ua
             lim, asym = state.limits, goal.asym_ratio
             step_ua = int(min(lim.max_step_ma, lim.ramp_ma_per_s * RAMP_TICK_S) * 1000) // asym * asym
@@ -337,7 +363,7 @@ class Interlock:
                 level = nxt
             return plan
 
-    @_journaled
+    @journaled
     def session_tick(self) -> list[Approved]:
         """Call periodically: near the end ramps amplitudes down so they reach 0 at the end,
         then switches every output off."""
@@ -453,7 +479,7 @@ class Interlock:
             state.dynamics.disabled()
             self._applied_changed(ch, now)
 
-    @_journaled
+    @journaled
     def _redeem(self, approved: Approved) -> None:
         with self._lock:
             if self._outstanding.get(approved.serial) is not approved:

@@ -49,10 +49,29 @@ THORAX = frozenset({Region.CHEST, Region.UPPER_BACK})
 UPPER_LIMB = frozenset({Region.SHOULDER, Region.UPPER_ARM, Region.FOREARM, Region.HAND})
 TRUNK = frozenset({Region.CHEST, Region.UPPER_BACK, Region.ABDOMEN, Region.LUMBOSACRAL, Region.SACRAL})
 LOWER_LIMB = frozenset({Region.BUTTOCK, Region.HIP, Region.THIGH, Region.KNEE, Region.LOWER_LEG, Region.FOOT})
-PREGNANCY_FORBIDDEN = frozenset({Region.ABDOMEN, Region.LUMBOSACRAL, Region.SACRAL})
-ARM = frozenset({Region.UPPER_ARM, Region.FOREARM, Region.HAND})
+LOW_BACK = frozenset({Region.LUMBOSACRAL, Region.SACRAL})
+# In pregnancy: nothing over the abdomen, the lower back, the sacrum, the buttocks or hips, and
+# not the points traditionally avoided because they are held to induce labour.
+PREGNANCY_FORBIDDEN = frozenset({Region.ABDOMEN, Region.LUMBOSACRAL, Region.SACRAL, Region.BUTTOCK, Region.HIP})
+PREGNANCY_POINTS = ("LI4", "SP6", "GB21", "BL60", "BL67")
 MIDLINE_ALLOWED = FORBIDDEN_SITES | TRUNK | {Region.NECK_BACK}
 OPPOSITE = {Side.LEFT: Side.RIGHT, Side.RIGHT: Side.LEFT}
+
+
+# The allow-list: a pair is allowed only when a row holds it, in either order. Sides: "any";
+# "same" (both left or both right); "same/midline" (the same side, or one needle on the
+# midline). Everything else may carry current across the chest (the heart) or the neck.
+ALLOWED_PAIRS: tuple[tuple[frozenset[Region], frozenset[Region], str], ...] = (
+    (UPPER_LIMB, UPPER_LIMB, "same"),                               # within one arm
+    (LOWER_LIMB, LOWER_LIMB, "any"),                                # legs and pelvis
+    (LOW_BACK, LOW_BACK | LOWER_LIMB, "any"),                       # low back, to the buttocks and legs
+    (frozenset({Region.ABDOMEN}), frozenset({Region.ABDOMEN}) | LOW_BACK | LOWER_LIMB, "any"),  # below the diaphragm
+    (frozenset({Region.NECK_BACK}), frozenset({Region.NECK_BACK, Region.UPPER_BACK}), "same/midline"),
+    (frozenset({Region.NECK_BACK}), frozenset({Region.SHOULDER}), "same"),              # upper trapezius
+    (frozenset({Region.UPPER_BACK}), frozenset({Region.UPPER_BACK}) | LOW_BACK, "same/midline"),  # along the back
+    (frozenset({Region.UPPER_BACK}), frozenset({Region.SHOULDER}), "same"),             # shoulder blade
+    (frozenset({Region.CHEST}), frozenset({Region.CHEST, Region.SHOULDER}), "right"),   # right chest wall only
+)
 
 
 @dataclass(frozen=True)
@@ -90,62 +109,84 @@ class Patient:
     pregnant: bool = False
 
 
-def _crosses_heart(a: NeedleSite, b: NeedleSite) -> bool:
-    """Conservative transthoracic test: the current path may pass through the heart."""
-    regions = {a.region, b.region}
-    if regions == THORAX:                                   # chest <-> upper back
+def _sides_fit(a: Side, b: Side, rule: str) -> bool:
+    if rule == "any":
         return True
-    upper = UPPER_LIMB | THORAX
-    if (a.region in upper and b.region in LOWER_LIMB) or (b.region in upper and a.region in LOWER_LIMB):
-        return True                                         # arm/thorax <-> leg runs through the trunk
-    if OPPOSITE.get(a.side) is b.side:                      # left <-> right
-        return (a.region in upper and b.region in upper | TRUNK) or (b.region in upper and a.region in upper | TRUNK)
-    for limb, other in ((a, b), (b, a)):
-        if limb.region in UPPER_LIMB and other.side is Side.MIDLINE:
-            if other.region is Region.CHEST:                # either arm <-> sternum
-                return True
-            if limb.side is Side.LEFT and other.region is Region.UPPER_BACK:   # left arm <-> thoracic spine
-                return True
-        if limb.region in ARM and other.region is Region.CHEST and limb.side is other.side:
-            return True                                     # hand/arm <-> chest of the same side
-        if limb.region is Region.CHEST and limb.side is Side.MIDLINE and other.side is Side.LEFT and other.region in upper:
-            return True                                     # sternum <-> left chest, the heart below
-    return False
+    if rule == "right":
+        return a is b is Side.RIGHT
+    if rule == "same/midline" and Side.MIDLINE in (a, b):
+        return True
+    return a is b and a is not Side.MIDLINE
+
+
+def path_allowed(a: NeedleSite, b: NeedleSite) -> bool:
+    """True when the current between `a` and `b` cannot cross the chest (the heart) or the neck:
+    the pair is on the allow-list."""
+    return any(_sides_fit(a.side, b.side, sides) and ((a.region in one and b.region in other)
+                                                      or (b.region in one and a.region in other))
+               for one, other, sides in ALLOWED_PAIRS)
+
+
+def is_point(site: NeedleSite, names: tuple[str, ...]) -> bool:
+    """The site names one of these acupuncture points (LI4, li 4, LI-4; not LI40)."""
+    point = (site.point or "").upper().replace(" ", "").replace("-", "")
+    return any(point.startswith(name) and not point[len(name):len(name) + 1].isdigit() for name in names)
+
+
+def _pair_refusals(a: NeedleSite, b: NeedleSite, patient: Patient, where: str, channel: int | None) -> list[Refusal]:
+    """Why current may not flow between `a` and `b` (`where` says which needles they are)."""
+    pair = f"{a} <-> {b}"
+    what = f"pair {pair}"
+    out = []
+    across = OPPOSITE.get(a.side) is b.side
+    if patient.pregnant and across and {a.region, b.region} <= LOWER_LIMB:
+        out.append(Refusal("placement.pregnancy", f"{what} puts the current across the pelvis in pregnancy {where}",
+                           value=pair, limit="both needles on one side in pregnancy", channel=channel))
+    if path_allowed(a, b):
+        return out
+    if across and a.region is b.region is Region.NECK_BACK:
+        out.append(Refusal("placement.across_neck", f"{what} puts the current across the neck {where}",
+                           value=pair, limit="both needles on one side of the neck", channel=channel))
+    elif across and (a.region in THORAX or b.region in THORAX):
+        out.append(Refusal("placement.bridges_thorax", f"{what} bridges left and right across the thorax {where}",
+                           value=pair, limit="one side of the chest/upper back", channel=channel))
+    else:
+        out.append(Refusal("placement.transthoracic",
+                           f"{what} makes a current path that may cross the chest (the heart) {where}: needle "
+                           "pairs stay within one arm, within the legs and pelvis, the low back and abdomen, or "
+                           "along one side of the back and neck", value=pair, limit="a pair on the allow-list",
+                           channel=channel))
+    return out
 
 
 def check_placement(placements: Mapping[int, ChannelPlacement], patient: Patient) -> list[Refusal]:
-    """Every placement refusal for the session (empty when the set-up may be used)."""
+    """Every placement refusal for the session (empty when the set-up may be used). The
+    channels of one session may run at the same time, so current can flow between the needles
+    of different channels too: every such pair must be allowed as well (the ICD has no way for
+    a device to declare its outputs isolated from each other)."""
     refusals: list[Refusal] = []
     if patient.implanted_device:
         refusals.append(Refusal("placement.implanted_device",
                                 "stimulation refused: the patient has a pacemaker, ICD or other implanted "
                                 "electronic device", value=True, limit=False))
     for ch, p in sorted(placements.items()):
-        pair = f"{p.a} <-> {p.b}"
         for site in (p.a, p.b):
             if site.region in FORBIDDEN_SITES:
                 refusals.append(Refusal("placement.head_neck", f"needle on the {site} is refused on channel {ch}",
                                         value=str(site), limit="no head, eye, mouth or front of neck", channel=ch))
-            if patient.pregnant and site.region in PREGNANCY_FORBIDDEN:
+            if patient.pregnant and (site.region in PREGNANCY_FORBIDDEN or is_point(site, PREGNANCY_POINTS)):
                 refusals.append(Refusal("placement.pregnancy",
                                         f"needle on the {site} is refused in pregnancy on channel {ch}",
-                                        value=str(site), limit="no abdominal, lumbosacral or sacral site",
-                                        channel=ch))
-        if OPPOSITE.get(p.a.side) is p.b.side and p.a.region is p.b.region is Region.NECK_BACK:
-            refusals.append(Refusal("placement.across_neck",
-                                    f"pair {pair} puts the current across the neck on channel {ch}",
-                                    value=pair, limit="both needles on one side of the neck", channel=ch))
-        if (patient.pregnant and OPPOSITE.get(p.a.side) is p.b.side
-                and {p.a.region, p.b.region} <= LOWER_LIMB):
-            refusals.append(Refusal("placement.pregnancy",
-                                    f"pair {pair} puts the current across the pelvis in pregnancy on channel {ch}",
-                                    value=pair, limit="both needles on one side in pregnancy", channel=ch))
-        if OPPOSITE.get(p.a.side) is p.b.side and (p.a.region in THORAX or p.b.region in THORAX):
-            refusals.append(Refusal("placement.bridges_thorax",
-                                    f"pair {pair} bridges left and right across the thorax on channel {ch}",
-                                    value=pair, limit="one side of the chest/upper back", channel=ch))
-        if _crosses_heart(p.a, p.b):
-            refusals.append(Refusal("placement.transthoracic",
-                                    f"pair {pair} makes a current path across the heart on channel {ch}",
-                                    value=pair, limit="no transthoracic path", channel=ch))
+                                        value=str(site), limit="no abdominal, low back, sacral, buttock or hip "
+                                        "site, and none of " + ", ".join(PREGNANCY_POINTS), channel=ch))
+        refusals += _pair_refusals(p.a, p.b, patient, f"on channel {ch}", ch)
+    channels = sorted(placements)
+    for i, ch in enumerate(channels):
+        for other in channels[i + 1:]:
+            pairs = {(a, b) for a in (placements[ch].a, placements[ch].b)
+                     for b in (placements[other].a, placements[other].b)}
+            for a, b in sorted(pairs, key=str):
+                found = _pair_refusals(a, b, patient, f"between channels {ch} and {other}, which run together in one session", ch)
+                refusals += [Refusal("placement.between_channels", r.message, value=r.value, limit=r.limit,
+                                     channel=ch, detail=r.rule) for r in found]
     return refusals

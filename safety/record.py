@@ -59,7 +59,8 @@ KINDS: dict[str, str] = {
     "close": "the record ends cleanly; nothing may follow",
     "telemetry_block": "device readings, per-channel deltas (see record_telemetry)",
     # the session (interlock, supervisor, stimulator)
-    "session_setup": "channels, patient flags, prescription, needles and sites",
+    "session_setup": "channels, who is connected and their envelope, prescription, needles and sites",
+    "caution": "a screening caution the clinician was shown at set-up",
     "session_start": "first output enabled: the session clock starts",
     "session_end": "the prescribed session time is over",
     "identity": "the device's IDENTITY: serial, firmware, channels, limits",

@@ -17,7 +17,7 @@ from enum import StrEnum
 
 from .errors import Refusal
 from .limits import Sensitivity
-from .placement import ChannelPlacement, NeedleSite, Patient, Region
+from .placement import ChannelPlacement, Patient, Region
 
 REFERENCE = ("Houghton PE, Nussbaum EL, Hoens AM. Electrophysical agents. Contraindications and precautions: "
              "an evidence-based approach to clinical decision making in physical therapy. Physiother Can. "
@@ -53,10 +53,6 @@ QUESTIONS: Mapping[Question, str] = {
     Question.CANNOT_REPORT: "Is the patient unable to tell you clearly what they feel (cognition, language, age)?",
     Question.FAINTS_WITH_NEEDLING: "Has the patient fainted or felt faint with needles or injections before?",
 }
-
-# Points a pregnant patient should not have stimulated (traditionally used to induce labour).
-PREGNANCY_POINTS = ("LI4", "SP6")
-
 
 @dataclass(frozen=True)
 class Screening:
@@ -99,8 +95,8 @@ def screen(screening: Screening, placements: Mapping[int, ChannelPlacement],
            sensitivity: Sensitivity | None = None) -> ScreeningVerdict:
     """Refusals and warnings from the answers and today's needle sites.
 
-    The placement rules (`check_placement`) still apply on their own; this adds what
-    depends on the answers beyond implanted devices and pregnant sites."""
+    The placement rules (`check_placement`) judge implanted devices and pregnancy (sites,
+    points, pelvis) from `Screening.patient()`; this adds what depends on the other answers."""
     if screening.unanswered:
         missing = ", ".join(QUESTIONS[q] for q in screening.unanswered)
         return ScreeningVerdict((Refusal("screening.incomplete", f"screening is not finished; still to answer: {missing}",
@@ -131,11 +127,6 @@ def screen(screening: Screening, placements: Mapping[int, ChannelPlacement],
                              "disease: choose sites away from the chest", ch)
                      for ch, site in sites if site.region is Region.CHEST]
         warnings.append("heart disease: keep the current away from the chest and watch the patient throughout")
-    if yes(Question.PREGNANT):
-        for ch, site in sites:
-            if _is_point(site, PREGNANCY_POINTS):
-                warnings.append(f"pregnancy: {site} on channel {ch} is a point traditionally avoided in pregnancy; "
-                                "choose another point unless you have a clear reason")
     if yes(Question.REDUCED_SENSATION):
         if sensitivity is Sensitivity.HYPOSENSITIVE:
             refusals.append(_refuse("screening.reduced_sensation",
@@ -153,7 +144,3 @@ def screen(screening: Screening, placements: Mapping[int, ChannelPlacement],
         warnings.append("has fainted with needles: treat lying down and stay with the patient")
     return ScreeningVerdict(tuple(refusals), tuple(warnings))
 
-
-def _is_point(site: NeedleSite, names: tuple[str, ...]) -> bool:
-    point = (site.point or "").upper().replace(" ", "").replace("-", "")
-    return any(point.startswith(name) and not point[len(name):len(name) + 1].isdigit() for name in names)

@@ -9,9 +9,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from safety import ChannelPlacement, NeedleSite, Prescription, Region, Side
+from safety import ChannelPlacement, Envelope, NeedleSite, Prescription, Region, Side
 
 REPO = Path(__file__).resolve().parents[1]
+BENCH = Envelope.test_load("test suite: a simulated device behind a real byte path")
+"""What the tests declare on any device but the built-in `sim://`: nobody is connected."""
+DECLARED = ("--research-protocol", "test-suite", "--subject", "P001")
+"""What `estim` is told is connected on any device but `sim://`: a participant whose thresholds
+files name P001 (`write_thresholds`), screened under a (test) protocol."""
 
 
 def forearm_sites(*channels: int) -> dict[int, ChannelPlacement]:
@@ -24,18 +29,28 @@ def prescription(max_ma: float = 5.0, ramp: float = 2.0) -> Prescription:
                         pulse_width_us=(50, 600), sensitivity="hyposensitive")
 
 
+def measured(program, values=None, patient: str = "P001", when=None) -> list:  # noqa: ANN001 - Program
+    """Thresholds as `estim titrate` keeps them on every channel and waveform of `program`
+    (`hil_tests.harness.thresholds_on`, which the HIL suite uses too)."""
+    from hil_tests.harness import thresholds_on
+
+    return thresholds_on(program, values or {"sensory": 1.0, "motor": 2.0, "tolerance": 4.0}, patient, when)
+
+
+def envelope_for(program, values=None, patient: str = "P001"):  # noqa: ANN001 - Program
+    """An envelope (nobody declared: the simulator) holding `measured(program, values)`."""
+    from safety import Envelope
+
+    return Envelope.undeclared(thresholds=measured(program, values, patient), who=patient)
+
+
 def write_thresholds(path: Path, program, sensory: float = 1.0, motor: float = 2.0,  # noqa: ANN001 - Program
-                     tolerance: float = 4.0, patient: str | None = None) -> Path:
+                     tolerance: float = 4.0, patient: str = "P001") -> Path:
     """A thresholds file as `estim titrate --out` writes it, measured now on every threshold-
-    relative channel of `program`, on its sites and waveform."""
-    from datetime import datetime, timezone
+    relative channel of `program`, on its sites and each of its waveforms."""
+    from safety.thresholds import save
 
-    from firmware_host.waveforms.thresholds import ChannelThresholds, save
-
-    channels = sorted({ch for ch, _ in program.needed_thresholds})
-    save(path, [ChannelThresholds(ch, program.needles[ch].placement(), program.titration_waveform(ch),
-                                  datetime.now(timezone.utc), sensory, motor, tolerance, patient)
-                for ch in channels])
+    save(path, measured(program, {"sensory": sensory, "motor": motor, "tolerance": tolerance}, patient))
     return path
 
 

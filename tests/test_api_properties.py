@@ -27,7 +27,7 @@ from firmware_host.sim import SimConfig, start_in_process
 from firmware_host.stimulator import Stimulator
 from safety import InterlockStateError, Refusal, SafetyError, SessionSetup, TreatmentRecord, check_setting
 
-from support import forearm_sites, prescription
+from support import BENCH, forearm_sites, prescription
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -181,7 +181,7 @@ def test_every_frame_on_the_wire_is_inside_every_limit(ops: list[tuple], tmp_pat
     rig = Rig(tmp_path_factory.mktemp("rig"))
     link = Link(rig.spy)
     identity = link.open()
-    setup = SessionSetup(units.device_limits(identity), prescription(max_ma=2.0), forearm_sites(1, 2))
+    setup = SessionSetup(units.device_limits(identity), prescription(max_ma=2.0), forearm_sites(1, 2), envelope=BENCH)
     try:
         with Stimulator(link, setup, record=rig.record) as stim:
             for op in ops:

@@ -15,8 +15,8 @@ import pytest
 
 from firmware_host.sim.process import SimProcess, child_env, spawn_sim
 from firmware_host.waveforms import Needle, Program, Site, preset_program
-from firmware_host.waveforms.thresholds import load as load_thresholds
-from support import REPO, wait_for, write_thresholds
+from safety.thresholds import load as load_thresholds
+from support import DECLARED, REPO, wait_for, write_thresholds
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -55,7 +55,7 @@ def records(path: Path) -> list[dict]:
 
 def run_args(sim: SimProcess, record: Path, *extra: str, seconds: str = "1") -> list[str]:
     return ["run", "--device", sim.url, "--channel", "1", "--frequency", "2", "--pulse-width", "200",
-            "--amplitude", "1", "--ramp", "2", "--seconds", seconds, *SITES, "--record", str(record), *extra]
+            "--amplitude", "1", "--ramp", "2", "--seconds", seconds, *SITES, *DECLARED, "--record", str(record), *extra]
 
 
 def holding(record: Path) -> bool:
@@ -187,7 +187,7 @@ def test_run_signal_during_hold_estops(sim: SimProcess, tmp_path: Path, sig: int
 
 def titrate_args(sim: SimProcess, record: Path, *extra: str) -> list[str]:
     return ["titrate", "--device", sim.url, "--channel", "1", "--frequency", "2", "--pulse-width", "200",
-            "--ramp", "2", *SITES, "--record", str(record), *extra]
+            "--ramp", "2", *SITES, *DECLARED, "--record", str(record), *extra]
 
 
 def test_titrate_with_fed_keys_writes_thresholds(sim: SimProcess, tmp_path: Path) -> None:
@@ -206,7 +206,9 @@ def test_titrate_with_fed_keys_writes_thresholds(sim: SimProcess, tmp_path: Path
     assert 0 < marks["sensory"] < marks["motor"] < marks["tolerance"] <= 10
     assert (bound.channel, str(bound.placement.a), bound.waveform.frequency_hz, bound.waveform.pulse_width_us) == (
         1, "left forearm", 2.0, 200.0)
-    assert json.loads(stdout.strip().splitlines()[-1]) == {"channel": 1, **marks}
+    printed = json.loads(stdout.strip().splitlines()[-1])
+    assert printed["channel"] == 1 and printed["without_top_mark"] == []
+    assert {k: printed["thresholds"][0][k] for k in marks} == marks and printed["thresholds"][0]["patient"] == "P001"
     kept = [r["data"] for r in records(record) if r["kind"] == "thresholds"]
     assert kept and kept[-1]["tolerance"] == marks["tolerance"]
     assert estim("record", "verify", str(record)).returncode == 0
@@ -307,7 +309,7 @@ def test_bad_input_is_a_calm_message(tmp_path: Path) -> None:
 def test_run_preset_streams_the_program_and_ends_safe(sim: SimProcess, tmp_path: Path) -> None:
     thresholds = preset_thresholds(tmp_path / "thresholds.json", "segmental_inhibition")
     record = tmp_path / "preset.jsonl"
-    done = estim("run", "--device", sim.url, "--preset", "segmental_inhibition", "--channel", "1", *SITES,
+    done = estim("run", "--device", sim.url, "--preset", "segmental_inhibition", "--channel", "1", *SITES, *DECLARED,
                  "--thresholds", str(thresholds), "--minutes", "0.1", "--record", str(record), timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "program complete: every output off" in done.stdout
@@ -320,7 +322,7 @@ def test_run_program_that_breaks_a_rule_sends_nothing(sim: SimProcess, tmp_path:
     program = tmp_path / "bad.toml"
     program.write_text(BAD_PROGRAM)
     record = tmp_path / "bad.jsonl"
-    done = estim("run", "--device", sim.url, "--program", str(program), "--record", str(record))
+    done = estim("run", "--device", sim.url, "--program", str(program), *DECLARED, "--record", str(record))
     assert done.returncode == 2, done.stdout + done.stderr
     assert "charge density" in done.stderr and "Traceback" not in done.stderr
     kinds = {r["kind"] for r in records(record)}

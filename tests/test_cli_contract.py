@@ -15,12 +15,12 @@ import pytest
 
 from firmware_host.sim.process import SimProcess, child_env, output_off, spawn_sim
 
-from support import REPO
+from support import DECLARED, REPO
 
 pytestmark = pytest.mark.timeout(60)
 
 SITES = ["--sites", "left:forearm,left:forearm", "--inserted", "10"]
-DIRECT = ["--channel", "1", "--frequency", "20", "--pulse-width", "200", "--amplitude", "1", *SITES]
+DIRECT = ["--channel", "1", "--frequency", "20", "--pulse-width", "200", "--amplitude", "1", *SITES, *DECLARED]
 
 
 def estim(*args: str, timeout: float = 40, **kw: object) -> subprocess.CompletedProcess[str]:

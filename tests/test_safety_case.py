@@ -31,7 +31,7 @@ from firmware_host.stimulator import Notice, Stimulator
 from safety import (ChannelSetting, DeviceLimits, Interlock, InterlockStateError, Needle, Prescription, Refusal,
                     SessionSetup, Shape, TreatmentRecord)
 
-from support import REPO, forearm_sites, prescription
+from support import BENCH, DECLARED, REPO, forearm_sites, prescription
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,7 +51,7 @@ def eventually(predicate, timeout: float = 2.0) -> bool:  # type: ignore[no-unty
 
 
 def stimulating(url: str, record: TreatmentRecord | None = None, level_ma: float = 2.0, **link: object) -> Stimulator:
-    stim = fh.open(url, prescription=prescription(), placements=forearm_sites(1, 2), record=record)
+    stim = fh.open(url, prescription=prescription(), placements=forearm_sites(1, 2), record=record, envelope=BENCH)
     stim.configure(1, frequency_hz=50, pulse_width_us=200)
     stim.enable(1)
     stim.ramp(1, level_ma)
@@ -93,7 +93,7 @@ def test_a_full_disk_under_estim_run_stops_stimulation(sim: SimProcess, tmp_path
     proc = subprocess.run(
         [sys.executable, "-m", "firmware_host", "run", "--device", sim.url, "--channel", "1", "--frequency", "50",
          "--pulse-width", "200", "--amplitude", "1", "--seconds", "30", "--sites", "left:forearm,left:forearm",
-         "--inserted", "10", "--record", str(record)],
+         "--inserted", "10", *DECLARED, "--record", str(record)],
         capture_output=True, text=True, timeout=40, env=child_env(), cwd=REPO, preexec_fn=small_files)
     assert proc.returncode == 3, proc.stderr
     assert "can no longer be written" in proc.stderr and "Traceback" not in proc.stderr
@@ -139,9 +139,9 @@ def test_a_session_must_guard_the_limits_the_device_reports() -> None:
     try:
         made_up = DeviceLimits(4, 100.0, 1000, 0.5, 400.0, 100.0, 100.0, 1000.0, 500.0)
         with pytest.raises(Refusal) as exc:
-            Stimulator(link, SessionSetup(made_up, prescription(), forearm_sites(1)))
+            Stimulator(link, SessionSetup(made_up, prescription(), forearm_sites(1), envelope=BENCH))
         assert exc.value.rule == "session.device_limits"
-        real = SessionSetup(units.device_limits(link.identity), prescription(), forearm_sites(1))
+        real = SessionSetup(units.device_limits(link.identity), prescription(), forearm_sites(1), envelope=BENCH)
         first = Stimulator(link, real)
         with pytest.raises(InterlockStateError):
             Stimulator(link, real)
@@ -219,7 +219,7 @@ def test_the_host_estops_when_its_link_is_broken_by_garbage(sim: SimProcess) -> 
     # must come from the lost link itself, not from supervision
     link = Link(wrap(open_transport(sim.url)), reply_timeout=0.05, max_attempts=2)
     identity = link.open(2.0)
-    with Stimulator(link, SessionSetup(units.device_limits(identity), prescription(), forearm_sites(1))) as stim:
+    with Stimulator(link, SessionSetup(units.device_limits(identity), prescription(), forearm_sites(1), envelope=BENCH)) as stim:
         stim.configure(1, frequency_hz=50, pulse_width_us=200)
         stim.enable(1)
         stim.ramp(1, 1.0)

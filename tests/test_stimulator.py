@@ -26,7 +26,7 @@ from safety import (Approved, InterlockStateError, Refusal, SessionSetup, Treatm
                     verify_record)
 
 from firmware_host.sim.process import SimProcess, child_env, spawn_sim
-from support import forearm_sites, prescription
+from support import BENCH, forearm_sites, prescription
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -62,7 +62,7 @@ def sim_tcp(tmp_path: Path) -> Iterator[SimProcess]:
 
 
 def session(url: str, record: TreatmentRecord | None = None, **rx) -> Stimulator:
-    return fh.open(url, prescription=prescription(**rx), placements=forearm_sites(1, 2), record=record)
+    return fh.open(url, prescription=prescription(**rx), placements=forearm_sites(1, 2), record=record, envelope=BENCH)
 
 
 def start(stim: Stimulator, channel: int = 1, amplitude_ma: float = 1.0) -> None:
@@ -172,8 +172,19 @@ def test_device_wide_fault_stops_until_a_person_clears_it(sim_pty: SimProcess) -
             stim.enable(2)
         with pytest.raises(Refusal):
             stim.clear_faults("")  # a person's name is required
-        stim.clear_faults("JD")
-        assert stim.tripped is None and stim.status().latched_faults == frozenset()
+        with pytest.raises(Refusal) as exc:   # not in a session that treats: checked first, then cleared alone
+            stim.clear_faults("JD", frozenset({"HARDWARE"}))
+        assert exc.value.rule == "clear.needs_review" and "estim clear-faults" in str(exc.value)
+        assert stim.status().latched_faults == frozenset({"HARDWARE"})
+    link = fh.connect(sim_pty.url)   # a session that treats nobody (no channels): clearing only
+    with Stimulator(link, SessionSetup(units.device_limits(link.identity), prescription(), {})) as clearing:
+        with pytest.raises(Refusal) as exc:
+            clearing.clear_faults("JD")       # each fault beyond a stop is named by the person who checked
+        assert exc.value.rule == "clear.unnamed_fault" and "--fault hardware" in str(exc.value)
+        clearing.clear_faults("JD", frozenset({"HARDWARE"}))
+        assert clearing.status().latched_faults == frozenset()
+    with session(sim_pty.url) as stim:
+        assert stim.tripped is None
 
 
 def test_stale_telemetry_stops_everything(sim_pty: SimProcess) -> None:
@@ -230,7 +241,7 @@ def test_nothing_but_hello_before_the_handshake() -> None:
         link.open(timeout=0.5)
     assert peer.received and all(raw.type == icd.MsgType.HELLO for raw in peer.received)
     with pytest.raises(fh.LinkError):
-        Stimulator(link, SessionSetup(units.device_limits(_identity(1)), prescription(), forearm_sites(1)))
+        Stimulator(link, SessionSetup(units.device_limits(_identity(1)), prescription(), forearm_sites(1), envelope=BENCH))
 
 
 @pytest.mark.parametrize("version", [0, 3])
@@ -262,9 +273,9 @@ HOST_SCRIPT = textwrap.dedent("""
     sys.path[:0] = sys.argv[3:]
     import firmware_host as fh
     from safety import TreatmentRecord
-    from support import forearm_sites, prescription
+    from support import BENCH, forearm_sites, prescription
     stim = fh.open(sys.argv[1], prescription=prescription(), placements=forearm_sites(1),
-                   record=TreatmentRecord(sys.argv[2]))
+                   record=TreatmentRecord(sys.argv[2]), envelope=BENCH)
     stim.configure(1, frequency_hz=100, pulse_width_us=200); stim.enable(1); stim.ramp(1, 0.6)
     print("stimulating", flush=True)
     time.sleep(60)

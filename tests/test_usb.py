@@ -25,7 +25,7 @@ from firmware_host.stimulator import Stimulator
 
 from firmware_host.sim.process import spawn_sim
 from hil_tests.harness import ask, wave
-from support import forearm_sites, prescription
+from support import BENCH, forearm_sites, prescription
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -83,7 +83,7 @@ def opened(url: str) -> Link:
 
 
 def session(url: str) -> Stimulator:
-    return fh.open(url, prescription=prescription(), placements=forearm_sites(1))
+    return fh.open(url, prescription=prescription(), placements=forearm_sites(1), envelope=BENCH)
 
 
 def start(stim: Stimulator, amplitude_ma: float = 1.0) -> None:

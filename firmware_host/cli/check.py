@@ -19,8 +19,7 @@ import sys
 from typing import Any
 
 from . import EXIT_NO_DEVICE, EXIT_OK, EXIT_REFUSED, Parser
-from .options import (add_patient_options, add_preset_options, add_program_options, patient, print_dose,
-                      program_from_args)
+from .options import add_patient_options, add_preset_options, add_program_options, print_dose, program_from_args
 
 EXAMPLES = """examples:
   estim check programs/high_rate_100hz.toml --thresholds thresholds.json
@@ -66,13 +65,11 @@ def main(argv: list[str]) -> int:
         parser.error("give a program FILE or --preset NAME")
     if args.preset is not None and args.sites is None:
         parser.error("--preset needs --sites SIDE:REGION,SIDE:REGION and --inserted MM")
-    from safety import SafetyError, screen
+    from safety import SafetyError, ThresholdError
 
     from ..errors import EstimError
     from ..waveforms import ProgramError
     from ..waveforms.check import check
-    from ..waveforms.thresholds import ThresholdError
-    from .options import sensitivity
     from .visit_context import attach_visit
 
     code = attach_visit(args)
@@ -91,24 +88,16 @@ def main(argv: list[str]) -> int:
     except EstimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NO_DEVICE
-    result = check(program, device, patient(args))
-    placements = {ch: n.placement() for ch, n in program.needles.items()}
-    screening = screen(args.visit.screening, placements, sensitivity(args)) if args.visit is not None else None
-    ok = result.ok and (screening is None or screening.ok)
+    result = check(program, device, args.envelope)  # placement, screening and the envelope included
     if args.json:
         print(json.dumps({"program": str(args.program or args.preset), "device_limits": source, **result.as_dict(),
-                          "ok": ok, "notes": list(notes),
-                          "screening": None if screening is None else {
-                              "refusals": [r.as_record() for r in screening.refusals],
-                              "warnings": list(screening.warnings)}}, indent=2, default=str))
+                          "connected": args.envelope.describe(), "notes": list(notes)}, indent=2, default=str))
     else:
-        print(f"program: {program.name} ({args.program or 'preset'}), {program.duration_s:g} s\nlimits: {source}")
+        print(f"program: {program.name} ({args.program or 'preset'}), {program.duration_s:g} s\nlimits: {source}\n"
+              f"connected: {args.envelope.describe()}")
         print_dose(args, program, notes)
-        if screening is not None:
-            print(*(f"refused by today's screening: {r}" for r in screening.refusals),
-                  *(f"caution: {w}" for w in screening.warnings), sep="\n")
         print(result.table())
-    return EXIT_OK if ok else EXIT_REFUSED
+    return EXIT_OK if result.ok else EXIT_REFUSED
 
 
 def _bad_input(message: str) -> int:

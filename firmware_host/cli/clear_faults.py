@@ -14,11 +14,16 @@ import json
 import sys
 from pathlib import Path
 
-from . import EXIT_DEVICE_FAULT, EXIT_OK, EXIT_REFUSED, Parser, refused, unreachable
+from . import EXIT_DEVICE_FAULT, EXIT_OK, Parser, refused, unreachable
 
 EXAMPLES = """examples:
   estim clear-faults --device /dev/ttyUSB0 --operator "J. Doe"
+  estim clear-faults --device /dev/ttyUSB0 --operator "J. Doe" --fault overcurrent
   estim clear-faults --device socket://127.0.0.1:5000 --operator JD --json
+
+A stop (ESTOP) or a lost controller (WATCHDOG) is cleared by name. Any other fault (OVERCURRENT,
+HARDWARE, one this host does not know) is cleared only here, after checking the patient, the
+needles, the leads and the device, and only when each is named with --fault.
 """
 
 
@@ -35,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the device: /dev/ttyUSB0, socket://HOST:PORT, usb://VID:PID, sim://")
     parser.add_argument("--operator", required=True, metavar="NAME",
                         help="your name or initials (written into the record)")
+    parser.add_argument("--fault", action="append", default=[], metavar="NAME",
+                        help="a fault beyond a stop or a lost controller that you checked and clear (e.g. "
+                             "overcurrent, hardware); repeat for each")
     parser.add_argument("--record", type=Path, metavar="PATH",
                         help="treatment record for this act; default: a timestamped file in the user's data dir")
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -92,7 +100,7 @@ def _clear(args: argparse.Namespace, name: str, record: object) -> int:
                 return refused(Refusal("clear.outputs_on", f"outputs {sorted(status.enabled)} are on: faults are "
                                        "cleared only with every output off", value=sorted(status.enabled),
                                        limit="every output off"))
-            stim.clear_faults(name)
+            stim.clear_faults(name, frozenset(f.strip().upper() for f in args.fault))
             after = sorted(stim.status().latched_faults)
     except fh.DeviceRefused as exc:
         print(f"error: the device did not clear its faults: {exc}", file=sys.stderr)

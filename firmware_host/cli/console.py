@@ -11,8 +11,8 @@ import argparse
 import sys
 
 from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, Parser, refused, stoppable
-from .options import add_session_options, fixed_waveform_setup, open_record, open_session, session_plan
-from .visit_context import attach_visit, keep_record, screening_verdict
+from .options import add_session_options, fixed_waveform_setup, open_record, open_session, preflight, session_plan
+from .visit_context import attach_visit, keep_record
 
 EXAMPLES = """keys:
   ↑ or +   raise the selected channel one step (ramps at the prescribed rate)
@@ -88,10 +88,10 @@ def _console(args: argparse.Namespace) -> int:
                               value=getattr(args, name), limit="> 0")
         waveforms = [ChannelSetting(ch, shapes[args.shape], args.frequency, args.pulse_width, 0.0)
                      for ch in args.channel]
-        setup = fixed_waveform_setup(args, dict(zip(args.channel, args.sites)), args.minutes)
+        setup = fixed_waveform_setup(args, dict(zip(args.channel, args.sites)), args.minutes, args.envelope)
     except (SafetyError, ValueError) as exc:
         return refused(exc)
-    code = screening_verdict(args, setup[1])
+    code = preflight(setup.envelope, setup.placements)
     if code is not None:
         return code
     try:
@@ -110,6 +110,10 @@ def _console(args: argparse.Namespace) -> int:
         return stim
     try:
         with stim:
+            for waveform in waveforms:  # a waveform the patient's envelope refuses: said before the console opens
+                refusals, _ = stim.interlock.verdict(waveform)
+                if refusals:
+                    return refused(refusals[0])
             app = ConsoleApp(stim, waveforms, ConsoleSettings(args.step, args.feedback_step, args.step),
                              operator=args.operator)
             app.run()

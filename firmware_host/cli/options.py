@@ -9,11 +9,12 @@ import os
 import secrets
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safety import (STANDARD, ChannelPlacement, Needle, NeedleSite, Patient, Refusal, Region, Sensitivity, Side,
-                    TreatmentRecord)
+from safety import (STANDARD, ChannelPlacement, Envelope, Needle, NeedleSite, Patient, Refusal, Region, Sensitivity,
+                    Side, ThresholdError, TreatmentRecord)
 
 from .visit_context import add_store_option
 
@@ -38,8 +39,9 @@ def add_session_options(parser: argparse.ArgumentParser, sites_required: bool = 
     add_patient_options(parser)
     parser.add_argument("--record", type=Path, metavar="PATH",
                         help="treatment record (JSON lines); default: a timestamped file in the user's data dir")
-    parser.add_argument("--operator", default=os.environ.get("USER", ""),
-                        help="the clinician's name or initials, written into the record")
+    parser.add_argument("--operator", metavar="NAME",
+                        help="the clinician's name or initials, written into the record (needed to clear a stop; "
+                             "never taken from the login)")
     parser.add_argument("--mechanism", choices=PRESET_NAMES, metavar="MECHANISM",
                         help="the target mechanism of today's session, for the record: " + ", ".join(PRESET_NAMES))
     parser.add_argument("--plan", default="", metavar="TEXT",
@@ -56,10 +58,21 @@ def add_needle_options(parser: argparse.ArgumentParser, required: bool = True) -
 
 
 def add_patient_options(parser: argparse.ArgumentParser) -> None:
+    """Who is connected: a patient's screened visit, a research participant, or a test load."""
     parser.add_argument("--patient", metavar="CODE",
                         help="the patient's code: the session is part of today's visit (screened with "
                              "`estim visit start CODE`), its thresholds and dose are kept with the visit")
     add_store_option(parser)
+    parser.add_argument("--research-protocol", metavar="ID",
+                        help="without --patient: a participant screened under this research protocol (give "
+                             "--subject CODE); their thresholds come from --thresholds FILE")
+    parser.add_argument("--subject", metavar="CODE",
+                        help="without --patient: the code of the person connected (a research participant); "
+                             "a thresholds file must name the same code")
+    parser.add_argument("--test-load", nargs="?", const="bench load", metavar="TEXT",
+                        help="nobody is connected: a bench load (resistor or phantom), e.g. --test-load '1 kOhm'. "
+                             "A device other than the built-in simulator needs this, --patient or "
+                             "--research-protocol")
     parser.add_argument("--implanted-device", action="store_true",
                         help="without --patient: the patient has a pacemaker, ICD or other implanted electronic "
                              "device (stimulation is then refused)")
@@ -114,61 +127,129 @@ def parse_needle(args: argparse.Namespace) -> Needle:
 SENSITIVITY = {"hyper": Sensitivity.HYPERSENSITIVE, "typical": Sensitivity.TYPICAL, "hypo": Sensitivity.HYPOSENSITIVE}
 
 
-def patient(args: argparse.Namespace) -> Patient:
-    """What the placement rules know of the patient: today's screening with --patient, else the flags."""
+def envelope(args: argparse.Namespace) -> Envelope:
+    """Who is connected, and every limit that comes from them, as the command line declares it:
+    today's visit with --patient (its thresholds only from the visit store), a research
+    participant, a test load, or nothing declared (the built-in simulator only). The
+    sensitivity is the visit's, or the stricter of the visit's and --sensitivity. Raises Refusal
+    (or ThresholdError for an unusable thresholds file)."""
+    from safety import Envelope, stricter
+    from safety.thresholds import load
+
+    given = {flag: value for flag, value in (("--patient", getattr(args, "patient", None)),
+                                             ("--research-protocol", getattr(args, "research_protocol", None)),
+                                             ("--test-load", getattr(args, "test_load", None))) if value}
+    if len(given) > 1:
+        raise Refusal("usage.conflict", f"{' and '.join(given)} each say who is connected: give one",
+                      value=sorted(given), limit="one")
+    subject, thresholds_file = getattr(args, "subject", None), getattr(args, "thresholds", None)
+    flag = SENSITIVITY[args.sensitivity] if getattr(args, "sensitivity", None) else None
     visit = getattr(args, "visit", None)
     if visit is not None:
-        return visit.screening.patient()
-    return Patient(implanted_device=args.implanted_device, pregnant=args.pregnant)
+        for name, value in (("--thresholds", thresholds_file), ("--subject", subject)):
+            if value is not None:
+                raise Refusal("usage.conflict", f"with --patient, thresholds and identity come from today's visit "
+                              f"in the visit store only: leave out {name}", value=str(value), limit="--patient")
+        profile = Sensitivity(visit.sensitivity)
+        return Envelope.for_visit(args.patient, str(visit.id), visit.screening,
+                                  stricter(profile, flag) if flag else profile, visit.thresholds)
+    thresholds = load(thresholds_file) if thresholds_file is not None else []
+    named = sorted({t.patient for t in thresholds})
+    if "--test-load" in given:
+        if thresholds or subject:
+            raise Refusal("usage.conflict", "a test load has no thresholds and no subject: give doses in mA",
+                          value=str(thresholds_file or subject), limit="--test-load")
+        return Envelope.test_load(args.test_load)
+    person = Patient(implanted_device=getattr(args, "implanted_device", False), pregnant=getattr(args, "pregnant", False))
+    if len(named) > 1 or (subject and named and named != [subject]):
+        raise Refusal("envelope.thresholds_of_another", f"the thresholds name {', '.join(named)}"
+                      + (f", not {subject}" if subject else ": one person's thresholds at a time"),
+                      value=named, limit=subject or "one person")
+    if "--research-protocol" in given:
+        if not subject:
+            raise Refusal("usage.missing", "--research-protocol needs --subject CODE: the participant's code",
+                          value=None, limit="--subject CODE")
+        return Envelope.research(args.research_protocol, subject, person, flag, thresholds)
+    return Envelope.undeclared(person, flag, thresholds, who=subject or (named[0] if named else ""))
 
 
-def sensitivity(args: argparse.Namespace) -> Sensitivity:
-    """--sensitivity, else the patient's profile from today's visit, else typical."""
-    if args.sensitivity is not None:
-        return SENSITIVITY[args.sensitivity]
-    visit = getattr(args, "visit", None)
-    return Sensitivity(visit.sensitivity) if visit is not None else Sensitivity.TYPICAL
+def preflight(chosen: Envelope, placements: dict, sensitivity: Sensitivity | None = None) -> int | None:
+    """Before any device is opened: the envelope's own set-up verdict (placement across every
+    channel, screening), the one the interlock gives again at set-up; cautions printed, a
+    refusal's exit code returned. `sensitivity`: a program's own, when stricter."""
+    from safety import stricter
+
+    from . import refused
+
+    refusals, cautions = chosen.setup_verdict(placements, stricter(sensitivity or Sensitivity.TYPICAL, chosen.sensitivity))
+    for caution in cautions:
+        print(f"caution: {caution}", file=sys.stderr)
+    for extra in refusals[1:]:
+        print(f"refused: {extra}", file=sys.stderr)
+    return refused(refusals[0]) if refusals else None
 
 
-def fixed_waveform_setup(args: argparse.Namespace, sites: dict[int, str], minutes: float) -> tuple[Any, dict, dict]:
-    """Prescription, placements and needles for channels held at one --frequency and
-    --pulse-width, capped at --max-amplitude, ramped at --ramp (run, titrate, console)."""
+def fixed_waveform_setup(args: argparse.Namespace, sites: dict[int, str], minutes: float, chosen: Envelope,
+                         frequency_hz: tuple[float, float] | None = None,
+                         pulse_width_us: tuple[float, float] | None = None) -> SessionSetupParts:
+    """Prescription, placements and needles for channels held at --frequency and --pulse-width
+    (or within the given ranges), capped at --max-amplitude, ramped at --ramp (run, titrate,
+    console), with the envelope of the person connected."""
     from safety import Prescription
 
     prescription = Prescription(
         max_amplitude_ma={ch: args.max_amplitude for ch in sites},
         max_session_minutes=minutes,
         ramp_ma_per_s=args.ramp,
-        frequency_hz=(args.frequency, args.frequency),
-        pulse_width_us=(args.pulse_width, args.pulse_width),
-        sensitivity=sensitivity(args),
+        frequency_hz=frequency_hz or (args.frequency, args.frequency),
+        pulse_width_us=pulse_width_us or (args.pulse_width, args.pulse_width),
+        sensitivity=chosen.sensitivity or Sensitivity.TYPICAL,
     )
     placements = {ch: parse_sites(text) for ch, text in sites.items()}
     needles = {ch: parse_needle(args) for ch in sites}
-    return prescription, placements, needles
+    return SessionSetupParts(prescription, placements, needles, chosen)
 
 
-def open_session(args: argparse.Namespace, setup: tuple[Any, dict, dict], record: TreatmentRecord) -> Any:
+@dataclass(frozen=True)
+class SessionSetupParts:
+    """What `firmware_host.open` needs besides the device: everything a command decided."""
+
+    prescription: Any
+    placements: dict
+    needles: dict
+    envelope: Envelope
+
+
+def open_session(args: argparse.Namespace, setup: SessionSetupParts, record: TreatmentRecord) -> Any:
     """`firmware_host.open` for --device with the set-up from `fixed_waveform_setup`; on a
     refusal or an unreachable device, the exit code instead of a session. Tells the user once
-    what a v1 device means for the end of the session."""
+    what a v1 device means for the end of the session, and prints the screening's cautions."""
     import firmware_host as fh
     from safety import SafetyError
 
     from . import refused, unreachable
 
-    prescription, placements, needles = setup
     try:
-        stim = fh.open(args.device, prescription=prescription, placements=placements, needles=needles,
-                       patient=patient(args), record=record)
+        stim = fh.open(args.device, prescription=setup.prescription, placements=setup.placements,
+                       needles=setup.needles, envelope=setup.envelope, record=record)
     except SafetyError as exc:
         _not_started(record, "refused", exc)
-        return refused(exc)
+        return refused(declare_hint(exc))
     except fh.EstimError as exc:
         _not_started(record, "device not reachable", exc)
         return unreachable(exc)
-    session_notices(stim.identity)
+    session_notices(stim.identity, stim.interlock.setup.envelope)
     return stim
+
+
+def declare_hint(exc: Exception) -> Exception:
+    """A device that refuses an undeclared session, said with the flags that declare one."""
+    if getattr(exc, "rule", None) != "envelope.unscreened":
+        return exc
+    return Refusal("envelope.unscreened", "this is not the built-in simulated device, so a person may be connected, "
+                   "and nobody was screened: give --patient CODE (today's screened visit), or declare what is "
+                   "connected: --test-load for a bench load, or --research-protocol ID --subject CODE for a "
+                   "participant screened under a research protocol", value=exc.value, limit=exc.limit)
 
 
 def _not_started(record: TreatmentRecord, outcome: str, exc: Exception) -> None:
@@ -184,13 +265,14 @@ def _not_started(record: TreatmentRecord, outcome: str, exc: Exception) -> None:
         pass
 
 
-def session_notices(identity: Any) -> None:
-    """Said once as a session opens: the intended use, and on an ICD v1 device (no end of
-    session) what that means for the next one."""
+def session_notices(identity: Any, chosen: Envelope) -> None:
+    """Said once as a session opens: the intended use, who is connected as declared, and on an
+    ICD v1 device (no end of session) what that means for the next one."""
     from .. import INTENDED_USE
     from ..fault_text import v1_note
 
     print(f"note: {INTENDED_USE}", file=sys.stderr)
+    print(f"connected: {chosen.describe()}", file=sys.stderr)
     if identity.protocol_version < 2:
         print(f"note: {v1_note(identity.serial, 'this session')}", file=sys.stderr)
 
@@ -204,17 +286,18 @@ def latched_at_start(stim: Any, args: argparse.Namespace) -> int | None:
     from . import EXIT_DEVICE_FAULT
 
     if getattr(args, "clear_faults", False):
-        from safety import SafetyError
+        from safety import SafetyError, operator_name
 
         from ..errors import EstimError
 
         try:
-            cleared = stim.clear_faults(args.operator)
+            cleared = stim.clear_faults(args.operator or "")
         except (SafetyError, EstimError) as exc:
-            print(f"refused: the stop latched from before was not cleared: {exc}", file=sys.stderr)
+            hint = " (--operator NAME)" if getattr(exc, "rule", None) == "clear.operator" else ""
+            print(f"refused: the stop latched from before was not cleared: {exc}{hint}", file=sys.stderr)
             return EXIT_DEVICE_FAULT
         for code in sorted(cleared):
-            print(f"cleared by {args.operator.strip()}: {fault_text.explain(code)}", file=sys.stderr)
+            print(f"cleared by {operator_name(args.operator)}: {fault_text.explain(code)}", file=sys.stderr)
         return None
     print("refused: the device has a stop latched from before, so nothing was sent:", file=sys.stderr)
     for code in sorted(stim.status().latched_faults) or ["(none reported now)"]:
@@ -253,7 +336,7 @@ def session_plan(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     return {
         "operator": args.operator,
         "mechanism": args.mechanism,
-        "sensitivity": sensitivity(args).value,
+        "sensitivity": (args.envelope.sensitivity or Sensitivity.TYPICAL).value,
         "patient": getattr(args, "patient", None),
         "thresholds": _thresholds_as_given(thresholds),
         "integration_plan": args.plan,
@@ -315,33 +398,19 @@ ANCHOR_START_WAIT_S = 3.0
 """Longest wait, before a session starts, for the visit store to take the record's first head."""
 
 
-def dose_thresholds(args: argparse.Namespace, program: Any) -> tuple[Any, tuple[str, ...]]:
-    """The program with its threshold-relative intensities in mA, and notes on what was converted
-    or held down. Thresholds come from --thresholds FILE or, with --patient, from today's visit,
-    each used only on its own channel, needle sites and waveform; raises ThresholdError or
-    ProgramError saying what to do."""
-    from ..waveforms.thresholds import ThresholdError, for_dose, load
-
+def dose(args: argparse.Namespace, program: Any) -> tuple[Any, tuple[str, ...]]:
+    """The program dosed for the person declared (`args.envelope`): threshold-relative
+    intensities in mA from their thresholds on each waveform, held at the envelope's ceilings,
+    with notes on what was converted or held down. `args.envelope` becomes the session's (its
+    sensory-level channels marked). Raises ProgramError saying what to titrate."""
     if not program.needed_thresholds:
         return program, ()
-    if args.thresholds is not None:
-        candidates = load(args.thresholds)
-    elif getattr(args, "visit", None) is not None:
-        candidates = list(args.visit.thresholds)
-    else:
+    if not args.envelope.thresholds:
         needs = ", ".join(f"{kind} on channel {ch}" for ch, kind in sorted(program.needed_thresholds))
         raise ThresholdError(f"{program.name!r} sets intensities relative to thresholds ({needs}); titrate first "
                              "(`estim titrate --patient CODE ...`) or give --thresholds FILE")
-    measured: dict[int, dict[str, float]] = {}
-    notes: list[str] = []
-    for ch in sorted({ch for ch, _ in program.needed_thresholds}):
-        waveform = program.titration_waveform(ch)
-        found = for_dose(candidates, ch, program.needles[ch].placement(), waveform,
-                         patient=getattr(args, "patient", None), retitrate=_retitrate_hint(args, ch, waveform))
-        measured[ch] = dict(found.values)
-        notes += found.notes
-    resolved, held = program.resolve_noted(measured)
-    return resolved, (*notes, *held)
+    dosed, args.envelope, notes = program.dose(args.envelope, lambda ch, wave: _retitrate_hint(args, ch, wave))
+    return dosed, notes
 
 
 def _retitrate_hint(args: argparse.Namespace, channel: int, waveform: Any) -> str:
@@ -349,7 +418,7 @@ def _retitrate_hint(args: argparse.Namespace, channel: int, waveform: Any) -> st
         f"--program {args.program}" if getattr(args, "program", None) else
         f"--frequency {waveform.frequency_hz:g} --pulse-width {waveform.pulse_width_us:g}")
     who = f" --patient {args.patient}" if getattr(args, "patient", None) else ""
-    return f"titrate on it first: estim titrate{who} --channel {channel} {source} ..."
+    return f"titrate channel {channel} on {waveform} first: estim titrate{who} --channel {channel} {source} ..."
 
 
 PRESET_NAMES = ("peripheral_analgesia", "segmental_inhibition", "descending_modulation",
@@ -398,9 +467,10 @@ def unresolved_program(args: argparse.Namespace) -> Any:
         spec = NeedleSpec(diameter_mm=diameter, length_mm=length, inserted_mm=parse_needle(args).length_mm,
                           site_a=Site(region=placement.a.region, side=placement.a.side, point=placement.a.point),
                           site_b=Site(region=placement.b.region, side=placement.b.side, point=placement.b.point))
-        program = preset_program(args.preset, {args.channel: spec}, sensitivity(args), minutes)
+        profile = args.envelope.sensitivity or Sensitivity.TYPICAL
+        program = preset_program(args.preset, {args.channel: spec}, profile, minutes)
         if minutes is not None and program.duration_s < minutes * 60 - 1e-6:
-            raise Refusal("preset.minutes", f"{args.preset} for a {sensitivity(args).value} patient lasts at most "
+            raise Refusal("preset.minutes", f"{args.preset} for a {profile.value} patient lasts at most "
                           f"{program.duration_s / 60:g} minutes, not {minutes:g}: choose --minutes "
                           f"{program.duration_s / 60:g} or less", value=minutes, limit=program.duration_s / 60)
     return _capped(program, getattr(args, "max_amplitude", None), getattr(args, "ramp", None))
@@ -412,7 +482,7 @@ def program_from_args(args: argparse.Namespace) -> tuple[Any, tuple[str, ...]]:
     if not program.needed_thresholds and getattr(args, "thresholds", None) is not None:
         raise Refusal("usage.conflict", f"--thresholds is not used: {program.name!r} sets every intensity in mA",
                       value=str(args.thresholds), limit="a threshold-relative program or preset")
-    return dose_thresholds(args, program)
+    return dose(args, program)
 
 
 def _capped(program: Any, max_amplitude: float | None, ramp: float | None) -> Any:
@@ -437,7 +507,7 @@ def _capped(program: Any, max_amplitude: float | None, ramp: float | None) -> An
 def print_dose(args: argparse.Namespace, program: Any, notes: tuple[str, ...]) -> None:
     """Before anything starts: the preset in words, the sensitivity as applied, and every dose
     per channel with what held it down."""
-    from safety import describe_sensitivity
+    from safety import describe_sensitivity, stricter
 
     from ..waveforms import PRESETS, Mechanism
 
@@ -445,7 +515,8 @@ def print_dose(args: argparse.Namespace, program: Any, notes: tuple[str, ...]) -
         print(PRESETS[Mechanism(args.preset)].describe())
     rx = program.prescription
     caps = sorted(set(rx.max_amplitude_ma.values()))
-    print("sensitivity " + describe_sensitivity(rx.sensitivity, caps[-1], rx.ramp_rate_ma_per_s))
+    profile = stricter(rx.sensitivity, args.envelope.sensitivity)  # a program file never loosens the patient's
+    print("sensitivity " + describe_sensitivity(profile, caps[-1], rx.ramp_rate_ma_per_s))
     for i, seg in enumerate(program.segments, 1):
         part = f" (part {i}, {seg.duration_s / 60:g} min)" if len(program.segments) > 1 else ""
         for ch, spec in sorted(seg.channels.items()):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import EXIT_OK, EXIT_REFUSED, Parser
-from .options import add_preset_options, add_program_options, check_writable, program_from_args
+from .options import add_preset_options, add_program_options, check_writable, envelope, program_from_args
 
 EXAMPLES = """examples:
   estim preview programs/dense_disperse_2_100hz.toml --thresholds thresholds.json --out dd.png
@@ -45,6 +45,7 @@ def main(argv: list[str]) -> int:
 
     try:
         check_writable(args.out, "picture")
+        args.envelope = envelope(args)
         program, _notes = program_from_args(args)
         marks = threshold_lines(args.thresholds) if args.thresholds is not None else None
     except (ProgramError, SafetyError, OSError, ValueError) as exc:
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> int:
 
 def threshold_lines(path: Path) -> dict[int, dict[str, float | None]]:
     """The latest thresholds per channel in a titration file, drawn as lines on the picture."""
-    from ..waveforms.thresholds import load
+    from safety.thresholds import load
 
     latest: dict[int, dict[str, float | None]] = {}
     for t in sorted(load(path), key=lambda t: t.measured_at):

@@ -20,10 +20,10 @@ import time
 from safety import STANDARD
 
 from . import EXIT_DEVICE_FAULT, EXIT_OK, Parser, refused, stoppable, unreachable
-from .options import (add_program_options, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
-                      open_session, patient, print_dose, program_from_args, session_plan, session_notices)
-from .visit_context import (apply_last_dose, attach_visit, dose_request, keep_dose, keep_record,
-                            screening_verdict)
+from .options import (add_program_options, add_session_options, declare_hint, fixed_waveform_setup, latched_at_start,
+                      open_record, open_session, preflight, print_dose, program_from_args, session_plan,
+                      session_notices)
+from .visit_context import apply_last_dose, attach_visit, dose_request, keep_dose, keep_record
 
 MAX_SESSION_MIN = STANDARD.max_session_minutes  # the standard's limit on one session
 DEFAULTS = {"max_amplitude": 10.0, "ramp": 1.0, "shape": "biphasic"}
@@ -154,15 +154,16 @@ def _run(args: argparse.Namespace) -> int:
             raise Refusal("session.too_long", f"a session of {total_min:.1f} minutes (ramps included) is longer "
                           f"than the {MAX_SESSION_MIN:g} minutes allowed: hold for at most {longest:.1f} minutes",
                           value=total_min, limit=MAX_SESSION_MIN)
-        setup = fixed_waveform_setup(args, {args.channel: args.sites}, min(MAX_SESSION_MIN, total_min + 0.5))
+        setup = fixed_waveform_setup(args, {args.channel: args.sites}, min(MAX_SESSION_MIN, total_min + 0.5),
+                                     args.envelope)
     except (SafetyError, ValueError) as exc:
         return refused(exc)
-    code = screening_verdict(args, setup[1])
+    code = preflight(setup.envelope, setup.placements)
     if code is not None:
         return code
     from safety import describe_sensitivity
 
-    print("sensitivity " + describe_sensitivity(setup[0].sensitivity, args.max_amplitude, args.ramp))
+    print("sensitivity " + describe_sensitivity(setup.prescription.sensitivity, args.max_amplitude, args.ramp))
     try:
         record = open_record(args.record, store=args.store)
     except (SafetyError, ValueError) as exc:
@@ -184,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _session(stim, setting, hold_s: float, args: argparse.Namespace) -> int:  # noqa: ANN001
     import firmware_host as fh
-    from safety import SafetyError, check_setting, output_summary
+    from safety import SafetyError, output_summary
 
     ident = stim.identity
     print(f"device: {ident.serial} firmware {ident.fw_major}.{ident.fw_minor}, {ident.channels} channels, "
@@ -193,10 +194,10 @@ def _session(stim, setting, hold_s: float, args: argparse.Namespace) -> int:  # 
     if latched is not None:
         return latched
     ch = setting.channel
-    verdict = check_setting(setting, stim.interlock.limits(ch))
-    if verdict.refusals:
-        return refused(verdict.refusals[0])
-    for text in verdict.warnings:
+    refusals, warnings = stim.interlock.verdict(setting)
+    if refusals:
+        return refused(refusals[0])
+    for text in warnings:
         print(f"warning: {text}")
     ramp_rate = stim.interlock.limits(ch).ramp_ma_per_s
     ramp_s = setting.amplitude_ma / ramp_rate
@@ -271,7 +272,7 @@ def _run_program(args: argparse.Namespace) -> int:
     from ..waveforms import ProgramError
     from ..waveforms.check import check
     from ..waveforms.engine import run_program
-    from ..waveforms.thresholds import ThresholdError
+    from safety import ThresholdError
 
     try:
         program, notes = program_from_args(args)
@@ -280,7 +281,8 @@ def _run_program(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         return refused(ValueError(f"{args.program or args.preset}: {exc}"))
     print_dose(args, program, notes)
-    code = screening_verdict(args, {ch: n.placement() for ch, n in program.needles.items()})
+    code = preflight(args.envelope, {ch: n.placement() for ch, n in program.needles.items()},
+                     program.prescription.sensitivity)
     if code is not None:
         return code
     try:
@@ -302,19 +304,19 @@ def _run_program(args: argparse.Namespace) -> int:
             return unreachable(exc)
         try:
             limits = device_limits(link.identity)
-            verdict = check(program, limits, patient(args))
+            verdict = check(program, limits, args.envelope)
             if not verdict.ok:
                 print(verdict.table(), file=sys.stderr)
                 link.close()
                 return refused(ValueError(f"{program.name!r} breaks the rules above"))
-            stim = Stimulator(link, program.session_setup(limits, patient(args)), record=record)
+            stim = Stimulator(link, program.session_setup(limits, args.envelope), record=record)
         except SafetyError as exc:
             link.close()
-            return refused(exc)
+            return refused(declare_hint(exc))
         except BaseException:
             link.close()
             raise
-        session_notices(stim.identity)
+        session_notices(stim.identity, args.envelope)
         with stim:
             latched = latched_at_start(stim, args)
             if latched is not None:

@@ -32,8 +32,8 @@ from typing import Any
 
 from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, Parser, refused, stoppable
 from .options import (PRESET_NAMES, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
-                      open_session, parse_sites, session_plan)
-from .visit_context import attach_visit, keep_record, keep_thresholds, screening_verdict, store
+                      open_session, parse_sites, preflight, session_plan)
+from .visit_context import attach_visit, keep_record, keep_thresholds, store
 
 MARKS = {"s": "sensory", "m": "motor", "t": "tolerance"}
 STOP_KEY = "q"
@@ -105,12 +105,12 @@ def main(argv: list[str]) -> int:
     return stoppable(lambda: _titrate(args))
 
 
-def _waveform(args: argparse.Namespace) -> Any:
-    """The titration waveform, and with --program the channel's sites and needles from it."""
-    from safety import Shape
+def _waveforms(args: argparse.Namespace) -> tuple[Any, ...]:
+    """The waveforms to titrate on (each phase of a dense-disperse alternation in turn), and with
+    --program the channel's sites and needles from it."""
+    from safety import Shape, TitrationWaveform
 
     from ..waveforms import Program
-    from ..waveforms.thresholds import TitrationWaveform
     from .options import unresolved_program
 
     if args.program is not None:
@@ -122,17 +122,16 @@ def _waveform(args: argparse.Namespace) -> Any:
                                              for s in (needle.site_a, needle.site_b))
         args.inserted = args.inserted if args.inserted is not None else needle.inserted_mm
         args.needle = f"{needle.diameter_mm:g}x{needle.length_mm:g}"
-        return program.titration_waveform(args.channel)
+        return program.titration_waveforms(args.channel, relative_only=False)
     if args.preset is not None:
-        return unresolved_program(args).titration_waveform(args.channel)
-    return TitrationWaveform(Shape.BIPHASIC, args.frequency, args.pulse_width)
+        return unresolved_program(args).titration_waveforms(args.channel, relative_only=False)
+    return (TitrationWaveform(Shape.BIPHASIC, args.frequency, args.pulse_width),)
 
 
 def _titrate(args: argparse.Namespace) -> int:
-    from safety import ChannelSetting, SafetyError
+    from safety import SafetyError, ThresholdError
 
     from ..waveforms import ProgramError
-    from ..waveforms.thresholds import ThresholdError
     from .options import check_writable
 
     code = attach_visit(args)
@@ -141,22 +140,28 @@ def _titrate(args: argparse.Namespace) -> int:
     try:
         if args.out is not None:
             check_writable(args.out, "thresholds file")
-        wave = _waveform(args)
-        args.frequency, args.pulse_width = wave.frequency_hz, wave.pulse_width_us
-        setting = ChannelSetting(args.channel, wave.shape, wave.frequency_hz, wave.pulse_width_us, 0.0,
-                                 burst_pulses=wave.burst_pulses, burst_rate_hz=wave.burst_rate_hz)
+            if not _whose(args):
+                raise ValueError("the thresholds file must say whose thresholds they are: give --patient CODE, or "
+                                 "--subject CODE outside the visit store")
+        waves = _waveforms(args)
+        args.frequency, args.pulse_width = waves[0].frequency_hz, waves[0].pulse_width_us
+        args.envelope = args.envelope.titration(args.channel, waves)
         ramp_s = args.max_amplitude / args.ramp if args.ramp > 0 else float("inf")
         setup = fixed_waveform_setup(args, {args.channel: args.sites},
-                                     min(60.0, args.repeat * 2 * ramp_s / 60 + 1))
+                                     min(60.0, len(waves) * args.repeat * 2 * ramp_s / 60 + 1), args.envelope,
+                                     frequency_hz=(min(w.frequency_hz for w in waves), max(w.frequency_hz for w in waves)),
+                                     pulse_width_us=(min(w.pulse_width_us for w in waves),
+                                                     max(w.pulse_width_us for w in waves)))
     except (SafetyError, ProgramError, ThresholdError, OSError, ValueError) as exc:
         return refused(exc)
-    code = screening_verdict(args, setup[1])
+    code = preflight(setup.envelope, setup.placements)
     if code is not None:
         return code
-    previous = _previous(args, setup[1][args.channel], wave)
+    previous = {wave: _previous(args, setup.placements[args.channel], wave) for wave in waves}
 
     record = open_record(args.record, store=args.store)
-    record.append("session_plan", session_plan(args, titration=True, waveform=wave.as_dict(), aim=args.aim))
+    record.append("session_plan", session_plan(args, titration=True, waveform=waves[0].as_dict(),
+                                               waveforms=[w.as_dict() for w in waves], aim=args.aim))
     print(f"record: {record.path}", file=sys.stderr)
     keep_record(args, record)
     stim = open_session(args, setup, record)
@@ -164,16 +169,21 @@ def _titrate(args: argparse.Namespace) -> int:
         return stim
     try:
         with stim:
-            return _session(stim, setting, wave, args, previous)
+            return _session(stim, waves, args, previous)
     finally:
         record.close()
+
+
+def _whose(args: argparse.Namespace) -> str | None:
+    """Whose thresholds these are: the patient's code, or the person's code outside the store."""
+    return getattr(args, "patient", None) or getattr(args, "subject", None) or args.envelope.who or None
 
 
 def _previous(args: argparse.Namespace, placement: Any, wave: Any) -> Any:
     """Last time's thresholds on this channel, sites and waveform, shown before the ramp starts."""
     if getattr(args, "visit", None) is None:
         return None
-    from ..waveforms.thresholds import for_dose
+    from safety.thresholds import for_dose
 
     with store(args) as visits:
         earlier = [t for t in visits.thresholds(args.patient) if t.measured_at < args.visit.started_at]
@@ -181,58 +191,66 @@ def _previous(args: argparse.Namespace, placement: Any, wave: Any) -> Any:
         found = for_dose(earlier, args.channel, placement, wave, now=max((t.measured_at for t in earlier),
                                                                          default=None))
     except ValueError:
-        print("no earlier thresholds on this channel, these sites and this waveform: starting fresh", file=sys.stderr)
+        print(f"no earlier thresholds on this channel, these sites and {wave}: starting fresh", file=sys.stderr)
         return None
     last = max(earlier, key=lambda t: t.measured_at)
-    print(f"last time ({last.measured_at.astimezone():%Y-%m-%d}): " +
+    print(f"last time on {wave} ({last.measured_at.astimezone():%Y-%m-%d}): " +
           ", ".join(f"{k} {v:g} mA" for k, v in found.values.items()), file=sys.stderr)
     return found.values
 
 
-def _session(stim, setting, wave, args: argparse.Namespace, previous) -> int:  # noqa: ANN001
-    from safety import describe_sensitivity
+def _session(stim, waves, args: argparse.Namespace, previous) -> int:  # noqa: ANN001
+    from safety import ChannelSetting, describe_sensitivity
 
-    ch = setting.channel
+    ch = args.channel
     latched = latched_at_start(stim, args)
     if latched is not None:
         return latched
     limits = stim.interlock.limits(ch)
     rx = stim.interlock.setup.prescription
     top = "strong but comfortable" if args.aim == "comfortable" else "no longer comfortable"
-    print(f"titrating channel {ch} on {wave}: from 0 to at most {limits.max_amplitude_ma:g} mA at "
-          f"{limits.ramp_ma_per_s:g} mA/s (sensitivity {describe_sensitivity(rx.sensitivity, args.max_amplitude, args.ramp)})",
-          file=sys.stderr)
-    print(f"keys: s = first felt, m = twitch visible, t = {top} (drops to 0), q = STOP, any other key = e-stop",
-          file=sys.stderr)
-    runs: list[dict[str, float | None]] = []
+    print(f"titrating channel {ch} at {limits.ramp_ma_per_s:g} mA/s (sensitivity "
+          f"{describe_sensitivity(rx.sensitivity, args.max_amplitude, args.ramp)})", file=sys.stderr)
+    print(f"keys: s = first felt, {'m = contraction' if any(w.frequency_hz >= 20 for w in waves) else 'm = twitch visible'}"
+          f", t = {top} (drops to 0), q = STOP, any other key = e-stop", file=sys.stderr)
+    results: list[tuple[Any, dict[str, float | None], int]] = []
     try:
         with _keys() as read_key:
-            for n in range(1, args.repeat + 1):
-                if args.repeat > 1:
-                    print(f"\nramp {n} of {args.repeat}", file=sys.stderr)
-                runs.append(_one_ramp(stim, setting, limits, read_key))
+            for i, wave in enumerate(waves, 1):
+                setting = ChannelSetting(ch, wave.shape, wave.frequency_hz, wave.pulse_width_us, 0.0,
+                                         burst_pulses=wave.burst_pulses, burst_rate_hz=wave.burst_rate_hz)
+                highest, stopper = stim.interlock.highest_allowed(setting)
+                part = f" (waveform {i} of {len(waves)})" if len(waves) > 1 else ""
+                print(f"\non {wave}{part}: from 0 to at most {highest:g} mA"
+                      + (f" (above it: {stopper})" if stopper is not None else ""), file=sys.stderr)
+                runs: list[dict[str, float | None]] = []
+                for n in range(1, args.repeat + 1):
+                    if args.repeat > 1:
+                        print(f"ramp {n} of {args.repeat}", file=sys.stderr)
+                    runs.append(_one_ramp(stim, setting, highest, stopper, read_key))
+                    if stim.tripped or runs[-1]["tolerance"] is None:
+                        break
+                results.append((wave, _keep_marks(stim, ch, wave, runs, args), len(runs)))
                 if stim.tripped:
                     break
     except Stopped as stop:
         if stop.estop:
             print(f"\nstopped: {stop} — output off (e-stop)", file=sys.stderr)
-            _keep_marks(stim, ch, wave, runs, args)
             return EXIT_INTERRUPTED
         stim.safe_off()
-        _keep_marks(stim, ch, wave, runs, args)
-        print(f"\nstopped: {stop} — output off; the titration is over and --out was not written", file=sys.stderr)
+        print(f"\nstopped: {stop} — output off; the titration is over and nothing was kept", file=sys.stderr)
         return EXIT_DEVICE_FAULT
     if not stim.tripped:
         stim.safe_off()
     if stim.tripped:
-        _keep_marks(stim, ch, wave, runs, args)
         print(f"\nstopped: {stim.tripped}", file=sys.stderr)
         return EXIT_DEVICE_FAULT
-    return _finish(stim, ch, wave, runs, args, previous)
+    return _finish(ch, results, args, previous)
 
 
-def _one_ramp(stim, setting, limits, read_key) -> dict[str, float | None]:  # noqa: ANN001
-    """Ramp from 0 until the top mark (or the cap); the current is back at 0 mA on return."""
+def _one_ramp(stim, setting, highest: float, stopper, read_key) -> dict[str, float | None]:  # noqa: ANN001
+    """Ramp from 0 until the top mark, or to the highest the rules allow (`highest`, stopped there
+    by `stopper`); the current is back at 0 mA on return."""
     import firmware_host as fh
     from safety import SafetyError
 
@@ -243,11 +261,14 @@ def _one_ramp(stim, setting, limits, read_key) -> dict[str, float | None]:  # no
 
     def ramp_up() -> None:
         try:
-            stim.ramp(ch, limits.max_amplitude_ma, cancel=cancel, on_step=_progress)
+            stim.ramp(ch, highest, cancel=cancel, on_step=_progress)
         except (SafetyError, fh.EstimError) as exc:
             failure.append(exc)
 
-    if stim.setting(ch) is None:
+    current = stim.setting(ch)
+    if current is None or not current.same_waveform(setting):
+        if current is not None and current.amplitude_ua:
+            stim.set_amplitude(ch, 0.0)
         stim.apply(setting)
     if ch not in stim.enabled():
         stim.enable(ch)
@@ -256,7 +277,8 @@ def _one_ramp(stim, setting, limits, read_key) -> dict[str, float | None]:  # no
     try:
         while marks["tolerance"] is None and not stim.tripped and not failure:
             if not worker.is_alive():
-                print(f"\nreached the cap {limits.max_amplitude_ma:g} mA without a top mark", file=sys.stderr)
+                why = f": {stopper}" if stopper is not None else " (the cap of this titration)"
+                print(f"\nstopped rising at {highest:g} mA without a top mark{why}", file=sys.stderr)
                 break
             key = read_key(POLL_S)
             if key is None:
@@ -267,15 +289,17 @@ def _one_ramp(stim, setting, limits, read_key) -> dict[str, float | None]:  # no
                     raise Stopped("STOP", estop=False)
                 stim.estop(f"operator stop during titration (key {key!r})")
                 raise Stopped(f"key {key!r}" if key else "end of input", estop=True)
-            current = stim.setting(ch)
-            marks[name] = current.amplitude_ma if current else 0.0
+            applied = stim.setting(ch)
+            marks[name] = applied.amplitude_ma if applied else 0.0
             stim.record.append("threshold_mark", {"channel": ch, "kind": name, "amplitude_ma": marks[name]})
             print(f"\n{name}: {marks[name]:g} mA", file=sys.stderr)
     finally:
         cancel.set()
         worker.join()
         if not stim.tripped:
-            stim.set_amplitude(ch, 0.0)      # at the top, at STOP or at the cap: down at once
+            stim.set_amplitude(ch, 0.0)      # at the top, at STOP or at the highest allowed: down at once
+    if failure and not stim.tripped:
+        print(f"\nthe ramp stopped: {failure[0]}", file=sys.stderr)
     return marks
 
 
@@ -288,7 +312,7 @@ def _average(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
 
 
 def _keep_marks(stim, ch: int, wave, runs, args: argparse.Namespace) -> dict[str, float | None]:  # noqa: ANN001
-    """The (averaged) marks go to the record always, whatever ended the titration."""
+    """The (averaged) marks of one waveform go to the record always, whatever ended the titration."""
     marks = _average(runs) if runs else {name: None for name in MARKS.values()}
     stim.record.append("thresholds", {"channel": ch, "frequency_hz": wave.frequency_hz,
                                       "pulse_width_us": wave.pulse_width_us, "waveform": wave.as_dict(),
@@ -296,32 +320,44 @@ def _keep_marks(stim, ch: int, wave, runs, args: argparse.Namespace) -> dict[str
     return marks
 
 
-def _finish(stim, ch: int, wave, runs, args: argparse.Namespace, previous) -> int:  # noqa: ANN001
-    """A finished titration: bound thresholds into the visit and --out, how they changed."""
-    from ..waveforms.thresholds import ChannelThresholds, ThresholdError, save
+def _finish(ch: int, results, args: argparse.Namespace, previous) -> int:  # noqa: ANN001
+    """Thresholds with a top mark are bound and kept (visit, --out); a waveform without one is
+    said, and the titration exits 2 (nothing of that waveform is kept)."""
+    from safety import ChannelThresholds, ThresholdError
+    from safety.thresholds import save
 
-    marks = _keep_marks(stim, ch, wave, runs, args)
-    try:
-        thresholds = ChannelThresholds(ch, parse_sites(args.sites), wave, datetime.now(timezone.utc),
-                                       marks["sensory"], marks["motor"], marks["tolerance"],
-                                       getattr(args, "patient", None), len(runs))
-    except ThresholdError as exc:
-        print(f"\nrefused: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    keep_thresholds(args, thresholds)
-    if args.out is not None:
-        save(args.out, [thresholds])
-    if args.json:
-        print(json.dumps({"channel": ch, **{k: marks[k] for k in MARKS.values()}}))
-    else:
-        print(f"channel {ch} thresholds: " + ", ".join(
+    kept, missing = [], []
+    for wave, marks, repeats in results:
+        if marks["tolerance"] is None:
+            missing.append(wave)
+            continue
+        try:
+            kept.append(ChannelThresholds(ch, parse_sites(args.sites), wave, datetime.now(timezone.utc),
+                                          marks["sensory"], marks["motor"], marks["tolerance"], _whose(args), repeats))
+        except ThresholdError as exc:
+            print(f"\nrefused: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        print(f"channel {ch} on {wave}: " + ", ".join(
             f"{name} {'-' if value is None else f'{value:g} mA'}" for name, value in marks.items()))
-    if args.aim == "comfortable" and marks["tolerance"] is not None:
+        before = previous.get(wave)
+        if before:
+            print("since last time: " + ", ".join(_change(k, before.get(k), marks[k]) for k in MARKS.values()
+                                                   if before.get(k) is not None and marks[k] is not None),
+                  file=sys.stderr)
+    for thresholds in kept:
+        keep_thresholds(args, thresholds)
+    if args.out is not None and kept:
+        save(args.out, kept)
+    if args.json:
+        print(json.dumps({"channel": ch, "thresholds": [t.as_dict() for t in kept],
+                          "without_top_mark": [w.as_dict() for w in missing]}))
+    if args.aim == "comfortable" and kept:
         print("the top mark is strong but comfortable: doses stay below it", file=sys.stderr)
-    if previous:
-        print("since last time: " + ", ".join(_change(k, previous.get(k), marks[k]) for k in MARKS.values()
-                                               if previous.get(k) is not None and marks[k] is not None),
-              file=sys.stderr)
+    if missing:
+        print("\nno top mark on " + " and ".join(map(str, missing)) + ": no thresholds were kept for it. Titrate "
+              "again (the patient marks the top with t), or lower what the rules limit (a shorter phase, a deeper "
+              "insertion) if the ramp stopped below the top; output off.", file=sys.stderr)
+        return EXIT_REFUSED
     print("\ntitration complete: output off.", file=sys.stderr)
     return EXIT_OK
 

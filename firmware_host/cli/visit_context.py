@@ -7,7 +7,6 @@ Every function here prints in plain words and returns an exit code when it refus
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,25 @@ def store(args: argparse.Namespace) -> Any:
 
 
 def attach_visit(args: argparse.Namespace) -> int | None:
-    """With --patient: today's open visit into `args.visit`, or the exit code of a refusal.
-    Without it, `args.visit` is None and the screening flags speak for the patient."""
+    """Who is connected, into `args.envelope` (see `options.envelope`); with --patient, today's
+    open visit into `args.visit` first. Returns the exit code of a refusal, else None."""
     args.visit = None
-    if not getattr(args, "patient", None):
-        return None
+    from safety import SafetyError, ThresholdError
+
+    from .options import envelope
+
+    if getattr(args, "patient", None):
+        code = _open_visit(args)
+        if code is not None:
+            return code
+    try:
+        args.envelope = envelope(args)
+    except (SafetyError, ThresholdError) as exc:
+        return refused(exc)
+    return None
+
+
+def _open_visit(args: argparse.Namespace) -> int | None:
     from ..visits import StoreError
 
     if getattr(args, "implanted_device", False) or getattr(args, "pregnant", False):
@@ -49,22 +62,6 @@ def attach_visit(args: argparse.Namespace) -> int | None:
                                   f"`estim visit start {args.patient} ...`"))
     args.visit = visit
     return None
-
-
-def screening_verdict(args: argparse.Namespace, placements: Mapping[int, Any]) -> int | None:
-    """Today's screening against today's sites: warnings printed, a refusal's exit code returned."""
-    if getattr(args, "visit", None) is None:
-        return None
-    from safety import screen
-
-    from .options import sensitivity
-
-    verdict = screen(args.visit.screening, placements, sensitivity(args))
-    for warning in verdict.warnings:
-        print(f"caution: {warning}", file=sys.stderr)
-    for extra in verdict.refusals[1:]:
-        print(f"refused: {extra}", file=sys.stderr)
-    return refused(verdict.refusals[0]) if verdict.refusals else None
 
 
 def keep_thresholds(args: argparse.Namespace, thresholds: Any) -> None:

@@ -48,7 +48,12 @@ class ChannelControl:
         self.stim = stim
         self.channel = waveform.channel
         self.waveform = waveform.with_amplitude(0)
-        self.cap_ma = stim.interlock.limits(self.channel).max_amplitude_ma
+        # the most this waveform may reach here: the prescription's cap, every static rule and the
+        # patient's envelope (their ceiling from today's thresholds), as the interlock will judge
+        self.cap_ma, above = stim.interlock.highest_allowed(self.waveform)
+        self.cap_why = "the prescription's cap" if above is None else ("this patient's ceiling" if
+                                                                         above.rule.startswith("envelope.") else
+                                                                         "the most the safety rules allow here")
         self.target_ma = 0.0
         self.errors: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._cancel = threading.Event()
@@ -204,14 +209,20 @@ class ConsoleApp(App[None]):
 
     def _info(self) -> str:
         rx = self.stim.interlock.setup.prescription
-        patient = self.stim.interlock.setup.patient
+        envelope = self.stim.interlock.setup.envelope
         caps = ", ".join(f"ch{ch} ≤ {self.controls[ch].cap_ma:g} mA" for ch in self.order)
-        flags = [name for name, on in (("implanted device", patient.implanted_device),
-                                       ("pregnant", patient.pregnant)) if on]
-        return (f"prescription: {caps}; ramp {self.stim.interlock.limits(self.order[0]).ramp_ma_per_s:g} mA/s; "
+        flags = [name for name, on in (("implanted device", envelope.patient.implanted_device),
+                                       ("pregnant", envelope.patient.pregnant)) if on]
+        measured = [f"ch{t.channel} {t.waveform}: " + ", ".join(
+            f"{k} {v:g}" for k in ("sensory", "motor", "tolerance") if (v := t.value(k)) is not None) + " mA"
+            for t in envelope.thresholds if t.channel in self.controls]
+        return (f"connected: {envelope.describe()}\n"
+                f"limits: {caps}; ramp {self.stim.interlock.limits(self.order[0]).ramp_ma_per_s:g} mA/s; "
                 f"{rx.frequency_hz[0]:g}-{rx.frequency_hz[1]:g} Hz; {rx.pulse_width_us[0]:g}-{rx.pulse_width_us[1]:g} µs; "
                 f"{rx.max_session_minutes:g} min\n"
-                f"patient sensitivity: {rx.sensitivity.value}" + (f"; {', '.join(flags)}" if flags else "")
+                + (f"today's thresholds: {'; '.join(measured)}\n" if measured else "")
+                + f"patient sensitivity: {self.stim.interlock.sensitivity.value}"
+                + (f"; {', '.join(flags)}" if flags else "")
                 + f"   operator: {self.operator or '-'}   step {self.settings.step_ma:g} mA")
 
     # --- actions --------------------------------------------------------------------
@@ -282,15 +293,15 @@ class ConsoleApp(App[None]):
             self._say(f"patient: too strong on channel {control.channel}: lowered to {to:g} mA")
 
     def action_cant_feel(self) -> None:
-        """The patient cannot feel it: offer one raise, never past the prescription's cap."""
+        """The patient cannot feel it: offer one raise, never past the channel's cap."""
         control = self.controls[self.selected]
         current = max(control.target_ma, control.applied_ma)
         proposed = round(min(current + self.settings.offer_step_ma, control.cap_ma), 3)
         if proposed <= current:
             self.offer = None
             self._note("patient_feedback", {"channel": control.channel, "feedback": "can't feel it",
-                                            "outcome": f"at the prescription's cap {control.cap_ma:g} mA"})
-            self._say(f"patient: can't feel channel {control.channel}, but it is at the prescription's cap "
+                                            "outcome": f"at {control.cap_why} {control.cap_ma:g} mA"})
+            self._say(f"patient: can't feel channel {control.channel}, but it is at {control.cap_why} "
                       f"({control.cap_ma:g} mA). Check the needle placement.")
         else:
             self.offer = (control.channel, proposed)
@@ -364,7 +375,7 @@ class ConsoleApp(App[None]):
         if verb is not None:
             self._note("intensity", {"channel": control.channel, "action": verb, "target_ma": to})
             if to >= control.cap_ma and verb == "raise":
-                self._say(f"channel {control.channel}: at the prescription's cap ({control.cap_ma:g} mA)")
+                self._say(f"channel {control.channel}: at {control.cap_why} ({control.cap_ma:g} mA)")
         self._refresh()
         return to
 

@@ -44,4 +44,4 @@ def _open_sim(url: str) -> Transport:
     except ValueError as exc:
         raise TransportError(f"{url}: {exc}") from exc
     sock, stop, _device = start_in_process(config)
-    return SocketTransport(url, sock, on_close=stop)
+    return SocketTransport(url, sock, on_close=stop, simulated=True)

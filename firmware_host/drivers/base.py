@@ -15,6 +15,8 @@ class Transport(abc.ABC):
     """
 
     url: str
+    simulated: bool = False
+    """True only for the built-in simulated device in this process: nobody can be connected to it."""
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -81,6 +81,7 @@ class FaultyTransport(Transport):
                  from_device: FaultPlan | None = None, seed: int = 0) -> None:
         super().__init__(f"faulty+{inner.url}")
         self.inner = inner
+        self.simulated = inner.simulated
         self._tx = _Direction(to_device or FaultPlan(), random.Random(seed))
         self._rx = _Direction(from_device or FaultPlan(), random.Random(seed + 1))
         self._tx_lock = threading.Lock()

@@ -13,8 +13,10 @@ from .base import Transport
 class SocketTransport(Transport):
     """One end of a connected socket; `on_close` releases whatever serves the other end."""
 
-    def __init__(self, url: str, sock: socket.socket, on_close: Callable[[], None] | None = None) -> None:
+    def __init__(self, url: str, sock: socket.socket, on_close: Callable[[], None] | None = None,
+                 simulated: bool = False) -> None:
         super().__init__(url)
+        self.simulated = simulated
         self._sock = sock
         self._on_close = on_close
 

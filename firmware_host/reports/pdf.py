@@ -71,7 +71,7 @@ def _text_page(fig: Any, blocks: list[tuple[str, list[str]]], top: float = 0.96,
 
 def _page_one(s: Session, verdict: Any, visit: Any) -> list[tuple[str, list[str]]]:
     plan, setup = s.plan, s.setup
-    patient = setup.get("patient") or {}
+    patient = (setup.get("envelope") or {}).get("patient") or {}
     rx = setup.get("prescription") or {}
     blocks = [
         ("Needle e-stim session report", [

@@ -34,8 +34,8 @@ Choices where ICD.md is silent (each is also noted where it is implemented):
   and command (OUTPUT cleared enable bits); detail `mask` = the channels turned off.
 - Disabling a channel with OUTPUT leaves its amplitude register unchanged, so enabling it
   again needs an amplitude of 0 first (zero start). TELEMETRY reports the register.
-- Before any SET_CHANNEL a channel is BIPHASIC, asym 1, 0 mHz, 0 µs, 0 µA: it delivers
-  nothing even when enabled.
+- Before any SET_CHANNEL (and, in v2, after every HELLO) every register is 0 (shape 0 is
+  BIPHASIC; asym 0, 0 mHz, 0 µs, 0 µA, ICD §3): the channel delivers nothing even when enabled.
 - Pulse duration is phase + interphase + phase × asym_ratio for the biphasic shapes and
   phase alone for MONOPHASIC. A burst fits when (burst_pulses − 1) periods plus one pulse
   fit in 1 / burst_rate; burst_rate_mhz is checked only when burst_pulses ≥ 2.
@@ -108,7 +108,7 @@ class _Channel:
 
     load_ohm: int
     shape: int = Shape.BIPHASIC
-    asym_ratio: int = 1
+    asym_ratio: int = 0      # power-on: every register 0 (ICD §3); 0 reads as "not set"
     burst_pulses: int = 0
     frequency_mhz: int = 0
     burst_rate_mhz: int = 0
@@ -381,7 +381,7 @@ class SimulatedDevice:
         self._safe_state(now, "hello")
         if self.config.protocol_version >= 2:  # v2: no setting survives into the next session
             for ch in self._channels:
-                ch.shape, ch.asym_ratio, ch.burst_pulses = Shape.BIPHASIC, 1, 0  # power-on values
+                ch.shape, ch.asym_ratio, ch.burst_pulses = Shape.BIPHASIC, 0, 0  # power-on values: all zero
                 ch.frequency_mhz = ch.burst_rate_mhz = ch.phase_us = ch.interphase_us = 0
         self._session_version = min(hello.protocol_version, self.config.protocol_version)
         self._in_session = True

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from safety.placement import ChannelPlacement
 from safety.screening import Question, Screening
 
-from ..waveforms.thresholds import MAX_AGE, ChannelThresholds, TitrationWaveform, site_from_key, site_key
+from safety.thresholds import MAX_AGE, ChannelThresholds, TitrationWaveform, site_from_key, site_key
 from .models import (DoseRow, OutcomeRow, PatientRow, PlanRow, RecordHeadRow, ScreeningRow, ThresholdRow,
                      VisitRecordRow, VisitRow)
 

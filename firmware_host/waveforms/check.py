@@ -3,7 +3,8 @@
 The interlock judges one setting at a time while the session runs; a program that breaks
 a rule at minute 40 would then stop at minute 40. `check` runs the interlock's own rules
 (`safety.rules.evaluate_arrays`, the same code `check_setting` uses) once over every
-segment of every channel, plus placement, contraindications and session length, so a
+segment of every channel, the patient's envelope (the same `ChannelGuard` the interlock
+asks, once per distinct waveform), plus placement, screening and session length, so a
 clinician sees every problem, with its time and channel, before the session starts.
 `check_per_pulse` is the plain loop the vectorised form replaces; only the benchmark and
 the agreement test use it.
@@ -83,12 +84,14 @@ class CheckResult:
         return "\n".join([verdict, *lines]) if len(rows) > 1 else verdict
 
 
-def check(program: Program, device: safety.DeviceLimits, patient: safety.Patient | None = None,
+def check(program: Program, device: safety.DeviceLimits, envelope: safety.Envelope | None = None,
           update_period_s: float = UPDATE_PERIOD_S) -> CheckResult:
-    """Every violation and warning of the whole program, from NumPy over all segments at once."""
-    violations, limits = _session(program, device, patient)
+    """Every violation and warning of the whole program, from NumPy over all segments at once
+    (`envelope`: the person's, as `Program.dose` returns it; default: nobody declared)."""
+    setup = program.session_setup(device, envelope)
+    violations, cautions, limits = _session(program, setup)
     if limits is None:
-        return CheckResult(tuple(violations), ())
+        return CheckResult(tuple(violations), tuple(cautions))
     seg = _rows_for(program.to_arrays(update_period_s), limits)
     order = np.lexsort((seg.t_s, seg.channel))  # runs are consecutive rows of one channel
     seg = Segments(**{name: getattr(seg, name)[order] for name in Segments.__dataclass_fields__})
@@ -108,13 +111,14 @@ def check(program: Program, device: safety.DeviceLimits, patient: safety.Patient
                 for ch, t0, t1, value, _ in _runs(seg, verdict.warnings[SHANNON_WARN_KEY], verdict.metrics.shannon_k,
                                                   np.full(len(seg), k_warn), np.maximum)]
     violations += _rate_limited_increases(seg, limits)
-    return CheckResult(tuple(violations), tuple(warnings))
+    violations += _outside_envelope(seg, setup)
+    return CheckResult(tuple(violations), tuple(cautions + warnings))
 
 
-def check_per_pulse(program: Program, device: safety.DeviceLimits, patient: safety.Patient | None = None,
+def check_per_pulse(program: Program, device: safety.DeviceLimits, envelope: safety.Envelope | None = None,
                     update_period_s: float = UPDATE_PERIOD_S) -> CheckResult:
     """The same static verdict from a plain Python loop that checks every pulse on its own."""
-    violations, limits = _session(program, device, patient)
+    violations, _, limits = _session(program, program.session_setup(device, envelope))
     if limits is None:
         return CheckResult(tuple(violations), ())
     seg = _rows_for(program.to_arrays(update_period_s), limits)
@@ -131,21 +135,22 @@ def check_per_pulse(program: Program, device: safety.DeviceLimits, patient: safe
 # --- Session-wide rules ------------------------------------------------------------------
 
 
-def _session(program: Program, device: safety.DeviceLimits,
-             patient: safety.Patient | None) -> tuple[list[Finding], dict[int, EffectiveLimits] | None]:
-    """Placement, contraindications, per-channel limits and session length.
+def _session(program: Program, setup: safety.SessionSetup
+             ) -> tuple[list[Finding], list[Finding], dict[int, EffectiveLimits] | None]:
+    """Placement, screening, per-channel limits and session length, as the interlock judges
+    them at set-up (with the stricter of the program's and the patient's sensitivity).
 
-    Returns the findings and each channel's effective limits (None when the set-up
-    itself is refused, so there are no limits to judge settings by)."""
-    try:
-        setup = program.session_setup(device, patient)
-    except safety.Refusal as refusal:
-        return [_session_finding(refusal)], None
-    findings = [_session_finding(r) for r in safety.check_placement(setup.placements, setup.patient)]
+    Returns the findings, the screening's cautions and each channel's effective limits (None
+    when the set-up itself is refused, so there are no limits to judge settings by)."""
+    sensitivity = safety.stricter(setup.prescription.sensitivity, setup.envelope.sensitivity)
+    refusals, cautions = setup.envelope.setup_verdict(setup.placements, sensitivity)
+    findings = [_session_finding(r) for r in refusals]
+    caution_findings = [Finding("screening.caution", None, None, None, None, None, c) for c in cautions]
+    prescription = setup.prescription.model_copy(update={"sensitivity": sensitivity})
     limits: dict[int, EffectiveLimits] = {}
     for ch in setup.channels:
         try:
-            limits[ch] = effective_limits(setup.device, setup.prescription, ch, setup.needle(ch))
+            limits[ch] = effective_limits(setup.device, prescription, ch, setup.needle(ch))
         except safety.Refusal as refusal:
             findings.append(_session_finding(refusal))
     if limits:
@@ -154,7 +159,7 @@ def _session(program: Program, device: safety.DeviceLimits,
             findings.append(Finding("session.length", None, session_s, program.duration_s, program.duration_s,
                                     session_s, f"program lasts {program.duration_s:g} s; the session may last "
                                     f"{session_s:g} s (prescription and standard)"))
-    return findings, limits
+    return findings, caution_findings, limits
 
 
 def _session_finding(refusal: safety.Refusal) -> Finding:
@@ -226,6 +231,39 @@ def _rate_limited_increases(seg: Segments, limits: Mapping[int, EffectiveLimits]
                     f"rises {value:.3f} mA in one step where {limit:.3f} mA is allowed by the ramp rate: "
                     f"lengthen the ramp or lower the intensity")
             for c, t0, t1, value, limit in _runs(seg, steep, delta, allowed, np.maximum)]
+
+
+def _outside_envelope(seg: Segments, setup: safety.SessionSetup) -> list[Finding]:
+    """Rows the patient's envelope refuses: a waveform with no threshold measured on it, or an
+    amplitude above its ceiling. Judged once per distinct waveform of a channel, by the
+    interlock's own `ChannelGuard`, then over every row at once."""
+    columns = np.stack([seg.channel, seg.shape, seg.frequency_hz, seg.pulse_width_us, seg.burst_pulses,
+                        seg.burst_rate_hz], axis=1)
+    kinds, which = np.unique(columns, axis=0, return_inverse=True)
+    which = which.reshape(-1)  # NumPy 2 keeps the input's shape here
+    guards = {ch: safety.envelope.ChannelGuard(setup.envelope, setup.placements[ch]) for ch in setup.channels}
+    ceiling = np.full(len(kinds), np.inf)
+    refused: dict[int, safety.Refusal] = {}
+    for k, row in enumerate(kinds):
+        setting = seg.row(int(np.flatnonzero(which == k)[0])).channel_setting()
+        try:
+            found = guards[int(row[0])].ceiling(setting)
+        except safety.Refusal as refusal:
+            refused[k] = refusal
+            continue
+        if found is not None:
+            ceiling[k] = found.amplitude_ma
+    findings = []
+    for k, refusal in refused.items():
+        findings += [Finding(refusal.rule, c, t0, t1, refusal.value, refusal.limit, str(refusal))
+                     for c, t0, t1, _, _ in _runs(seg, which == k, seg.amplitude_ma,
+                                                  np.full(len(seg), np.nan), np.maximum)]
+    row_ceiling = ceiling[which]
+    over = seg.amplitude_ma > row_ceiling + 1e-9
+    findings += [Finding("envelope.ceiling", c, t0, t1, value, limit,
+                         f"{value:.4g} mA is above this patient's ceiling of {limit:.4g} mA on this waveform")
+                 for c, t0, t1, value, limit in _runs(seg, over, seg.amplitude_ma, row_ceiling, np.maximum)]
+    return findings
 
 
 def _scalar(x: Any) -> Any:

@@ -103,14 +103,16 @@ class Segments:
         return len(self.t_s)
 
     def rows(self) -> Iterator[TimedSetting]:
-        for i in range(len(self)):
-            yield TimedSetting(
-                float(self.t_s[i]), int(self.channel[i]), Shape(int(self.shape[i])),
-                float(self.frequency_hz[i]), float(self.pulse_width_us[i]),
-                float(self.amplitude_ma[i]), int(self.asym_ratio[i]),
-                float(self.interphase_us[i]), int(self.burst_pulses[i]),
-                float(self.burst_rate_hz[i]),
-            )
+        return (self.row(i) for i in range(len(self)))
+
+    def row(self, i: int) -> TimedSetting:
+        return TimedSetting(
+            float(self.t_s[i]), int(self.channel[i]), Shape(int(self.shape[i])),
+            float(self.frequency_hz[i]), float(self.pulse_width_us[i]),
+            float(self.amplitude_ma[i]), int(self.asym_ratio[i]),
+            float(self.interphase_us[i]), int(self.burst_pulses[i]),
+            float(self.burst_rate_hz[i]),
+        )
 
     @staticmethod
     def concatenate(parts: Iterable[Segments]) -> Segments:

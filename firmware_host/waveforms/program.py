@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from abc import abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from enum import StrEnum
 from itertools import chain
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import tomli_w
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainSerializer, Tag,
                       ValidationError, model_validator)
@@ -31,7 +30,9 @@ from safety.limits import Sensitivity
 from safety.placement import Region, Side
 from safety.settings import Shape
 
-from .thresholds import SENSORY_CEILING, TOLERANCE_CEILING, TitrationWaveform
+from safety.envelope import Envelope
+from safety.thresholds import ThresholdError, TitrationWaveform
+from .program_errors import Problem, ProgramError, FieldError, format_loc, line_text, problems_of
 from .patterns import (
     AmplitudeModulation, Continuous, DenseDisperse, FrequencySweep, Intermittent, Pattern,
     Ramp, Segments, Setting, Stepwise, TimedSetting, Waveform, merge,
@@ -41,43 +42,6 @@ Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Channel = Annotated[int, Field(ge=1, le=255)]
 AsymRatio = Annotated[int, Field(ge=1, le=255)]  # u8 on the wire
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a program, located as precisely as the source allows."""
-
-    source: str
-    line: int | None
-    field: str
-    value: Any
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.source}:{self.line}" if self.line else self.source
-        value = "(missing)" if self.value is _MISSING else repr(self.value)
-        return f"{where}: {self.field} = {value}: {self.message}"
-
-
-_MISSING = object()
-
-
-class ProgramError(ValueError):
-    """A program that cannot be loaded, resolved or run; `problems` lists each cause."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-class _FieldError(ValueError):
-    """Raised inside validators to report a problem at a field path relative to the model."""
-
-    def __init__(self, loc: tuple[str | int, ...], value: Any, message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
-        self.value = value
-        self.message = message
 
 
 class _Model(BaseModel):
@@ -141,7 +105,7 @@ class Needle(_Model):
     @model_validator(mode="after")
     def _inserted_fits(self) -> Needle:
         if self.inserted_mm > self.length_mm:
-            raise _FieldError(("inserted_mm",), self.inserted_mm,
+            raise FieldError(("inserted_mm",), self.inserted_mm,
                               f"deeper than the needle is long ({self.length_mm:g} mm)")
         return self
 
@@ -196,7 +160,7 @@ class IntermittentSpec(_Model):
     @model_validator(mode="after")
     def _ramps_fit(self) -> IntermittentSpec:
         if self.ramp_up_s + self.ramp_down_s > self.on_s:
-            raise _FieldError(("ramp_up_s",), self.ramp_up_s,
+            raise FieldError(("ramp_up_s",), self.ramp_up_s,
                               f"the ramps ({self.ramp_up_s:g} s up, {self.ramp_down_s:g} s down) are longer than "
                               f"the on-phase ({self.on_s:g} s)")
         return self
@@ -216,7 +180,7 @@ class SweepSpec(_Model):
     @model_validator(mode="after")
     def _ordered(self) -> SweepSpec:
         if self.high_hz <= self.low_hz:
-            raise _FieldError(("high_hz",), self.high_hz, f"must be above low_hz ({self.low_hz})")
+            raise FieldError(("high_hz",), self.high_hz, f"must be above low_hz ({self.low_hz})")
         return self
 
 
@@ -268,12 +232,13 @@ class _ChannelSpec(_Model):
     def _phases(self) -> list[tuple[float, float]]:
         """(frequency Hz, pulse width µs) of each carrier phase."""
 
-    def titration_waveform(self) -> TitrationWaveform:
-        """The waveform to titrate on for this spec's dose: its phase with the longest pulse width
-        (the one felt first at a given current, so thresholds from it keep every phase below them)."""
-        frequency, width = max(self._phases(), key=lambda fw: fw[1])
+    def titration_waveforms(self) -> tuple[TitrationWaveform, ...]:
+        """Every waveform this spec delivers (each phase of a dense-disperse alternation): a
+        threshold-relative dose needs thresholds measured on each, since the patient's envelope
+        judges every frame against a threshold on its own waveform."""
         burst = getattr(self, "burst_pulses", 0)
-        return TitrationWaveform(self.shape, frequency, width, burst, getattr(self, "burst_rate_hz", 0.0) if burst else 0.0)
+        rate = getattr(self, "burst_rate_hz", 0.0) if burst else 0.0
+        return tuple(dict.fromkeys(TitrationWaveform(self.shape, f, w, burst, rate) for f, w in self._phases()))
 
     def frequencies(self) -> list[float]:
         """Every pulse frequency this spec can set (sweeps stay between their ends)."""
@@ -352,7 +317,6 @@ class DenseDisperseSpec(_ChannelSpec):
 
 
 ChannelSpec = Annotated[ContinuousSpec | BurstSpec | DenseDisperseSpec, Field(discriminator="pattern")]
-PATTERN_KINDS = ("continuous", "burst", "dense_disperse")
 
 
 class Segment(_Model):
@@ -373,13 +337,13 @@ class Program(_Model):
     def _consistent(self) -> Program:
         channels = set(self.needles)
         if set(self.prescription.max_amplitude_ma) != channels:
-            raise _FieldError(
+            raise FieldError(
                 ("prescription", "max_amplitude_ma"), sorted(self.prescription.max_amplitude_ma),
                 f"must give a cap for exactly the needled channels {sorted(channels)}",
             )
         for i, seg in enumerate(self.segments):
             if set(seg.channels) != channels:
-                raise _FieldError(
+                raise FieldError(
                     ("segments", i, "channels"), sorted(seg.channels),
                     f"every segment must set exactly the needled channels {sorted(channels)}",
                 )
@@ -387,12 +351,12 @@ class Program(_Model):
                 cap = self.prescription.max_amplitude_ma[ch]
                 for path, value in spec.intensities():
                     if isinstance(value, float) and value > cap:
-                        raise _FieldError(
+                        raise FieldError(
                             ("segments", i, "channels", str(ch), *path), value,
                             f"exceeds prescription.max_amplitude_ma for channel {ch} ({cap} mA)",
                         )
         if self.duration_s > self.prescription.max_minutes * 60.0:
-            raise _FieldError(
+            raise FieldError(
                 ("segments",), [seg.duration_s for seg in self.segments],
                 f"durations total {self.duration_s:g} s, more than prescription.max_minutes "
                 f"({self.prescription.max_minutes:g} min)",
@@ -414,79 +378,71 @@ class Program(_Model):
             if isinstance(value, Relative)
         }
 
-    def titration_waveform(self, channel: int) -> TitrationWaveform:
-        """The one waveform this channel's thresholds must be measured on (ProgramError when its
-        threshold-relative doses use waveforms that no single titration covers)."""
-        waves = {spec.titration_waveform() for seg in self.segments for ch, spec in seg.channels.items()
-                 if ch == channel and any(isinstance(v, Relative) for _, v in spec.intensities())}
-        if len(waves) != 1:
-            raise ProgramError([Problem(f"program {self.name!r}", None, f"channel {channel}", sorted(map(str, waves)),
-                                        "threshold-relative doses on one channel must use one waveform "
-                                        "(titrate once per waveform: split the program)")])
-        return waves.pop()
+    def titration_waveforms(self, channel: int, relative_only: bool = True) -> tuple[TitrationWaveform, ...]:
+        """The waveforms this channel's thresholds must be measured on, in the order the program
+        uses them (empty when its intensities are all in mA); with `relative_only` False, every
+        waveform the channel delivers (what a titration for this program covers)."""
+        return tuple(dict.fromkeys(w for seg in self.segments for ch, spec in seg.channels.items()
+                                   if ch == channel and (not relative_only or any(
+                                       isinstance(v, Relative) for _, v in spec.intensities()))
+                                   for w in spec.titration_waveforms()))
 
-    def resolve(self, thresholds: Mapping[int, Mapping[str, float]]) -> Program:
-        """`resolve_noted` without the notes."""
-        return self.resolve_noted(thresholds)[0]
+    @property
+    def sensory_level(self) -> frozenset[int]:
+        """Channels dosed relative to the sensory threshold: each stays below a twitch."""
+        return frozenset(ch for ch, kind in self.needed_thresholds if kind is ThresholdKind.SENSORY)
 
-    def resolve_noted(self, thresholds: Mapping[int, Mapping[str, float]]) -> tuple[Program, tuple[str, ...]]:
-        """The same program with every relative intensity turned into mA (whole µA), and a
-        note for every intensity held down by a physiological ceiling.
+    def dose(self, envelope: Envelope,
+             retitrate: Callable[[int, TitrationWaveform], str] | None = None) -> tuple[Program, Envelope, tuple[str, ...]]:
+        """This program dosed for the person of `envelope`: every threshold-relative intensity
+        turned into mA (whole µA), the envelope the session must hold (sensory-level channels
+        marked, so the interlock keeps them below a twitch), and a note for every conversion
+        and every dose held down by the envelope's ceiling.
 
-        `thresholds[channel][kind]` is the measured threshold in mA. Ceilings: a dose relative
-        to the sensory threshold stays at or below 0.9 x motor (a sensory-level dose must not
-        twitch); every dose stays at or below 0.9 x tolerance. A dose with neither ceiling
-        measured is refused. Raises ProgramError naming each missing or invalid threshold; the
-        result is validated again, so an intensity above its prescription cap is refused too.
-        """
+        A relative intensity needs its threshold measured on each waveform of its pattern (both
+        phases of a dense-disperse alternation), on its channel and sites, usable now; the dose is
+        the lowest of multiple x threshold and the envelope's ceiling over those waveforms.
+        Raises ProgramError naming each missing threshold (`retitrate(channel, waveform)` says
+        how to measure it); the result is validated again, so a dose above the prescription's cap
+        is refused too."""
+        envelope = envelope.dosing(self.sensory_level)
         source = f"program {self.name!r}"
-        problems = []
-        for ch, kinds in thresholds.items():
-            for kind, value in kinds.items():
-                if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-                    problems.append(Problem(source, None, f"thresholds[{ch}].{kind}", value,
-                                            "must be a measured current above 0 mA"))
-            ordered = [(k, kinds[k]) for k in ThresholdKind if isinstance(kinds.get(k), (int, float))]
-            for (k1, v1), (k2, v2) in zip(ordered, ordered[1:]):
-                if v1 > v2:
-                    problems.append(Problem(source, None, f"thresholds[{ch}].{k1}", v1,
-                                            f"is above the {k2} threshold ({v2:g} mA): they rise first felt, "
-                                            "twitch, tolerance; titrate again"))
-        data = self.model_dump()
-        notes: list[str] = []
+        hint = retitrate or (lambda ch, wave: f"titrate channel {ch} on {wave} first")
+        problems, notes, data = [], [], self.model_dump()
         for i, seg in enumerate(self.segments):
             for ch, spec in seg.channels.items():
+                placement = self.needles[ch].placement()
                 for path, value in spec.intensities():
                     if not isinstance(value, Relative):
                         continue
-                    measured = thresholds.get(ch, {}).get(value.of)
-                    field = _format_loc(("segments", i, "channels", str(ch), *path))
-                    if measured is None:
-                        problems.append(Problem(
-                            source, None, field, value.model_dump(mode="json"),
-                            f"needs the {value.of} threshold of channel {ch}, which was not given",
-                        ))
-                        continue
-                    ceiling = _ceiling(thresholds.get(ch, {}), value.of)
-                    if ceiling is None:
-                        problems.append(Problem(
-                            source, None, field, value.model_dump(mode="json"),
-                            f"needs the {'motor threshold or ' if value.of is ThresholdKind.SENSORY else ''}"
-                            f"tolerance of channel {ch} to keep the dose below it: titrate to tolerance",
-                        ))
-                        continue
-                    wanted = round(value.multiple * float(measured), 3)
-                    dose = min(wanted, ceiling[0])
-                    if dose < wanted:
-                        notes.append(f"channel {ch}: {value.multiple:g} x {value.of} = {wanted:g} mA held at "
-                                     f"{dose:g} mA ({ceiling[1]})")
-                    target = data["segments"][i]["channels"][ch]
-                    for key in path[:-1]:
-                        target = target[key]
-                    target[path[-1]] = dose
+                    doses = []
+                    for wave in spec.titration_waveforms():
+                        try:
+                            found = envelope.thresholds_for(ch, placement, wave, hint(ch, wave))
+                            measured = found.values.get(value.of)
+                            if measured is None:
+                                raise ThresholdError(f"channel {ch} has no {value.of} threshold measured on {wave}: "
+                                                     f"{hint(ch, wave)}")
+                            ceiling = envelope.ceiling_for(ch, placement, wave)
+                        except (ThresholdError, safety.Refusal) as exc:
+                            problems.append(Problem(source, None, format_loc(("segments", i, "channels", str(ch), *path)),
+                                                    value.model_dump(mode="json"), str(exc)))
+                            continue
+                        notes += found.notes
+                        wanted = round(value.multiple * measured, 3)
+                        if ceiling is not None and ceiling.amplitude_ma < wanted:
+                            notes.append(f"channel {ch}: {value.multiple:g} x {value.of} {measured:g} mA = {wanted:g} "
+                                         f"mA held at {ceiling.amplitude_ma:g} mA ({ceiling.why})")
+                            wanted = ceiling.amplitude_ma
+                        doses.append(wanted)
+                    if len(doses) == len(spec.titration_waveforms()):
+                        target = data["segments"][i]["channels"][ch]
+                        for key in path[:-1]:
+                            target = target[key]
+                        target[path[-1]] = min(doses)
         if problems:
             raise ProgramError(problems)
-        return Program.from_data(data, source=f"{source} resolved"), tuple(dict.fromkeys(notes))
+        return Program.from_data(data, source=f"{source} dosed"), envelope, tuple(dict.fromkeys(notes))
 
     def _require_resolved(self) -> None:
         missing = self.needed_thresholds
@@ -494,7 +450,7 @@ class Program(_Model):
             needs = ", ".join(f"{kind} on channel {ch}" for ch, kind in sorted(missing))
             raise ProgramError([Problem(
                 f"program {self.name!r}", None, "intensity", "relative",
-                f"call resolve(thresholds) first; needs {needs}",
+                f"call dose(envelope) first; needs {needs}",
             )])
 
     def patterns(self) -> list[tuple[float, Segment, dict[int, Pattern]]]:
@@ -523,8 +479,9 @@ class Program(_Model):
                 parts.append(_shifted(part, start))
         return Segments.concatenate(parts)
 
-    def session_setup(self, device: safety.DeviceLimits, patient: safety.Patient | None = None) -> safety.SessionSetup:
-        """The interlock's view of this program: its prescription, needles and placements.
+    def session_setup(self, device: safety.DeviceLimits, envelope: Envelope | None = None) -> safety.SessionSetup:
+        """The interlock's view of this program: its prescription, needles and placements, with
+        the envelope of the person it is given to (`dose` returns the one to use).
 
         The session limit passed on is capped at the standard's; `check` compares the
         program's own length against the effective limit, so a longer program is reported.
@@ -546,7 +503,7 @@ class Program(_Model):
             prescription=prescription,
             placements={ch: n.placement() for ch, n in self.needles.items()},
             needles={ch: safety.Needle(n.diameter_mm, n.inserted_mm) for ch, n in self.needles.items()},
-            patient=patient or safety.Patient(),
+            envelope=envelope or Envelope.undeclared(),
         )
 
     # --- Files -------------------------------------------------------------------
@@ -557,7 +514,7 @@ class Program(_Model):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ProgramError(_problems(exc, source, text)) from None
+            raise ProgramError(problems_of(exc, source, text)) from None
 
     @classmethod
     def load(cls, path: str | Path) -> Program:
@@ -573,14 +530,14 @@ class Program(_Model):
                 data = json.loads(text, parse_constant=_json_constant)
             except (json.JSONDecodeError, ValueError) as exc:
                 line = getattr(exc, "lineno", None)
-                raise ProgramError([Problem(source, line, "(file)", _line_text(text, line), f"invalid JSON: {exc}")]) from None
+                raise ProgramError([Problem(source, line, "(file)", line_text(text, line), f"invalid JSON: {exc}")]) from None
             return cls.from_data(data, source, text)
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             match = re.search(r"line (\d+)", str(exc))
             line = int(match.group(1)) if match else None
-            raise ProgramError([Problem(source, line, "(file)", _line_text(text, line), f"invalid TOML: {exc}")]) from None
+            raise ProgramError([Problem(source, line, "(file)", line_text(text, line), f"invalid TOML: {exc}")]) from None
         return cls.from_data(data, source, text)
 
     def save(self, path: str | Path) -> None:
@@ -591,23 +548,6 @@ class Program(_Model):
             path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         else:
             path.write_text(tomli_w.dumps(_str_keys(data)), encoding="utf-8")
-
-
-def _ceiling(measured: Mapping[str, float], of: ThresholdKind) -> tuple[float, str] | None:
-    """The highest dose the thresholds allow, and why; None when the needed one is missing."""
-    candidates = []
-    if of is ThresholdKind.SENSORY and measured.get("motor"):
-        candidates.append((_floor_ua(SENSORY_CEILING * measured["motor"]),
-                           f"{SENSORY_CEILING:g} x motor threshold: a sensory-level dose stays below a twitch"))
-    if measured.get("tolerance"):
-        candidates.append((_floor_ua(TOLERANCE_CEILING * measured["tolerance"]),
-                           f"{TOLERANCE_CEILING:g} x tolerance: every dose stays below it"))
-    return min(candidates) if candidates else None
-
-
-def _floor_ua(ma: float) -> float:
-    """Down to whole µA, so a ceiling is never exceeded by rounding."""
-    return float(np.floor(ma * 1000 + 1e-9) / 1000)
 
 
 def _shifted(seg: Segments, offset_s: float) -> Segments:
@@ -628,101 +568,3 @@ def _str_keys(data: Any) -> Any:
     return data
 
 
-def _line_text(text: str, line: int | None) -> str | None:
-    lines = text.splitlines()
-    return lines[line - 1].strip() if line and 0 < line <= len(lines) else None
-
-
-# --- Error location ------------------------------------------------------------------
-
-
-def _format_loc(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(program)"
-
-
-def _problems(exc: ValidationError, source: str, text: str | None) -> list[Problem]:
-    lines = _toml_key_lines(text) if text is not None and not source.lower().endswith(".json") else {}
-    problems = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if p not in PATTERN_KINDS and p not in ("amount", "relative"))
-        value: Any = err.get("input", _MISSING)
-        message = err["msg"]
-        ctx = err.get("ctx") or {}
-        if isinstance(ctx.get("error"), _FieldError):
-            field_error: _FieldError = ctx["error"]
-            loc, value, message = (*loc, *field_error.loc), field_error.value, field_error.message
-        elif err["type"] == "missing":
-            value = _MISSING
-        elif err["type"] == "union_tag_invalid":
-            loc, value = (*loc, "pattern"), ctx.get("tag")
-            message = f"unknown pattern; expected one of {', '.join(PATTERN_KINDS)}"
-        elif err["type"] == "union_tag_not_found":
-            loc, value = (*loc, "pattern"), _MISSING
-            message = f"each channel needs a pattern: one of {', '.join(PATTERN_KINDS)}"
-        line = _find_line(loc, lines, text, source)
-        problems.append(Problem(source, line, _format_loc(loc), value, message))
-    return problems
-
-
-def _find_line(loc: tuple[str | int, ...], lines: dict[tuple[str, ...], int], text: str | None, source: str) -> int | None:
-    """The line of the deepest known key on the path (TOML), or of a unique key (JSON)."""
-    key = tuple(str(p) for p in loc)
-    for n in range(len(key), 0, -1):
-        if key[:n] in lines:
-            return lines[key[:n]]
-    if text is not None and key:
-        hits = [i for i, line in enumerate(text.splitlines(), 1) if f'"{key[-1]}"' in line]
-        if len(hits) == 1:
-            return hits[0]
-    return None
-
-
-_HEADER = re.compile(r"^\s*(\[\[?)\s*(.+?)\s*\]\]?\s*(?:#.*)?$")
-_ASSIGN = re.compile(r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'))*)\s*=(.*)$")
-_KEY_PART = re.compile(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_-]+)")
-_INLINE_KEY = re.compile(r"([A-Za-z0-9_-]+)\s*=")
-
-
-def _key_parts(dotted: str) -> list[str]:
-    return [a or b or c for a, b, c in _KEY_PART.findall(dotted)]
-
-
-def _toml_key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Map each key path (array-of-table entries indexed) to the line that defines it."""
-    lines: dict[tuple[str, ...], int] = {}
-    arrays: dict[tuple[str, ...], int] = {}
-    table: tuple[str, ...] = ()
-
-    def resolve(parts: list[str]) -> tuple[str, ...]:
-        path: tuple[str, ...] = ()
-        for part in parts:
-            path = (*path, part)
-            if path in arrays:
-                path = (*path, str(arrays[path]))
-        return path
-
-    for number, line in enumerate(text.splitlines(), 1):
-        header = _HEADER.match(line)
-        if header and not _ASSIGN.match(line):
-            parts = _key_parts(header.group(2))
-            if header.group(1) == "[[":
-                array = (*resolve(parts[:-1]), parts[-1])
-                arrays[array] = arrays.get(array, -1) + 1
-                lines.setdefault(array, number)
-                table = (*array, str(arrays[array]))
-            else:
-                table = resolve(parts)
-            lines[table] = number
-            continue
-        assign = _ASSIGN.match(line)
-        if assign:
-            path = (*table, *_key_parts(assign.group(1)))
-            lines[path] = number
-            rest = assign.group(2).strip()
-            if rest.startswith("{"):
-                for inner in _INLINE_KEY.findall(rest):
-                    lines.setdefault((*path, inner), number)
-    return lines

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from safety import (ChannelPlacement, ChannelSetting, DeviceLimits, Interlock, NeedleSite, Prescription, Region,
-                    SessionSetup, Shape, Side)
+from safety import (ChannelPlacement, ChannelSetting, DeviceLimits, Envelope, Interlock, NeedleSite, Prescription,
+                    Region, SessionSetup, Shape, Side)
 
 SIM_DEVICE = DeviceLimits(channels=4, max_amplitude_ma=30.0, max_phase_us=1000, min_frequency_hz=0.5,
                           max_frequency_hz=200.0, max_phase_charge_uc=20.0, max_step_ma=1.0,
@@ -14,8 +14,8 @@ SLOW_DEVICE = DeviceLimits(channels=4, max_amplitude_ma=30.0, max_phase_us=1000,
                            max_frequency_hz=200.0, max_phase_charge_uc=20.0, max_step_ma=1.0,
                            max_slew_ma_per_s=2.0, compliance_v=60.0)  # 0.8 x slew below every prescribed ramp
 PRESCRIPTION = Prescription(max_amplitude_ma=10.0, frequency_hz=(1.0, 100.0), pulse_width_us=(50.0, 500.0))
-ARM = ChannelPlacement(NeedleSite(Region.FOREARM, Side.LEFT), NeedleSite(Region.HAND, Side.LEFT))
-LEG = ChannelPlacement(NeedleSite(Region.THIGH, Side.RIGHT), NeedleSite(Region.LOWER_LEG, Side.RIGHT))
+LEFT_LEG = ChannelPlacement(NeedleSite(Region.LOWER_LEG, Side.LEFT), NeedleSite(Region.FOOT, Side.LEFT))
+RIGHT_LEG = ChannelPlacement(NeedleSite(Region.THIGH, Side.RIGHT), NeedleSite(Region.LOWER_LEG, Side.RIGHT))
 
 
 class FakeClock:
@@ -50,8 +50,10 @@ def setting(channel: int = 1, amplitude_ma: float = 0.0, **kw) -> ChannelSetting
 
 
 def make_setup(prescription: Prescription = PRESCRIPTION, **kw) -> SessionSetup:
+    if "patient" in kw:
+        kw["envelope"] = Envelope.undeclared(kw.pop("patient"))
     return SessionSetup(device=kw.pop("device", SIM_DEVICE), prescription=prescription,
-                        placements=kw.pop("placements", {1: ARM, 2: LEG}), **kw)
+                        placements=kw.pop("placements", {1: LEFT_LEG, 2: RIGHT_LEG}), **kw)
 
 
 def send(interlock: Interlock, approved):

@@ -309,6 +309,24 @@ def raised_to(il, clock, level_ma, **waveform):
         send(il, il.approve_set_channel(setting(1, level, **waveform)))
 
 
+def test_a_wider_phase_at_the_same_current_is_an_increase_in_threshold_multiples(clock):
+    """Issue 19: 10 mA at 50 µs could jump to 10 mA at 200 µs in one frame, below a session-wide
+    charge ceiling set on another waveform: 1.43 -> 4.0 x rheobase by the Weiss model. Judged in
+    strength it is a 6.4 mA rise at 200 µs: refused, with the amplitude the wider phase may start at."""
+    il = Interlock(make_setup(WIDE_RX, needles=BIG_NEEDLES), clock=clock)
+    raised_to(il, clock, 3.0, frequency_hz=2.0, pulse_width_us=960.0)   # a high charge ceiling first
+    send(il, il.approve_set_channel(setting(1, 0.0, frequency_hz=2.0, pulse_width_us=50.0)))
+    raised_to(il, clock, 10.0, frequency_hz=2.0, pulse_width_us=50.0)
+    clock.advance(10.0)
+    with pytest.raises(Refusal) as exc:
+        il.approve_set_channel(setting(1, 10.0, frequency_hz=2.0, pulse_width_us=200.0))
+    assert exc.value.rule == "dynamic.intensity_step" and exc.value.detail == "strength"
+    assert "strength" in str(exc.value) and "start this waveform at" in str(exc.value)
+    highest = il.highest_amplitude_now(setting(1, 10.0, frequency_hz=2.0, pulse_width_us=200.0))
+    assert 6.7 <= highest <= 6.72       # the strength already delivered (2.29, 5.71 mA at 200 µs) plus one 1 mA step
+    send(il, il.approve_set_channel(setting(1, highest, frequency_hz=2.0, pulse_width_us=200.0)))
+
+
 def test_a_waveform_change_that_raises_charge_or_rms_is_an_increase(clock):
     """At 3 mA, 2 Hz / 50 µs -> 200 Hz / 960 µs (19x the charge per phase, 44x the r.m.s.)
     was accepted in one step. It is an increase like ~3 mA: refused, with the way to ramp it."""
@@ -317,7 +335,7 @@ def test_a_waveform_change_that_raises_charge_or_rms_is_an_increase(clock):
     clock.advance(10.0)
     with pytest.raises(Refusal) as exc:
         il.approve_set_channel(setting(1, 3.0, frequency_hz=200.0, pulse_width_us=960.0))
-    assert exc.value.rule == "dynamic.intensity_step" and exc.value.detail in ("phase_charge", "rms_current")
+    assert exc.value.rule == "dynamic.intensity_step" and exc.value.detail in ("strength", "rms_current")
     assert "start this waveform at" in str(exc.value) and "ramp" in str(exc.value)
     highest = il.highest_amplitude_now(setting(1, 3.0, frequency_hz=200.0, pulse_width_us=960.0))
     assert 0 < highest < 1.1

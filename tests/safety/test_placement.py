@@ -3,6 +3,7 @@ import pytest
 from safety import ChannelPlacement, NeedleSite, Patient, Refusal, Region, Side, check_placement
 
 L, R, M = Side.LEFT, Side.RIGHT, Side.MIDLINE
+THORAX_RULES = {"placement.transthoracic", "placement.bridges_thorax"}
 
 
 def rules_for(a, b, patient=Patient()) -> set[str]:
@@ -14,13 +15,17 @@ def rules_for(a, b, patient=Patient()) -> set[str]:
     ((Region.FOREARM, L), (Region.HAND, L)),
     ((Region.THIGH, R), (Region.LOWER_LEG, R)),
     ((Region.LUMBOSACRAL, L), (Region.LUMBOSACRAL, R)),
-    ((Region.CHEST, R), (Region.CHEST, M)),
+    ((Region.CHEST, R), (Region.CHEST, R)),
     ((Region.NECK_BACK, L), (Region.NECK_BACK, L)),
     ((Region.HAND, R), (Region.UPPER_ARM, R)),
     ((Region.UPPER_BACK, R), (Region.SHOULDER, R)),
     ((Region.NECK_BACK, M), (Region.UPPER_BACK, M)),
     ((Region.THIGH, L), (Region.THIGH, R)),
     ((Region.ABDOMEN, L), (Region.ABDOMEN, R)),
+    ((Region.UPPER_BACK, L), (Region.UPPER_BACK, L)),      # paraspinal, behind the chest
+    ((Region.NECK_BACK, R), (Region.SHOULDER, R)),         # upper trapezius
+    ((Region.LUMBOSACRAL, L), (Region.BUTTOCK, L)),
+    ((Region.SACRAL, M), (Region.THIGH, R)),
 ])
 def test_allowed_pairs(a, b):
     assert rules_for(a, b) == set()
@@ -48,8 +53,8 @@ def test_left_right_bridge_across_thorax(region):
     ((Region.HAND, L), (Region.THIGH, L)),              # arm to leg runs through the trunk
 ])
 def test_transthoracic_paths_refused(a, b):
-    assert "placement.transthoracic" in rules_for(a, b)
-    assert "placement.transthoracic" in rules_for(b, a)
+    assert rules_for(a, b) & THORAX_RULES
+    assert rules_for(b, a) & THORAX_RULES
 
 
 def test_implanted_device_refuses_everything():
@@ -76,7 +81,8 @@ def test_refusal_names_channel_and_pair():
     [refusal] = [r for r in check_placement({2: ChannelPlacement(NeedleSite(Region.CHEST, L),
                                                                  NeedleSite(Region.UPPER_BACK, L))}, Patient())]
     assert refusal.channel == 2
-    assert str(refusal) == "pair left chest <-> left upper back makes a current path across the heart on channel 2"
+    assert str(refusal).startswith("pair left chest <-> left upper back makes a current path that may cross the "
+                                   "chest (the heart) on channel 2: needle pairs stay within one arm")
 
 
 # --- the paths the first rule set let through --------------------------------------------
@@ -87,13 +93,12 @@ def test_refusal_names_channel_and_pair():
     ((Region.CHEST, M), (Region.SHOULDER, L)),
 ])
 def test_no_current_path_from_the_sternum_to_the_left_chest(a, b):
-    assert "placement.transthoracic" in rules_for(a, b)
-    assert "placement.transthoracic" in rules_for(b, a)
+    assert rules_for(a, b) & THORAX_RULES and rules_for(b, a) & THORAX_RULES
 
 
 @pytest.mark.parametrize("arm", [(Region.UPPER_ARM, R), (Region.FOREARM, L), (Region.HAND, R)])
 def test_no_current_path_from_either_arm_to_the_sternum(arm):
-    assert "placement.transthoracic" in rules_for(arm, (Region.CHEST, M))
+    assert rules_for(arm, (Region.CHEST, M)) & THORAX_RULES
 
 
 @pytest.mark.parametrize("side", [L, R])
@@ -116,8 +121,51 @@ def test_no_current_across_the_back_of_the_neck():
 def test_no_current_across_the_pelvis_in_pregnancy(a, b):
     assert "placement.pregnancy" in rules_for(a, b, Patient(pregnant=True))
     assert "placement.pregnancy" not in rules_for(a, b)                       # allowed when not pregnant
-    assert "placement.pregnancy" not in rules_for(a, (b[0], a[1]), Patient(pregnant=True))  # one side only
+    one_side = (b[0], a[1])
+    if not {a[0], b[0]} & {Region.BUTTOCK, Region.HIP}:     # buttocks and hips are refused on one side too
+        assert "placement.pregnancy" not in rules_for(a, one_side, Patient(pregnant=True))
 
 
 def test_site_names_read_plainly():
     assert str(NeedleSite(Region.LOWER_LEG, L, "SP6")) == "left lower leg (SP6)"
+
+
+# --- issue 19: an allow-list, across channels -----------------------------------------------
+
+
+@pytest.mark.parametrize("a,b", [
+    ((Region.HAND, L), (Region.ABDOMEN, L)),
+    ((Region.UPPER_ARM, R), (Region.SACRAL, M)),
+    ((Region.CHEST, L), (Region.LUMBOSACRAL, L)),
+    ((Region.CHEST, M), (Region.ABDOMEN, M)),              # sternum to abdomen
+    ((Region.HAND, L), (Region.NECK_BACK, R)),             # hand to the opposite back of the neck
+    ((Region.UPPER_BACK, R), (Region.ABDOMEN, R)),
+    ((Region.CHEST, L), (Region.CHEST, L)),                # over the heart, for everyone
+    ((Region.SHOULDER, L), (Region.CHEST, L)),
+    ((Region.NECK_BACK, L), (Region.CHEST, L)),
+    ((Region.CHEST, M), (Region.CHEST, R)),                # the sternum lies over the heart
+])
+def test_the_pairs_the_review_found_crossing_the_thorax_are_refused(a, b):
+    assert rules_for(a, b) & THORAX_RULES and rules_for(b, a) & THORAX_RULES
+
+
+def test_channels_that_run_together_count_as_pairs():
+    """One channel per hand ran together: current from one hand to the other crosses the chest."""
+    hands = {1: ChannelPlacement(NeedleSite(Region.HAND, L), NeedleSite(Region.FOREARM, L)),
+             2: ChannelPlacement(NeedleSite(Region.HAND, R), NeedleSite(Region.FOREARM, R))}
+    refusals = check_placement(hands, Patient())
+    assert refusals and {r.rule for r in refusals} == {"placement.between_channels"}
+    assert "between channels 1 and 2, which run together" in str(refusals[0])
+    legs = {1: ChannelPlacement(NeedleSite(Region.LOWER_LEG, L, "ST36"), NeedleSite(Region.LOWER_LEG, L, "SP6")),
+            2: ChannelPlacement(NeedleSite(Region.LOWER_LEG, R, "ST36"), NeedleSite(Region.LOWER_LEG, R, "SP6"))}
+    assert check_placement(legs, Patient()) == []
+    assert {r.rule for r in check_placement(legs, Patient(pregnant=True))} == {"placement.pregnancy",
+                                                                                "placement.between_channels"}
+
+
+@pytest.mark.parametrize("point", ["LI4", "SP6", "GB21", "BL60", "BL67"])
+def test_pregnancy_points_are_refused(point):
+    site = NeedleSite(Region.SHOULDER if point == "GB21" else Region.FOOT, L, point)
+    other = NeedleSite(Region.UPPER_ARM if point == "GB21" else Region.LOWER_LEG, L)
+    assert "placement.pregnancy" in {r.rule for r in check_placement({1: ChannelPlacement(site, other)},
+                                                                      Patient(pregnant=True))}

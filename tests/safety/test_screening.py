@@ -2,7 +2,7 @@
 
 import pytest
 
-from safety import ChannelPlacement, NeedleSite, Question, Region, Screening, Sensitivity, Side, screen
+from safety import check_placement, ChannelPlacement, NeedleSite, Question, Region, Screening, Sensitivity, Side, screen
 from safety.screening import QUESTIONS, REFERENCE
 
 L, R = Side.LEFT, Side.RIGHT
@@ -56,17 +56,19 @@ def test_heart_disease_keeps_needles_off_the_chest() -> None:
     assert screen(answers(Question.HEART_DISEASE), FOREARM).warnings
 
 
-@pytest.mark.parametrize("point", ["LI4", "li 4 hegu", "SP6 sanyinjiao", "SP-6"])
-def test_pregnancy_warns_at_li4_and_sp6(point: str) -> None:
-    placement = {1: ChannelPlacement(NeedleSite(Region.HAND, L, point), NeedleSite(Region.FOREARM, L))}
-    verdict = screen(answers(Question.PREGNANT), placement)
-    assert verdict.ok and any("avoided in pregnancy" in w for w in verdict.warnings)
-    assert not screen(answers(), placement).warnings
+@pytest.mark.parametrize("point", ["LI4", "li 4 hegu", "SP6 sanyinjiao", "SP-6", "GB21", "BL60", "bl 67"])
+def test_pregnancy_refuses_the_points_held_to_induce_labour(point: str) -> None:
+    """Issue 19: LI4/SP6 only got a caution, GB21, BL60 and BL67 nothing. The answer 'pregnant'
+    makes them placement refusals (`Screening.patient()` feeds the placement rules)."""
+    placement = {1: ChannelPlacement(NeedleSite(Region.LOWER_LEG, L, point), NeedleSite(Region.FOOT, L))}
+    pregnant = answers(Question.PREGNANT)
+    assert [r.rule for r in check_placement(placement, pregnant.patient())] == ["placement.pregnancy"]
+    assert not check_placement(placement, answers().patient())
 
 
-def test_pregnancy_does_not_warn_at_other_points() -> None:
+def test_pregnancy_does_not_refuse_other_points() -> None:
     placement = {1: ChannelPlacement(NeedleSite(Region.HAND, L, "LI42"), NeedleSite(Region.FOREARM, L, "SP60"))}
-    assert not screen(answers(Question.PREGNANT), placement).warnings
+    assert not check_placement(placement, answers(Question.PREGNANT).patient())
 
 
 def test_reduced_sensation_is_a_precaution_not_a_stronger_dose() -> None:

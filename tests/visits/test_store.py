@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, inspect
 from firmware_host.sim.process import child_env
 from firmware_host.visits import Outcome, Plan, RecordHeadError, StoreError, VisitStore
 from firmware_host.visits.models import Base
-from firmware_host.waveforms.thresholds import ChannelThresholds, TitrationWaveform
+from safety.thresholds import ChannelThresholds, TitrationWaveform
 from safety import ChannelPlacement, NeedleSite, Question, Region, Screening, Shape, Side
 
 pytestmark = pytest.mark.timeout(60)
@@ -134,7 +134,7 @@ WRITER = textwrap.dedent("""
     import sys
     from datetime import datetime, timezone
     from firmware_host.visits import Outcome, Plan, VisitStore
-    from firmware_host.waveforms.thresholds import ChannelThresholds, TitrationWaveform
+    from safety.thresholds import ChannelThresholds, TitrationWaveform
     from safety import ChannelPlacement, NeedleSite, Region, Screening, Shape, Side
     url, host, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     site = NeedleSite(Region.FOREARM, Side.LEFT)

@@ -13,7 +13,7 @@ import pytest
 
 from firmware_host.sim.process import child_env
 from firmware_host.cli.options import parse_sites
-from firmware_host.waveforms.thresholds import ChannelThresholds, TitrationWaveform, load, save
+from safety.thresholds import ChannelThresholds, TitrationWaveform, load, save
 from safety import Shape
 from support import titrate_with_keys
 
@@ -35,7 +35,8 @@ def entries(record: Path) -> list[dict]:
 
 
 def titrate(record: Path, keys: list[tuple[str, int]], *extra: str) -> subprocess.CompletedProcess[str]:
-    return titrate_with_keys([sys.executable, "-m", "firmware_host", "titrate", *SITES, *WAVE, *extra], record, keys)
+    return titrate_with_keys([sys.executable, "-m", "firmware_host", "titrate", *SITES, *WAVE, "--subject", "P001", *extra],
+                             record, keys)
 
 
 def set_channel_ua(record: Path) -> list[tuple[str, int]]:

@@ -10,7 +10,8 @@ import pytest
 from firmware_host.waveforms import Program
 from firmware_host.waveforms.check import check, check_per_pulse
 from waveforms.waveform_programs import SIM_DEVICE, dense_disperse_spec, program
-from safety import Patient
+from safety import Envelope, Patient
+from support import envelope_for, measured
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("path", sorted((ROOT / "programs").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_programs_pass(path: Path) -> None:
     loaded = Program.load(path)
-    resolved = loaded.resolve({ch: {k: 4.0 for k in ("sensory", "motor", "tolerance")} for ch in loaded.needles})
-    assert check(resolved, SIM_DEVICE).ok
+    resolved, envelope, _ = loaded.dose(envelope_for(loaded, {"sensory": 2.0, "motor": 3.0, "tolerance": 5.0}))
+    assert check(resolved, SIM_DEVICE, envelope).ok
 
 
 def found(result, rule: str) -> list[tuple[int | None, float | None]]:
@@ -50,7 +51,7 @@ def test_session_longer_than_the_standard_and_placement_and_contraindication() -
     long = program(70.0, {1: dense_disperse_spec()}, max_minutes=90.0)
     assert found(check(long, SIM_DEVICE), "session.length") == [(None, 3600.0)]
     neck = program(1.0, {1: dense_disperse_spec()}, sites={1: ("neck_front", "upper_back", "midline")})
-    result = check(neck, SIM_DEVICE, Patient(implanted_device=True))
+    result = check(neck, SIM_DEVICE, Envelope.undeclared(Patient(implanted_device=True)))
     assert found(result, "placement.implanted_device") == [(None, None)]
     assert found(result, "placement.head_neck") == [(1, None)]
 
@@ -86,3 +87,18 @@ def test_result_renders_as_table_and_json() -> None:
         "rule": "prescription.frequency_max", "channel": 2, "t_s": 3.0, "t_end_s": 6.0, "value": 150.0,
         "limit": 100.0, "message": data["violations"][0]["message"],
     }
+
+
+def test_the_patients_envelope_is_checked_over_the_whole_program() -> None:
+    """A program in mA meets the same envelope as the interlock: above the ceiling of today's
+    thresholds (0.9 x tolerance 4 mA = 3.6 mA) from the step that crosses it, and on a waveform
+    nobody titrated (the dense phase here) from its first frame."""
+    stepping = program(2.0, {1: dense_disperse_spec(3.0, step={"step_ma": 1.0, "every_s": 60.0, "cap": 4.0})})
+    only_disperse = [t for t in measured(stepping, {"sensory": 1.0, "motor": 2.0, "tolerance": 4.0})
+                     if t.waveform.frequency_hz == 2]
+    result = check(stepping, SIM_DEVICE, Envelope.undeclared(thresholds=only_disperse, who="P001"))
+    assert found(result, "envelope.no_threshold")[0] == (1, 3.0)          # the first dense phase
+    assert (1, 60.0) in found(result, "envelope.ceiling")                  # 4 mA > 3.6 mA from the step on
+    assert (1, 0.0) not in found(result, "envelope.ceiling")
+    both = check(stepping, SIM_DEVICE, envelope_for(stepping, {"sensory": 1.0, "motor": 2.0, "tolerance": 4.0}))
+    assert found(both, "envelope.no_threshold") == [] and found(both, "envelope.ceiling")[0] == (1, 60.0)

@@ -16,10 +16,12 @@ from firmware_host.waveforms import (
 )
 from firmware_host.waveforms.check import check
 from firmware_host.waveforms.presets import CAP_MA
-from firmware_host.waveforms.thresholds import SENSORY_CEILING, TOLERANCE_CEILING
+from safety.envelope import SENSORY_CEILING, TOLERANCE_CEILING
 from safety import SENSITIVITY_FACTORS, effective_limits
 
 from firmware_host.sim import SimConfig
+from safety import ThresholdError
+from support import envelope_for
 from firmware_host.units import device_limits
 
 SIM_DEVICE = device_limits(SimConfig().identity())
@@ -34,6 +36,11 @@ ORDER = (Sensitivity.HYPERSENSITIVE, Sensitivity.TYPICAL, Sensitivity.HYPOSENSIT
 PROMISES = re.compile(r"\b(will (cure|fix|heal|relieve|remove|eliminate|stop)|guarantee|cures?|proven|"
                       r"so it can be|retrained)\b", re.I)
 THRESHOLDS = {"sensory": 1.5, "motor": 2.5, "tolerance": 4.0}
+
+
+def dosed(program: Program, values: dict = THRESHOLDS):
+    """(program in mA, its envelope, notes) for thresholds `values` on every channel and waveform."""
+    return program.dose(envelope_for(program, values))
 
 
 def test_every_clinical_target_has_a_preset() -> None:
@@ -85,17 +92,17 @@ def test_preset_programs_need_their_threshold_then_pass_check(mechanism: Mechani
         next(program.settings(1.0))
     program.save(tmp_path / "p.toml")
     assert Program.load(tmp_path / "p.toml") == program
-    resolved = program.resolve({ch: THRESHOLDS for ch in NEEDLES})
+    resolved, envelope, _ = dosed(program)
     seg = resolved.to_arrays(0.1)
     assert seg.amplitude_ma[seg.t_s == 0.0].tolist() == [0.0, 0.0]  # ramps in from zero
-    verdict = check(resolved, SIM_DEVICE)
+    verdict = check(resolved, SIM_DEVICE, envelope)
     assert verdict.ok, verdict.table()       # delivered as written: no rate-limited rises either
 
 
 def test_sensory_level_doses_stay_below_the_motor_threshold() -> None:
     """The issue's example: segmental, hyposensitive, 1.5 / 2.5 / 4 mA would be 3.75 mA at 100 Hz."""
     program = preset_program(Mechanism.SEGMENTAL_INHIBITION, NEEDLES, "hyposensitive")
-    resolved, notes = program.resolve_noted({1: THRESHOLDS, 2: THRESHOLDS})
+    resolved, _, notes = dosed(program)
     assert resolved.segments[0].channels[1].intensity == pytest.approx(SENSORY_CEILING * 2.5)
     assert notes and "held at 2.25 mA" in notes[0] and "below a twitch" in notes[0]
 
@@ -103,15 +110,15 @@ def test_sensory_level_doses_stay_below_the_motor_threshold() -> None:
 def test_every_dose_stays_below_tolerance() -> None:
     program = preset_program(Mechanism.NEUROMUSCULAR_REEDUCATION, NEEDLES, "hyposensitive")
     close = {"sensory": 1.0, "motor": 3.0, "tolerance": 3.3}     # 1.25 x motor = 3.75 > tolerance
-    resolved, notes = program.resolve_noted({1: close, 2: close})
+    resolved, _, notes = dosed(program, close)
     assert resolved.segments[0].channels[1].intensity == pytest.approx(TOLERANCE_CEILING * 3.3)
     assert "tolerance" in notes[0]
 
 
 def test_a_dose_without_a_ceiling_measured_is_refused() -> None:
     program = preset_program(Mechanism.PERIPHERAL_ANALGESIA, NEEDLES, "typical")
-    with pytest.raises(ProgramError, match="motor threshold or tolerance"):
-        program.resolve({1: {"sensory": 1.0}, 2: {"sensory": 1.0}})
+    with pytest.raises(ProgramError, match="no motor threshold or tolerance measured"):
+        dosed(program, {"sensory": 1.0})
 
 
 @pytest.mark.parametrize("bad", [{"sensory": 0.0, "motor": 2.0, "tolerance": 4.0},
@@ -119,8 +126,8 @@ def test_a_dose_without_a_ceiling_measured_is_refused() -> None:
                                  {"sensory": 1.0, "motor": 5.0, "tolerance": 4.0}])
 def test_thresholds_out_of_order_or_zero_are_refused(bad: dict) -> None:
     program = preset_program(Mechanism.PERIPHERAL_ANALGESIA, NEEDLES, "typical")
-    with pytest.raises(ProgramError):
-        program.resolve({1: bad, 2: THRESHOLDS})
+    with pytest.raises(ThresholdError):
+        dosed(program, {1: bad, 2: THRESHOLDS})
 
 
 @settings(max_examples=60, deadline=None)
@@ -130,7 +137,7 @@ def test_resolved_doses_never_pass_the_ceilings(sensory, motor_ratio, tolerance_
     measured = {"sensory": sensory, "motor": sensory * motor_ratio, "tolerance": sensory * motor_ratio * tolerance_ratio}
     preset = PRESETS[mechanism]
     try:
-        resolved = preset.program(NEEDLES, sensitivity).resolve({1: measured, 2: measured})
+        resolved = dosed(preset.program(NEEDLES, sensitivity), measured)[0]
     except ProgramError as exc:          # above the preset's cap: refused, never clipped silently
         assert "exceeds prescription.max_amplitude_ma" in str(exc)
         return
@@ -148,7 +155,7 @@ def test_neuromuscular_on_phases_reach_their_target() -> None:
     assert 30 <= spec.frequency_hz <= 50
     on = spec.intermittent
     assert 1 <= on.ramp_up_s <= 2 and 3 <= on.off_s / on.on_s <= 5
-    resolved = preset.program(NEEDLES, Sensitivity.TYPICAL).resolve({1: THRESHOLDS, 2: THRESHOLDS})
+    resolved, envelope, _ = dosed(preset.program(NEEDLES, Sensitivity.TYPICAL))
     seg = resolved.to_arrays(0.1)
     mine = seg.channel == 1
     target = resolved.segments[0].channels[1].intensity
@@ -157,7 +164,7 @@ def test_neuromuscular_on_phases_reach_their_target() -> None:
         t0 = k * cycle
         during = mine & (seg.t_s >= t0 + on.ramp_up_s) & (seg.t_s < t0 + on.on_s - on.ramp_down_s)
         assert np.all(seg.amplitude_ma[during] == pytest.approx(target, abs=1e-3))
-    assert check(resolved, SIM_DEVICE).ok
+    assert check(resolved, SIM_DEVICE, envelope).ok
 
 
 def test_hypersensitive_profile_drops_stepwise_escalation() -> None:

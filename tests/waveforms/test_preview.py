@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from support import envelope_for
+
 from waveforms.waveform_programs import program as one_segment_program
 from firmware_host.waveforms import Program
 
@@ -16,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_preview_writes_a_png(tmp_path: Path) -> None:
-    program = Program.load(ROOT / "programs" / "dense_disperse_2_100hz.toml").resolve({ch: {"tolerance": 5.0} for ch in (1, 2, 3, 4)})
+    loaded = Program.load(ROOT / "programs" / "dense_disperse_2_100hz.toml")
+    program = loaded.dose(envelope_for(loaded, {"tolerance": 5.0}))[0]
     out = preview(program, tmp_path / "dd.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from safety import ThresholdError
+from support import envelope_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,8 +52,12 @@ def test_example_programs_load() -> None:
         assert program.duration_s <= program.prescription.max_minutes * 60
 
 
+def dosed(program: Program, values: dict) -> Program:
+    return program.dose(envelope_for(program, values))[0]
+
+
 def test_dense_disperse_example_runs_once_resolved() -> None:
-    program = Program.load(DENSE_DISPERSE).resolve({ch: {"tolerance": 6.0} for ch in (1, 2, 3, 4)})
+    program = dosed(Program.load(DENSE_DISPERSE), {"tolerance": 6.0})
     seg = program.to_arrays(0.1)
     assert isinstance(seg, Segments) and set(seg.channel.tolist()) == {1, 2, 3, 4}
     ch1 = seg.channel == 1
@@ -64,7 +71,7 @@ def test_dense_disperse_example_runs_once_resolved() -> None:
 
 def test_relative_program_refuses_to_produce_settings_until_resolved() -> None:
     program = Program.load(ROOT / "programs" / "low_rate_2hz.toml")
-    with pytest.raises(ProgramError, match=r"resolve\(thresholds\).*sensory on channel 1"):
+    with pytest.raises(ProgramError, match=r"dose\(envelope\).*sensory on channel 1"):
         next(program.settings(0.1))
     with pytest.raises(ProgramError, match="sensory"):
         program.to_arrays(0.1)
@@ -73,9 +80,9 @@ def test_relative_program_refuses_to_produce_settings_until_resolved() -> None:
 def test_resolve_names_each_missing_threshold() -> None:
     program = Program.load(ROOT / "programs" / "low_rate_2hz.toml")
     with pytest.raises(ProgramError) as err:
-        program.resolve({1: {"sensory": 2.0, "motor": 3.0}, 2: {"motor": 5.0}})
+        dosed(program, {1: {"sensory": 2.0, "motor": 3.0}, 2: {"motor": 5.0}})
     assert "segments[0].channels.2.intensity" in str(err.value)
-    assert "needs the sensory threshold of channel 2" in str(err.value)
+    assert "channel 2 has no sensory threshold measured on 2 Hz, 300 µs" in str(err.value)
     assert "channels.1" not in str(err.value)
 
 
@@ -86,9 +93,11 @@ def test_resolve_multiplies_the_measured_threshold() -> None:
         "step": {"step_ma": 0.5, "every_s": 60.0, "cap": {"multiple": 2.0, "of": "motor"}},
     }))
     assert program.needed_thresholds == {(1, "sensory"), (1, "motor")}
-    resolved = program.resolve({1: {"sensory": 2.0, "motor": 3.5, "tolerance": 8.0}})
+    resolved, envelope, notes = program.dose(envelope_for(program, {"sensory": 2.0, "motor": 3.5, "tolerance": 8.0}))
     spec = resolved.segments[0].channels[1]
-    assert (spec.intensity, spec.step.cap) == (3.0, 7.0)   # below 0.9 x motor = 3.15 and 0.9 x tolerance
+    # a channel dosed at a sensory level stays below 0.9 x motor = 3.15 everywhere, the step's cap too
+    assert (spec.intensity, spec.step.cap) == (3.0, 3.15)
+    assert envelope.sensory_level == {1} and any("held at 3.15 mA" in n for n in notes)
     assert resolved.needed_thresholds == set()
     assert next(resolved.settings(1.0)).amplitude_ma == 3.0
 
@@ -98,8 +107,8 @@ def test_resolve_refuses_invalid_thresholds(bad: float) -> None:
     program = Program.from_data(minimal(channel={
         "pattern": "continuous", "frequency_hz": 2.0, "pulse_width_us": 300.0, "intensity": {"multiple": 1.5, "of": "sensory"},
     }))
-    with pytest.raises(ProgramError, match=r"thresholds\[1\]\.sensory"):
-        program.resolve({1: {"sensory": bad}})
+    with pytest.raises(ThresholdError, match=r"sensory threshold on channel 1 .*must be above 0 mA"):
+        dosed(program, {"sensory": bad})
 
 
 def test_resolve_refuses_an_intensity_above_the_prescription_cap() -> None:
@@ -107,7 +116,7 @@ def test_resolve_refuses_an_intensity_above_the_prescription_cap() -> None:
         "pattern": "continuous", "frequency_hz": 2.0, "pulse_width_us": 300.0, "intensity": {"multiple": 2.0, "of": "motor"},
     }))
     with pytest.raises(ProgramError, match=r"channels\.1\.intensity = 10\.0: exceeds prescription\.max_amplitude_ma"):
-        program.resolve({1: {"motor": 5.0, "tolerance": 12.0}})
+        dosed(program, {"motor": 5.0, "tolerance": 12.0})
 
 
 intensities = st.one_of(

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_host.waveforms.thresholds import (ChannelThresholds, ThresholdError, TitrationWaveform, convert_width,
+from safety.thresholds import (ChannelThresholds, ThresholdError, TitrationWaveform, convert_width,
                                                 for_dose, load, save)
 from safety import ChannelPlacement, NeedleSite, Region, Shape, Side
 

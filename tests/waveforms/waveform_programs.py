@@ -10,8 +10,8 @@ from safety import DeviceLimits
 SIM_DEVICE = DeviceLimits(channels=4, max_amplitude_ma=30.0, max_phase_us=1000, min_frequency_hz=0.5,
                           max_frequency_hz=200.0, max_phase_charge_uc=20.0, max_step_ma=1.0,
                           max_slew_ma_per_s=4.0, compliance_v=60.0)
-SITES = {1: ("forearm", "hand", "left"), 2: ("forearm", "hand", "right"),
-         3: ("thigh", "lower_leg", "left"), 4: ("thigh", "lower_leg", "right")}
+SITES = {1: ("thigh", "lower_leg", "left"), 2: ("thigh", "lower_leg", "right"),  # channels run together:
+         3: ("lower_leg", "foot", "left"), 4: ("lower_leg", "foot", "right")}    # every pair stays in the legs
 
 
 def dense_disperse_spec(amplitude_ma: float = 1.0, dense_hz: float = 100.0, phase_s: float = 3.0, **extra: Any) -> dict:

@@ -1,10 +1,12 @@
-"""Thresholds bound to what they were measured on, and the rules for using them in a dose.
+"""Thresholds bound to what they were measured on, and the rules for using them.
 
 A threshold (first felt, visible twitch, most tolerated) belongs to one patient, one
 channel, its two needle sites, one waveform (shape, frequency, phase width, bursts) and one
-time. It is used for a dose only where all of these match. The one conversion allowed is
-between phase widths of the same waveform otherwise, by the Weiss strength–duration model
-I(w) = I_rheobase · (1 + c / w) with chronaxie c = 300 µs; with that model 0.75 × a tolerance
+time. It is used only where all of these match, and only within 12 hours after it was
+measured (never when it is dated in the future: rooms sharing a store may disagree on the
+time). The one conversion allowed is between phase widths of the same waveform otherwise,
+by the Weiss strength–duration model I(w) = I_rheobase · (1 + c / w) with chronaxie
+c = 300 µs (`convert_width`, the one place it is computed); with that model 0.75 × a tolerance
 measured at 200 µs is 1.25 × the tolerance at 600 µs (Geddes LA. Accuracy limitations of
 chronaxie values. IEEE Trans Biomed Eng. 2004;51(1):176-181). Every conversion is reported.
 """
@@ -21,15 +23,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from safety.placement import ChannelPlacement, NeedleSite, Region, Side
-from safety.settings import Shape
+from .placement import ChannelPlacement, NeedleSite, Region, Side
+from .settings import ChannelSetting, Shape
 
 KINDS = ("sensory", "motor", "tolerance")
 CHRONAXIE_US = 300.0
 MAX_CONVERSION_RATIO = 4.0       # convert between phase widths at most 4x apart
 MAX_AGE = timedelta(hours=12)    # thresholds from an earlier day guide titration, never a dose
-SENSORY_CEILING = 0.9            # a sensory-level dose stays at or below 0.9 x motor threshold
-TOLERANCE_CEILING = 0.9          # every dose stays at or below 0.9 x tolerance
 
 
 class ThresholdError(ValueError):
@@ -45,6 +45,13 @@ class TitrationWaveform:
     pulse_width_us: float
     burst_pulses: int = 0
     burst_rate_hz: float = 0.0
+
+    @classmethod
+    def of(cls, setting: ChannelSetting) -> TitrationWaveform:
+        """The waveform a setting delivers, as thresholds are bound to it (amplitude aside)."""
+        bursting = setting.bursting
+        return cls(setting.shape, setting.frequency_hz, setting.pulse_width_us,
+                   setting.burst_pulses if bursting else 0, setting.burst_rate_hz if bursting else 0.0)
 
     def same_except_width(self, other: TitrationWaveform) -> bool:
         return (self.shape, self.frequency_hz, self.burst_pulses, self.burst_rate_hz) == \
@@ -75,7 +82,7 @@ def site_from_key(text: str) -> NeedleSite:
     return NeedleSite(Region(region), Side(side), point[0] if point else None)
 
 
-def _same_sites(a: ChannelPlacement, b: ChannelPlacement) -> bool:
+def same_sites(a: ChannelPlacement, b: ChannelPlacement) -> bool:
     """The same two needle sites, in either order (points compared only where both name one)."""
     def key(s: NeedleSite) -> tuple[str, str]:
         return (s.region.value, s.side.value)
@@ -143,6 +150,13 @@ def convert_width(value_ma: float, from_us: float, to_us: float, chronaxie_us: f
     return value_ma * (1 + chronaxie_us / to_us) / (1 + chronaxie_us / from_us)
 
 
+def strength(amplitude_ma: float, width_us: float, chronaxie_us: float = CHRONAXIE_US) -> float:
+    """How strongly a pulse acts, by the same model: its amplitude as a multiple of the threshold
+    at its width, for a rheobase of 1 mA (A / (1 + c / w)). Equal strengths act alike whatever
+    the width: 10 mA at 50 µs is 1.43, at 200 µs 4.0."""
+    return amplitude_ma / (1 + chronaxie_us / width_us) if width_us > 0 else 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class DoseThresholds:
     """Thresholds ready for one channel's dose, with notes on how they were obtained."""
@@ -165,13 +179,13 @@ def for_dose(candidates: Iterable[ChannelThresholds], channel: int, placement: C
         if patient is not None and t.patient not in (None, patient):
             reasons.append(f"they belong to patient {t.patient}")
             continue
-        if not _same_sites(t.placement, placement):
+        if not same_sites(t.placement, placement):
             reasons.append(f"they were measured at {t.placement.a} / {t.placement.b}, "
                            f"not at {placement.a} / {placement.b}")
             continue
-        if now - t.measured_at > MAX_AGE:
-            reasons.append(f"they were measured {t.measured_at.astimezone():%Y-%m-%d %H:%M}, more than "
-                           f"{MAX_AGE.total_seconds() / 3600:g} hours ago")
+        stale = usability(t, now)
+        if stale:
+            reasons.append(stale)
             continue
         values = {k: v for k in KINDS if (v := t.value(k)) is not None}
         if t.waveform == waveform:
@@ -187,6 +201,18 @@ def for_dose(candidates: Iterable[ChannelThresholds], channel: int, placement: C
                 f"{CHRONAXIE_US:g} µs): " + ", ".join(f"{k} {values[k]:g} -> {converted[k]:g} mA" for k in converted),))
         reasons.append(f"they were measured on {t.waveform}, and this dose uses {waveform}")
     raise ThresholdError(f"the thresholds for channel {channel} cannot be used: {reasons[0]}; {retitrate}")
+
+
+def usability(t: ChannelThresholds, now: datetime) -> str | None:
+    """Why `t` cannot be used at `now` (None: it can): more than 12 hours old, or dated after
+    `now` (another computer's clock ahead of this one's: nothing says when it really was)."""
+    if t.measured_at > now:
+        return (f"they are dated {t.measured_at.astimezone():%Y-%m-%d %H:%M:%S}, later than this computer's "
+                f"time ({now.astimezone():%H:%M:%S}): check the clocks of the computers sharing the visit store")
+    if now - t.measured_at > MAX_AGE:
+        return (f"they were measured {t.measured_at.astimezone():%Y-%m-%d %H:%M}, more than "
+                f"{MAX_AGE.total_seconds() / 3600:g} hours ago")
+    return None
 
 
 # --- Files: written whole or not at all -------------------------------------------------------
@@ -220,8 +246,14 @@ def load(path: Path) -> list[ChannelThresholds]:
         raise ThresholdError(f"{path}: these thresholds are not bound to a channel, needle sites and waveform; "
                              "titrate again with `estim titrate ... --out FILE`")
     try:
-        return [ChannelThresholds.from_dict(d) for d in data["thresholds"]]
+        entries = [ChannelThresholds.from_dict(d) for d in data["thresholds"]]
     except ThresholdError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise ThresholdError(f"{path}: an entry is incomplete or invalid ({exc}); titrate again") from None
+    nameless = [t.channel for t in entries if not t.patient]
+    if nameless:
+        raise ThresholdError(f"{path}: the thresholds of channel {nameless[0]} name no patient, so nothing says "
+                             "whose they are: titrate again naming the person (--patient CODE, or --subject CODE "
+                             "outside the visit store)")
+    return entries
