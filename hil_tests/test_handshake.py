@@ -75,6 +75,7 @@ def test_bye_ends_a_session_latching_nothing(dut: DeviceUnderTest) -> None:
         after = _registers(again, 0)
         assert (after.amplitude_ua, after.frequency_mhz, after.phase_us) == (0, 0, 0), \
             "v2 HELLO returns every register to zero"
-        assert (after.shape, after.burst_pulses, after.interphase_us, after.burst_rate_mhz) == (0, 0, 0, 0)
+        assert (after.shape, after.asym_ratio, after.burst_pulses, after.interphase_us, after.burst_rate_mhz) == \
+            (0, 0, 0, 0, 0), "v2 HELLO returns every register to zero (asym_ratio 0 reads as not set)"
     finally:
         again.close()

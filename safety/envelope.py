@@ -87,6 +87,10 @@ class Envelope:
     titrating: Mapping[int, tuple[TitrationWaveform, ...]] = field(default_factory=lambda: MappingProxyType({}))
     made_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
+    def __post_init__(self) -> None:
+        if self.sensitivity is not None:  # a profile given by name ("typical") is the profile
+            object.__setattr__(self, "sensitivity", Sensitivity(self.sensitivity))
+
     # --- the ways to make one --------------------------------------------------------------
 
     @classmethod

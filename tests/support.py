@@ -9,9 +9,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from firmware_host import icd
+from firmware_host.drivers.base import Transport
 from safety import ChannelPlacement, Envelope, NeedleSite, Prescription, Region, Side
 
 REPO = Path(__file__).resolve().parents[1]
+OUTPUT_CHANGING = frozenset({icd.MsgType.SET_CHANNEL, icd.MsgType.OUTPUT, icd.MsgType.CLEAR_FAULT,
+                             icd.MsgType.SIM_CONTROL})
 BENCH = Envelope.test_load("test suite: a simulated device behind a real byte path")
 """What the tests declare on any device but the built-in `sim://`: nobody is connected."""
 DECLARED = ("--research-protocol", "test-suite", "--subject", "P001")
@@ -52,6 +56,33 @@ def write_thresholds(path: Path, program, sensory: float = 1.0, motor: float = 2
 
     save(path, measured(program, {"sensory": sensory, "motor": motor, "tolerance": tolerance}, patient))
     return path
+
+
+class SpyTransport(Transport):
+    """Records every frame written, with the time it was written."""
+
+    def __init__(self, inner: Transport) -> None:
+        super().__init__(inner.url)
+        self.inner = inner
+        self.frames: list[tuple[float, icd.Message]] = []
+        self._decoder = icd.FrameDecoder()
+
+    def write(self, data: bytes) -> None:
+        now = time.monotonic()
+        self.frames += [(now, raw.message()) for raw in self._decoder.feed(data)]
+        self.inner.write(data)
+
+    def read(self, timeout: float) -> bytes:
+        return self.inner.read(timeout)
+
+    def discard_input(self) -> None:
+        self.inner.discard_input()
+
+    def _close(self) -> None:
+        self.inner.close()
+
+    def output_changing(self) -> int:
+        return sum(1 for _, m in self.frames if m.TYPE in OUTPUT_CHANGING)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

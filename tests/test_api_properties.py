@@ -10,6 +10,7 @@ import math
 import os
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -18,47 +19,20 @@ from hypothesis import strategies as st
 
 import firmware_host as fh
 from firmware_host import icd, units
-from firmware_host.drivers import open_transport
-from firmware_host.drivers.base import Transport
 from firmware_host.drivers.faulty import FaultyTransport
 from firmware_host.drivers.socket_pair import SocketTransport
 from firmware_host.link import Link
 from firmware_host.sim import SimConfig, start_in_process
 from firmware_host.stimulator import Stimulator
-from safety import InterlockStateError, Refusal, SafetyError, SessionSetup, TreatmentRecord, check_setting
+from firmware_host.waveforms import Mechanism, ProgramError
+from safety import (ChannelThresholds, Envelope, InterlockStateError, Refusal, SafetyError, Screening, SessionSetup, Shape,
+                    ThresholdError, TitrationWaveform, TreatmentRecord, check_setting)
+from safety.screening import Question
 
-from support import BENCH, forearm_sites, prescription
+from support import BENCH, SpyTransport, forearm_sites, prescription
 
 pytestmark = pytest.mark.timeout(240)
 
-OUTPUT_CHANGING = {icd.MsgType.SET_CHANNEL, icd.MsgType.OUTPUT, icd.MsgType.CLEAR_FAULT, icd.MsgType.SIM_CONTROL}
-
-
-class SpyTransport(Transport):
-    """Records every frame written, with the time it was written."""
-
-    def __init__(self, inner: Transport) -> None:
-        super().__init__(inner.url)
-        self.inner = inner
-        self.frames: list[tuple[float, icd.Message]] = []
-        self._decoder = icd.FrameDecoder()
-
-    def write(self, data: bytes) -> None:
-        now = time.monotonic()
-        self.frames += [(now, raw.message()) for raw in self._decoder.feed(data)]
-        self.inner.write(data)
-
-    def read(self, timeout: float) -> bytes:
-        return self.inner.read(timeout)
-
-    def discard_input(self) -> None:
-        self.inner.discard_input()
-
-    def _close(self) -> None:
-        self.inner.close()
-
-    def output_changing(self) -> int:
-        return sum(1 for _, m in self.frames if m.TYPE in OUTPUT_CHANGING)
 
 
 channel = st.sampled_from([1, 2, 3])  # 3 has no declared needles in this session
@@ -199,3 +173,109 @@ def test_every_frame_on_the_wire_is_inside_every_limit(ops: list[tuple], tmp_pat
     finally:
         rig.release.set()
     _check_wire(stim, rig.spy.frames)
+
+
+# --- a patient: every frame inside the envelope of a random visit ---------------------------------
+
+WAVES = [TitrationWaveform(Shape.BIPHASIC, f, w) for f, w in          # the presets' own waveforms among them
+         ((2.0, 300.0), (2.0, 600.0), (100.0, 200.0), (35.0, 250.0), (20.0, 200.0), (100.0, 800.0))]
+CAUTIONS = [Question.BLEEDING_RISK, Question.FAINTS_WITH_NEEDLING, Question.METAL_IN_PATH, Question.REDUCED_SENSATION]
+visits = st.fixed_dictionaries({
+    # (channel, waveform, sensory, motor / sensory, tolerance / motor); channel 2 is sometimes left unmeasured
+    "measured": st.lists(st.tuples(st.sampled_from([1, 1, 2]), st.sampled_from(WAVES), st.floats(0.2, 1.0),
+                                   st.floats(1.1, 2.0), st.floats(1.05, 2.0)), max_size=4),
+    "profile": st.sampled_from(["hypersensitive", "typical"]),
+    "yes": st.lists(st.sampled_from(CAUTIONS), unique=True, max_size=2),
+    "sensory_level": st.lists(st.sampled_from([1, 2]), unique=True, max_size=2),
+})
+patient_calls = st.one_of(
+    st.tuples(st.just("configure"), st.sampled_from([1, 2]), st.sampled_from(WAVES)),
+    st.tuples(st.just("enable"), st.sampled_from([1, 2])),
+    st.tuples(st.just("amplitude"), st.sampled_from([1, 2]), st.integers(0, 4_000).map(lambda ua: ua / 1000)),
+    st.tuples(st.just("ramp"), st.sampled_from([1, 2]), st.integers(0, 4_000).map(lambda ua: ua / 1000)),
+    st.tuples(st.just("preset"), st.sampled_from(list(Mechanism))),
+    st.tuples(st.just("pause"), st.sampled_from([0.0, 0.1])),
+)
+
+
+def _allowed_ma(visit: dict, channel: int, wave: TitrationWaveform) -> float | None:
+    """The test's own reading of the envelope (not the product's code): the ceiling for `wave` on
+    `channel` from the measured thresholds (a matching waveform, or the same but for a phase
+    width within 4x, converted by Weiss with c = 300 µs), 0.9 x tolerance, and 0.9 x motor for a
+    sensory-level channel; None when nothing was measured on the channel, -1 when nothing matches."""
+    mine = [m for m in visit["measured"] if m[0] == channel]
+    if not mine:
+        return None
+    for _, measured_on, sensory, motor_x, tolerance_x in reversed(mine):     # the newest first
+        same = (measured_on.shape, measured_on.frequency_hz, measured_on.burst_pulses) == \
+            (wave.shape, wave.frequency_hz, wave.burst_pulses)
+        ratio = max(measured_on.pulse_width_us, wave.pulse_width_us) / min(measured_on.pulse_width_us,
+                                                                          wave.pulse_width_us)
+        if same and ratio <= 4:
+            scale = (1 + 300 / wave.pulse_width_us) / (1 + 300 / measured_on.pulse_width_us)
+            motor, tolerance = round(sensory * motor_x, 3), round(round(sensory * motor_x, 3) * tolerance_x, 3)
+            ceiling = 0.9 * round(tolerance * scale, 3)
+            if channel in visit["sensory_level"]:
+                ceiling = min(ceiling, 0.9 * round(motor * scale, 3))
+            return ceiling
+    return -1.0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(visit=visits, ops=st.lists(patient_calls, min_size=1, max_size=10))
+def test_every_frame_on_the_wire_is_inside_the_patients_envelope(visit: dict, ops: list[tuple],
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Issue 19: random visits (thresholds on random waveforms, profiles, screening answers that
+    only caution, sensory-level channels) and random paths (direct API calls, a preset dosed from
+    the visit and streamed by the engine): no frame on the wire is on a waveform without a
+    matching threshold, or above the ceiling, on a channel where thresholds were measured."""
+    rig = Rig(tmp_path_factory.mktemp("rig"))
+    link = Link(rig.spy)
+    identity = link.open()
+    start = datetime.now(timezone.utc) - timedelta(minutes=len(visit["measured"]) + 1)
+    measured = []
+    for i, (ch, wave, sensory, motor_x, tolerance_x) in enumerate(visit["measured"]):
+        motor = round(sensory * motor_x, 3)
+        measured.append(ChannelThresholds(ch, forearm_sites(ch)[ch], wave, start + timedelta(minutes=i),
+                                          round(sensory, 3), motor, round(motor * tolerance_x, 3), "P9"))
+    screening = Screening({q: q in visit["yes"] for q in Question})
+    envelope = Envelope.for_visit("P9", "1", screening, visit["profile"], measured).dosing(visit["sensory_level"])
+    setup = SessionSetup(units.device_limits(identity), prescription(max_ma=4.0), forearm_sites(1, 2),
+                         envelope=envelope)
+    try:
+        with Stimulator(link, setup, record=rig.record) as stim:
+            for op in ops:
+                before = rig.spy.output_changing()
+                try:
+                    _patient_call(stim, op, envelope)
+                except (Refusal, InterlockStateError, ProgramError, ThresholdError):
+                    assert rig.spy.output_changing() == before or op[0] == "preset", f"{op} was refused but sent"
+                except (SafetyError, fh.EstimError):
+                    pass
+    finally:
+        rig.release.set()
+    for _, message in rig.spy.frames:
+        if isinstance(message, icd.SetChannel):
+            setting = units.setting_from_wire(message)
+            allowed = _allowed_ma(visit, setting.channel, TitrationWaveform.of(setting))
+            assert allowed is None or allowed >= 0, f"{setting} sent on a waveform nobody titrated"
+            assert allowed is None or setting.amplitude_ma <= allowed + 1e-3, f"{setting} above {allowed} mA"
+
+
+def _patient_call(stim: Stimulator, op: tuple, envelope: Envelope) -> None:
+    from firmware_host.waveforms import Needle, Site, preset_program
+    from firmware_host.waveforms.engine import run_program
+
+    kind = op[0]
+    if kind == "configure":
+        wave = op[2]
+        stim.configure(op[1], frequency_hz=wave.frequency_hz, pulse_width_us=wave.pulse_width_us)
+    elif kind == "preset":   # the path `estim run --preset` takes: dosed from the visit, streamed by the engine
+        site = Site(region="forearm", side="left")
+        needle = Needle(diameter_mm=0.25, length_mm=15, inserted_mm=15, site_a=site, site_b=site)
+        program = preset_program(op[1], {1: needle}, "hypersensitive", minutes=0.02)
+        dosed, _, _ = program.dose(envelope)
+        run_program(stim, dosed)
+    else:
+        _call(stim, op)

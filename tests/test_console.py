@@ -198,3 +198,29 @@ async def test_screen_shows_prescription_timer_and_stop(stim: fh.Stimulator) -> 
         assert "STOP" in str(app.query_one("#stop").render())
         svg = app.export_screenshot().replace("&#160;", " ")
         assert "channel 1" in svg and "channel 2" in svg
+
+
+@synchronous
+async def test_the_console_doses_inside_the_patients_envelope(tmp_path: Path) -> None:
+    """Issue 19: the console raised channel 2 to 3.2 mA over a 3 mA tolerance measured minutes
+    before, and never showed the thresholds. It is a mode like any other: the interlock holds the
+    envelope, and the console shows today's thresholds and stops at their ceiling."""
+    from datetime import datetime, timezone
+
+    from safety import ChannelThresholds, Envelope, TitrationWaveform
+
+    site = forearm_sites(1)[1]
+    measured = ChannelThresholds(1, site, TitrationWaveform(Shape.BIPHASIC, 2, 200), datetime.now(timezone.utc),
+                                 0.8, 1.5, 2.0, "P1")
+    envelope = Envelope.research("protocol 7", "P1", thresholds=[measured])
+    with fh.open("sim://?watchdog_ms=1000", prescription=prescription(max_ma=3.0, ramp=2.0),
+                 placements=forearm_sites(1), envelope=envelope) as stim:
+        app = ConsoleApp(stim, [ChannelSetting(1, Shape.BIPHASIC, 2, 200, 0)], ConsoleSettings(step_ma=0.4))
+        assert app.controls[1].cap_ma == pytest.approx(1.8) and app.controls[1].cap_why == "this patient's ceiling"
+        assert "today's thresholds: ch1 2 Hz, 200 µs: sensory 0.8, motor 1.5, tolerance 2 mA" in app._info()
+        async with app.run_test(size=(140, 44)) as pilot:
+            await pilot.press(*["plus"] * 8)
+            await until(pilot, lambda: applied_ma(stim, 1) == pytest.approx(1.8))
+            await pilot.pause(0.3)
+            assert applied_ma(stim, 1) == pytest.approx(1.8)
+            await pilot.press("q")
