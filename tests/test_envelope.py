@@ -23,7 +23,8 @@ from firmware_host.drivers.base import Transport
 from firmware_host.link import Link
 from firmware_host.sim.process import SimProcess, child_env, spawn_sim
 from firmware_host.stimulator import Stimulator
-from safety import (ChannelSetting, ChannelThresholds, Envelope, Prescription, Refusal, Screening,
+from firmware_host.sim import SimConfig
+from safety import (ChannelSetting, ChannelThresholds, Envelope, Interlock, Needle, Prescription, Refusal, Screening,
                     SessionSetup, Shape, TitrationWaveform, read_entries)
 from safety.screening import Question
 
@@ -367,18 +368,13 @@ def _titrations() -> list[tuple[str, object, int]]:
 def test_every_shipped_program_and_preset_can_be_titrated_on_every_channel_it_uses(name, program, channel) -> None:
     """What `estim titrate` sets up for it: each waveform ramps from 0 to at least 2 mA before a
     rule (the cap, charge density) stops it, so a patient's thresholds can be found."""
-    from firmware_host.sim import SimConfig
-    from safety import Interlock
-
     waves = program.titration_waveforms(channel, relative_only=False)
     rx = Prescription(max_amplitude_ma=10, ramp_ma_per_s=0.2, frequency_hz=(min(w.frequency_hz for w in waves),
                                                                             max(w.frequency_hz for w in waves)),
                       pulse_width_us=(min(w.pulse_width_us for w in waves), max(w.pulse_width_us for w in waves)))
     needle = program.needles[channel]
-    from safety import Needle as SafetyNeedle
-
     setup = SessionSetup(units.device_limits(SimConfig().identity()), rx, {channel: needle.placement()},
-                         {channel: SafetyNeedle(needle.diameter_mm, needle.inserted_mm)},
+                         {channel: Needle(needle.diameter_mm, needle.inserted_mm)},
                          Envelope.undeclared().titration(channel, waves))
     interlock = Interlock(setup)
     for wave in waves:

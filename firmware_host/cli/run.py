@@ -37,8 +37,15 @@ EXAMPLES = """examples:
   estim run --program programs/dense_disperse_2_100hz.toml --thresholds thresholds.json
   estim run --preset segmental_inhibition --channel 1 --sites left:forearm,left:forearm --inserted 10 \\
             --thresholds thresholds.json --sensitivity hyper --minutes 20
-  estim run --device /dev/ttyUSB0 --channel 2 --frequency 100 --pulse-width 200 --amplitude 3 \\
-            --minutes 20 --sites right:lower_leg,right:lower_leg --inserted 20 --sensitivity hyper
+  estim run --device /dev/ttyUSB0 --patient P001 --channel 2 --frequency 100 --pulse-width 200 --amplitude 3 \\
+            --minutes 20 --sites right:lower_leg,right:lower_leg --inserted 20
+  estim run --device /dev/ttyUSB0 --test-load --channel 1 --frequency 2 --pulse-width 200 --amplitude 2 \\
+            --seconds 20 --sites left:forearm,left:forearm --inserted 10
+
+who is connected (a device other than the built-in sim:// needs one):
+  --patient CODE                          a patient screened in today's visit (thresholds from the store)
+  --research-protocol ID --subject CODE   a participant screened under a research protocol
+  --test-load [TEXT]                      a bench load: nobody is connected
 
 which flags go with what:
   direct      --channel --sites --inserted --frequency --pulse-width --amplitude and --seconds or --minutes
