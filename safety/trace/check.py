@@ -23,7 +23,7 @@ from pathlib import Path
 from . import REPO
 from .ids import RuleIds, UnresolvedRuleId, derive
 from .log import CATEGORY, REGIONS, HazardLog
-from .mutations import CONTROL_MUTATIONS, MutationError, disable_for
+from .mutations import CONTROL_MUTATIONS, MutationError, check_target, disable_control, disable_for
 
 
 @dataclass
@@ -68,7 +68,7 @@ def _rules(log: HazardLog, ids: RuleIds) -> list[str]:
             problems.append(f"rule {rule} (emitted at {where}) is a control of no hazard: add it to a hazard's "
                             f"rules in safety/hazards.toml")
         try:
-            disable_for(rule, ids)
+            check_target(disable_for(rule, ids))
         except MutationError as exc:
             problems.append(str(exc))
     for hazard in log.hazards:
@@ -138,6 +138,10 @@ def _controls(log: HazardLog, root: Path) -> Iterable[str]:
     for ref in CONTROL_MUTATIONS:
         if not any(c.ref == ref for h in log.hazards for c in h.controls):
             yield f"mutation table entry {ref} is a control of no hazard"
+        try:
+            check_target(disable_control(ref))
+        except MutationError as exc:
+            yield str(exc)
 
 
 def control_problem(ref: str, quote: str, root: Path) -> str:

@@ -176,14 +176,24 @@ def applied(disable: Disable) -> Iterator[None]:
 
 
 def _resolve(target: str) -> tuple[ModuleType, object, str]:
-    """(module, owner, attribute) of "module:Qualified.name"."""
+    """(module, owner, attribute) of "module:Qualified.name"; MutationError when it is gone."""
     module_name, _, qualname = target.partition(":")
-    module = importlib.import_module(module_name)
-    owner: object = module
-    *path, name = qualname.split(".")
-    for part in path:
-        owner = getattr(owner, part)
+    try:
+        module = importlib.import_module(module_name)
+        owner: object = module
+        *path, name = qualname.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        getattr(owner, name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise MutationError(f"mutation target {target} does not exist ({exc}): update safety/trace/mutations.py") from exc
     return module, owner, name
+
+
+def check_target(disable: Disable) -> None:
+    """Raise MutationError when what `disable` would patch does not exist."""
+    if disable.target and disable.how != "static_rule":
+        _resolve(disable.target)
 
 
 def _static_rule(disable: Disable, patches: _Patches) -> None:

@@ -21,7 +21,8 @@ from safety.trace.check import trace
 from safety.trace.ids import UnresolvedRuleId, derive
 from safety.trace.log import load, parse
 from safety.trace.matrix import markdown
-from safety.trace.mutate import plan
+from safety.trace import mutations
+from safety.trace.mutate import choose_part, plan
 from safety.trace.mutations import applied, disable_control, disable_for
 
 from .conftest import PRESCRIPTION, SIM_DEVICE, SLOW_DEVICE, FakeClock, make_setup, send, setting, start_channel
@@ -115,7 +116,7 @@ def test_an_id_the_code_only_knows_when_it_runs_is_an_error_naming_where(tmp_pat
 # --- the log's own checks --------------------------------------------------------------------
 
 @pytest.mark.timeout(120)
-def test_the_check_names_what_the_log_gets_wrong() -> None:
+def test_the_check_names_what_the_log_gets_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
     data = tomllib.loads(LOG_PATH.read_text(encoding="utf-8"))
     data["hazard"], data["finding"] = data["hazard"][:2], data["finding"][:2]   # one small test file to collect
     data["finding"][0]["tests"] = ["tests/safety/test_report.py::test_summary_per_channel"]
@@ -128,11 +129,13 @@ def test_the_check_names_what_the_log_gets_wrong() -> None:
     second["controls"][0]["quote"] = "words nobody wrote"
     data["finding"][0]["hazard"] = "H99"
     data["finding"][1]["tests"] = []
+    monkeypatch.setattr(mutations, "MUTATIONS", (("screening.*", "filtered", "safety.screening:screen_renamed"),))
     problems = "\n".join(trace(parse(data), REPO, ids=derive()).problems)
     for expected in ("H01 has no verification test", "acceptability 'not acceptable', but the matrix gives 'acceptable'",
                      "defines no NakCode.NO_SUCH_CODE", "H02 names rule needle.no_such_rule, which the code never emits",
                      "test_report.py::test_gone, which pytest does not collect", "does not say 'words nobody wrote'",
-                     "maps to hazard H99", f"finding {data['finding'][1]['id']} is fixed but names no test"):
+                     "maps to hazard H99", f"finding {data['finding'][1]['id']} is fixed but names no test",
+                     "mutation target safety.screening:screen_renamed does not exist"):
         assert expected in problems
     assert "test_summary_per_channel" not in problems
 
@@ -215,6 +218,15 @@ def test_each_rule_is_judged_by_the_tests_of_its_hazards() -> None:
                                                             for t in h.tests}
     assert "dynamic.zero_start@safety/interlock.py:265" in by_control            # every place a rule is made
     assert by_control["standard.no_dc"]["disable"]["how"] == "static_rule"
+
+
+def test_parts_of_the_mutation_run_cover_every_control_over_n_runs() -> None:
+    assert choose_part("1/3", 7) == [0, 3, 6]
+    parts = [choose_part(f"{k}/3", 7) for k in (1, 2, 3)]
+    assert sorted(i for part in parts for i in part) == list(range(7))
+    assert choose_part("auto/3", 7) in parts
+    with pytest.raises(ValueError):
+        choose_part("4/3", 7)
 
 
 @pytest.mark.timeout(180)
