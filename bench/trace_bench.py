@@ -23,7 +23,7 @@ def run(workdir: Path, quick: bool) -> list[Result]:
         print(f"  trace: {problem}")
     if result.ids is None:
         return [Result("trace_problems", len(result.problems), "", "0", False)]
-    entries, problems = plan(log, result.ids, result.collected, part="auto/4" if quick else None)
+    entries, problems = plan(log, result.ids, lambda _nodes: result.collected, part="auto/4" if quick else None)
     report = mutate(entries, jobs=2, echo=False)
     report.problems = problems + report.problems
     missed, _ = report.unnoticed(log)

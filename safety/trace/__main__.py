@@ -43,13 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     except LogError as exc:
         print(f"the hazard log cannot be read: {exc}", file=sys.stderr)
         return 1
-    result = trace(log, REPO)
+    result = trace(log, REPO, collect=not args.mutate)   # --mutate collects only what it runs
     if result.ids is not None and args.mutate:
         from .check import collected_tests
         from .mutate import plan, run, summary
 
-        collected = result.collected | (collected_tests(args.tests, REPO)[0] if args.tests else set())
-        entries, problems = plan(log, result.ids, collected, args.only, args.part, args.tests)
+        def collect(node_ids: set[str]) -> set[str]:
+            collected, problems = collected_tests(node_ids, REPO)
+            result.problems.extend(problems)
+            return collected
+
+        entries, problems = plan(log, result.ids, collect, args.only, args.part, args.tests)
         report = run(entries, max(1, args.jobs), args.all)
         report.problems = problems + report.problems
         print(summary(report, log))

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,29 +82,33 @@ def choose_part(spec: str, count: int) -> list[int]:
     return [i for i in range(count) if i % n == k - 1]
 
 
-def plan(log: HazardLog, ids: RuleIds, collected: set[str], only: list[str] | None = None, part: str | None = None,
-         tests: list[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """The plan's entries (disable + the tests pytest collects of its hazards) and problems
-    (controls that cannot be planned)."""
+def plan(log: HazardLog, ids: RuleIds, collect: Callable[[set[str]], set[str]], only: list[str] | None = None,
+         part: str | None = None, tests: list[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The plan's entries (disable + the tests of its hazards that pytest collects, asked once
+    of `collect`) and problems (controls that cannot be planned)."""
     chosen = controls(ids)
     if only:
         chosen = [c for c in chosen if any(fnmatchcase(c, pattern) for pattern in only)]
     if part:
         chosen = [chosen[i] for i in choose_part(part, len(chosen))]
-    entries, problems = [], []
+    wanted, problems = {}, []
     for control in chosen:
         hazards = log.hazards_of(control.split("@")[0]) or [h for h in log.hazards
                                                             if any(c.ref == control for c in h.controls)]
-        node_ids = [t for t in tests or sorted({t for h in hazards for t in h.tests}) if has_test(collected, t)]
-        if not node_ids:
-            problems.append(f"{control}: no hazard of the log controls it, so no test is known to run")
-            continue
         try:
             disable = disable_control(control) if control in CONTROL_MUTATIONS else disable_for(control, ids)
         except MutationError as exc:
             problems.append(str(exc))
             continue
-        entries.append({"disable": asdict(disable), "tests": node_ids})  # type: ignore[arg-type]
+        wanted[control] = (disable, tests or sorted({t for h in hazards for t in h.tests}))
+    collected = collect({t for _, node_ids in wanted.values() for t in node_ids})
+    entries = []
+    for control, (disable, node_ids) in wanted.items():
+        kept = [t for t in node_ids if has_test(collected, t)]
+        if kept:
+            entries.append({"disable": asdict(disable), "tests": kept})  # type: ignore[arg-type]
+        else:
+            problems.append(f"{control}: no test of a hazard it controls is collected, so nothing can notice it")
     return entries, problems
 
 
