@@ -3,7 +3,7 @@
     python -m bench [--quick] [--json PATH] [--only NAME ...]
     python bench/run.py ...          (same)
 
-NAME: estop, watchdog, link, cpu, cli, waveforms, record, clinic. Figures are never asserted in tests;
+NAME: estop, watchdog, link, cpu, cli, waveforms, record, clinic, trace. Figures are never asserted in tests;
 compare `--json` files across commits instead.
 """
 
@@ -110,6 +110,13 @@ def run_clinic(workdir: Path, quick: bool) -> list[Result]:
     return results
 
 
+def run_trace(workdir: Path, quick: bool) -> list[Result]:
+    """The hazard log's trace check and the mutation run (bench/trace_bench.py)."""
+    from bench import trace_bench
+
+    return trace_bench.run(workdir, quick)
+
+
 BENCHMARKS: dict[str, Callable[[Path, bool], list[Result]]] = {
     "estop": latency.run_estop,
     "watchdog": latency.run_watchdog,
@@ -121,6 +128,7 @@ BENCHMARKS: dict[str, Callable[[Path, bool], list[Result]]] = {
 
 
     "clinic": run_clinic,
+    "trace": run_trace,
 }
 
 # (name, numerator, denominator), when both were measured; window_ratio_* are results (they have a target)
