@@ -263,6 +263,17 @@ def test_a_device_other_than_the_simulator_needs_to_know_who_is_connected(sim: S
     assert simulator.returncode == 0 and "connected: nothing declared" in simulator.stderr
 
 
+def test_the_link_refuses_an_undeclared_session_on_anything_but_the_simulator(sim: SimProcess) -> None:
+    with pytest.raises(Refusal) as exc:
+        fh.open(sim.url, prescription=prescription(), placements=forearm_sites(1))
+    assert exc.value.rule == "envelope.unscreened"
+    link = fh.connect(sim.url)   # a session that treats nobody (clearing faults) needs no declaration
+    with Stimulator(link, SessionSetup(units.device_limits(link.identity), prescription(), {})) as clearing:
+        assert clearing.channels == ()
+    with fh.open("sim://", prescription=prescription(), placements=forearm_sites(1)) as stim:
+        assert stim.interlock.setup.envelope.subject.value == "undeclared"
+
+
 def test_pregnancy_refuses_li4_from_todays_screening(sim: SimProcess) -> None:
     todays_visit("P7", yes=(Question.PREGNANT,))
     done = estim("run", "--device", sim.url, "--patient", "P7", "--channel", "1", "--frequency", "2",

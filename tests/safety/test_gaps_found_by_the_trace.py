@@ -13,7 +13,7 @@ import pytest
 
 from firmware_host.sim.process import SimProcess, child_env, output_off, spawn_sim
 from safety import ActionKind, ChannelReading, Interlock, NeedleSite, Refusal, Region, Side, Supervisor
-from support import REPO, peak_ua, wait_for
+from support import DECLARED, REPO, peak_ua, wait_for
 
 from .conftest import FakeClock, ListRecord, make_setup, send, setting, start_channel
 
@@ -31,7 +31,7 @@ def test_ctrl_c_stops_a_session_started_in_the_background(sim: SimProcess, tmp_p
     proc = subprocess.Popen(
         [sys.executable, "-m", "firmware_host", "run", "--device", sim.url, "--channel", "1", "--frequency", "2",
          "--pulse-width", "200", "--amplitude", "1", "--ramp", "2", "--seconds", "20", "--sites",
-         "left:forearm,left:forearm", "--inserted", "10", "--record", str(record)],
+         "left:forearm,left:forearm", "--inserted", "10", *DECLARED, "--record", str(record)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=REPO,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
