@@ -16,7 +16,8 @@ from .placement import ChannelPlacement, NeedleSite, Patient, Region, Side, chec
 from .record import KINDS, RecordWriteError, TreatmentRecord, UnknownRecordKind
 from .record_anchor import AnchorSink
 from .record_keys import RecordKey, RecordKeyError
-from .record_read import RecordStatus, RecordVerdict, read_entries, read_readings, verify_anchored, verify_record
+from .record_read import (RecordStatus, RecordVerdict, read_entries, read_readings, read_record, verify_anchored,
+                          verify_record)
 from .screening import QUESTIONS, Question, Screening, ScreeningVerdict, screen
 from .report import ChannelSummary, format_summary, output_summary
 from .rules import RULES, ArrayVerdict, LimitArrays, SettingArrays, Verdict, check_setting, evaluate_arrays
@@ -32,6 +33,7 @@ __all__ = [
     "Refusal", "Region", "SafetyError", "Screening", "ScreeningVerdict", "Sensitivity", "SessionSetup", "SetChannel",
     "SetOutputs", "SettingArrays", "Shape", "SimControl", "Side", "StandardLimits", "Supervisor", "TreatmentRecord",
     "UnknownRecordKind", "Verdict", "check_placement", "check_setting", "describe_sensitivity", "effective_limits",
-    "evaluate_arrays", "format_summary", "operator_name", "output_summary", "read_entries", "read_readings", "screen",
+    "evaluate_arrays", "format_summary", "operator_name", "output_summary", "read_entries", "read_readings", "read_record",
+    "screen",
     "verify_anchored", "verify_record",
 ]
