@@ -312,6 +312,22 @@ class TreatmentRecord:
             if self._anchorer is not None:  # the last signed head on disk, closed or not
                 self._anchorer.close(self._signed_head)
 
+    def detach(self) -> None:
+        """Stop writing without a close record (what waits is written, signed): for sealing a
+        record whose session is over but did not close it (`seal_record`)."""
+        if self._fd < 0:
+            return
+        self._closing.set()
+        with self._lock:
+            self._check_writable()
+            self._seal_line(sign=True)
+        try:
+            self._commit(reporting=True)
+        finally:
+            with self._io, self._lock:
+                os.close(self._fd)
+                self._fd = -1
+
     def __enter__(self) -> TreatmentRecord:
         return self
 
@@ -396,3 +412,13 @@ class TreatmentRecord:
                 self._commit(reporting=False)
             except RecordWriteError:
                 continue  # latched: the next append or close raises it
+
+
+def seal_record(path: str | Path, key: RecordKey | None = None) -> None:
+    """Sign what a killed writer left after a record's last signature, on the computer that
+    wrote it: a signed `resume` vouches for the lines whose MAC checks and names the rest;
+    the record stays not closed (its session did not close it)."""
+    from .record_read import scan_for_resume
+
+    found = scan_for_resume(Path(path), load_key if key is None else (lambda _id: key))
+    TreatmentRecord(path, key=key, patient=found.patient, visit=found.visit).detach()

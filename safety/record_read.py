@@ -58,6 +58,7 @@ class RecordVerdict:
     unsigned_bytes: int = 0      # bytes after the last signature, partial line included
     patient: str | None = None
     visit: int | None = None
+    last_signature: str = ""     # the signature of the last line that verified (what a head carries)
 
     @property
     def ok(self) -> bool:
@@ -311,10 +312,12 @@ def _verify(path: Path, data: bytes, keys: KeyLookup, expect_key: str | None, an
                 **kw: Any) -> tuple[RecordVerdict, _Scan]:
         covered = scan.covered if records is None else scan.lines[:records]
         lines, size = scan.unsigned()
+        last = covered[-1] if covered else None
         return RecordVerdict(status, len(covered), bad, reason, _readings(covered), record_id, key_id,
-                             kw.pop("label", None), covered[-1].digest.hex() if covered else GENESIS.hex(),
+                             kw.pop("label", None), last.digest.hex() if last else GENESIS.hex(),
                              unsigned_lines=lines, unsigned_bytes=size, patient=first.get("patient"),
-                             visit=first.get("visit"), **kw), scan
+                             visit=first.get("visit"), last_signature=last.auth if last and last.signed else "",
+                             **kw), scan
 
     if not scan.lines or first.get("format") != FORMAT or not isinstance(record_id, str) \
             or not isinstance(key_id, str):

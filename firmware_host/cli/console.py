@@ -12,7 +12,7 @@ import sys
 
 from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, Parser, refused, stoppable
 from .options import add_session_options, fixed_waveform_setup, open_record, open_session, session_plan
-from .visit_context import attach_visit, keep_record, screening_verdict
+from .visit_context import attach_visit, begin_dose, keep_dose, keep_record, record_subject, screening_verdict
 
 EXAMPLES = """keys:
   ↑ or +   raise the selected channel one step (ramps at the prescribed rate)
@@ -95,7 +95,7 @@ def _console(args: argparse.Namespace) -> int:
     if code is not None:
         return code
     try:
-        record = open_record(args.record, store=args.store)
+        record = open_record(args.record, store=args.store, **record_subject(args))
     except (SafetyError, ValueError) as exc:
         return refused(exc)
 
@@ -108,15 +108,20 @@ def _console(args: argparse.Namespace) -> int:
     stim = open_session(args, setup, record)
     if isinstance(stim, int):
         return stim
+    begin_dose(args, "console", args.mechanism, record)
+    app = None
     try:
         with stim:
-            app = ConsoleApp(stim, waveforms, ConsoleSettings(args.step, args.feedback_step, args.step),
-                             operator=args.operator)
-            app.run()
-            tripped = stim.tripped
+            try:
+                app = ConsoleApp(stim, waveforms, ConsoleSettings(args.step, args.feedback_step, args.step),
+                                 operator=args.operator)
+                app.run()
+                tripped = stim.tripped
+            finally:
+                keep_dose(args, stim, app is not None and not app.interrupted and not stim.tripped)
     finally:
         record.close()
-    print(f"record: {record.path}")
+    print(f"record: {record.path} (id {record.record_id})")
     if app.interrupted:
         print("stopped: Ctrl-C — output off (e-stop)", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -22,7 +22,7 @@ from safety import STANDARD
 from . import EXIT_DEVICE_FAULT, EXIT_OK, Parser, refused, stoppable, unreachable
 from .options import (add_program_options, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
                       open_session, patient, print_dose, program_from_args, session_plan, session_notices)
-from .visit_context import (apply_last_dose, attach_visit, dose_request, keep_dose, keep_record,
+from .visit_context import (apply_last_dose, attach_visit, begin_dose, keep_dose, keep_record, record_subject,
                             screening_verdict)
 
 MAX_SESSION_MIN = STANDARD.max_session_minutes  # the standard's limit on one session
@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
 
     print("sensitivity " + describe_sensitivity(setup[0].sensitivity, args.max_amplitude, args.ramp))
     try:
-        record = open_record(args.record, store=args.store)
+        record = open_record(args.record, store=args.store, **record_subject(args))
     except (SafetyError, ValueError) as exc:
         return refused(exc)
 
@@ -173,13 +173,19 @@ def _run(args: argparse.Namespace) -> int:
             record.append("session_plan", session_plan(args, hold_s=hold_s))
         except SafetyError as exc:  # the record cannot be written: nothing is sent
             return refused(exc)
-        print(f"record: {record.path}")
+        print(f"record: {record.path} (id {record.record_id})")
         keep_record(args, record)
         stim = open_session(args, setup, record)
         if isinstance(stim, int):
             return stim
+        begin_dose(args, "direct", args.mechanism, record)
+        code = None
         with stim:
-            return _session(stim, setting, hold_s, args)
+            try:
+                code = _session(stim, setting, hold_s, args)
+                return code
+            finally:
+                keep_dose(args, stim, code == EXIT_OK)
 
 
 def _session(stim, setting, hold_s: float, args: argparse.Namespace) -> int:  # noqa: ANN001
@@ -284,7 +290,7 @@ def _run_program(args: argparse.Namespace) -> int:
     if code is not None:
         return code
     try:
-        record = open_record(args.record, store=args.store)
+        record = open_record(args.record, store=args.store, **record_subject(args))
     except (SafetyError, OSError, ValueError) as exc:
         return refused(exc)
 
@@ -294,7 +300,7 @@ def _run_program(args: argparse.Namespace) -> int:
             record.append("session_plan", {**plan, "mechanism": plan["mechanism"] or str(program.mechanism)})
         except SafetyError as exc:  # the record cannot be written: nothing is sent
             return refused(exc)
-        print(f"record: {record.path}")
+        print(f"record: {record.path} (id {record.record_id})")
         keep_record(args, record)
         try:
             link = fh.connect(args.device)
@@ -329,13 +335,15 @@ def _run_program(args: argparse.Namespace) -> int:
                     _progress(stim, update.setting.channel, program.duration_s - update.planned_s)
 
             report = None
+            begin_dose(args, program.name, str(program.mechanism), record)
             try:
                 report = run_program(stim, program, on_update=progress)
             except (SafetyError, fh.EstimError) as exc:
                 if not stim.tripped:
                     stim.estop(f"the program could not go on: {exc}")
                 print(f"\nerror: {exc}", file=sys.stderr)
-            keep_dose(args, program, dose_request(args), stim, report is not None and report.completed)
+            finally:
+                keep_dose(args, stim, report is not None and report.completed)
             print()
             if stim.tripped:
                 return _stopped(stim, args)

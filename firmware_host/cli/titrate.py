@@ -33,7 +33,7 @@ from typing import Any
 from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, Parser, refused, stoppable
 from .options import (PRESET_NAMES, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
                       open_session, parse_sites, session_plan)
-from .visit_context import attach_visit, keep_record, keep_thresholds, screening_verdict, store
+from .visit_context import attach_visit, keep_record, keep_thresholds, record_subject, screening_verdict, store
 
 MARKS = {"s": "sensory", "m": "motor", "t": "tolerance"}
 STOP_KEY = "q"
@@ -155,9 +155,9 @@ def _titrate(args: argparse.Namespace) -> int:
         return code
     previous = _previous(args, setup[1][args.channel], wave)
 
-    record = open_record(args.record, store=args.store)
+    record = open_record(args.record, store=args.store, **record_subject(args))
     record.append("session_plan", session_plan(args, titration=True, waveform=wave.as_dict(), aim=args.aim))
-    print(f"record: {record.path}", file=sys.stderr)
+    print(f"record: {record.path} (id {record.record_id})", file=sys.stderr)
     keep_record(args, record)
     stim = open_session(args, setup, record)
     if isinstance(stim, int):

@@ -1,6 +1,7 @@
-"""What a device command needs from today's visit when `--patient CODE` is given: the open,
-screened visit; the screening's verdict on today's needle sites; and, afterwards, the
-thresholds, the dose delivered and the treatment record kept with the visit.
+"""What a device command needs from today's visit when `--patient CODE` is given: the visit it
+is for (named with `--visit ID`, or the patient's only open one); the screening's verdict on
+today's needle sites; the dose, stored when the session starts and completed at its end;
+the thresholds and the treatment record kept with the visit.
 
 Every function here prints in plain words and returns an exit code when it refuses."""
 
@@ -28,11 +29,20 @@ def store(args: argparse.Namespace) -> Any:
     return VisitStore(getattr(args, "store", None))
 
 
+def add_visit_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--visit", type=int, metavar="ID", dest="visit_id",
+                        help="the visit this is for (printed by `estim visit start`); needed when the patient has "
+                             "more than one visit open today")
+
+
 def attach_visit(args: argparse.Namespace) -> int | None:
-    """With --patient: today's open visit into `args.visit`, or the exit code of a refusal.
-    Without it, `args.visit` is None and the screening flags speak for the patient."""
+    """With --patient: the visit it acts on (--visit ID, else the patient's only open visit
+    today) into `args.visit`, or the exit code of a refusal. Without it, `args.visit` is None
+    and the screening flags speak for the patient."""
     args.visit = None
     if not getattr(args, "patient", None):
+        if getattr(args, "visit_id", None) is not None:
+            return refused(ValueError("--visit needs --patient CODE"))
         return None
     from ..visits import StoreError
 
@@ -41,14 +51,16 @@ def attach_visit(args: argparse.Namespace) -> int | None:
                                   "pregnancy; leave out --implanted-device and --pregnant"))
     try:
         with store(args) as visits:
-            visit = visits.open_visit(args.patient)
+            args.visit = visits.visit_for(args.patient, getattr(args, "visit_id", None))
     except StoreError as exc:
         return refused(exc)
-    if visit is None:
-        return refused(ValueError(f"no visit open today for {args.patient}: screen the patient first with "
-                                  f"`estim visit start {args.patient} ...`"))
-    args.visit = visit
     return None
+
+
+def record_subject(args: argparse.Namespace) -> dict[str, Any]:
+    """Whose treatment record it is, written in its first line: the patient and the visit."""
+    visit = getattr(args, "visit", None)
+    return {"patient": getattr(args, "patient", None), "visit": visit.id if visit is not None else None}
 
 
 def screening_verdict(args: argparse.Namespace, placements: Mapping[int, Any]) -> int | None:
@@ -71,21 +83,43 @@ def keep_thresholds(args: argparse.Namespace, thresholds: Any) -> None:
     """Titration results into today's visit."""
     if getattr(args, "visit", None) is None:
         return
-    with store(args) as visits:
-        visits.add_thresholds(args.visit.id, thresholds)
+    _kept(args, "the thresholds", lambda visits: visits.add_thresholds(args.visit.id, thresholds))
+
+
+def _kept(args: argparse.Namespace, what: str, write: Any) -> Any:
+    """`write(store)`; a store that fails now is said in plain words, never a stop or a traceback
+    (the session and its record go on; the record names its patient and visit)."""
+    from ..visits import StoreError
+
+    try:
+        with store(args) as visits:
+            return write(visits)
+    except StoreError as exc:
+        print(f"notice: the visit store did not keep {what} ({exc})", file=sys.stderr)
+        return None
 
 
 def keep_record(args: argparse.Namespace, record: Any) -> None:
-    """The treatment record (safety.TreatmentRecord) written in today's visit, by its id."""
+    """The treatment record (safety.TreatmentRecord) written in this visit, by its id."""
     if getattr(args, "visit", None) is None:
         return
-    with store(args) as visits:
-        visits.link_record(args.visit.id, record.record_id, str(record.path))
+    _kept(args, f"that record {record.record_id} belongs to visit {args.visit.id}",
+          lambda visits: visits.link_record(args.visit.id, record.record_id, record.path))
 
 
-def keep_dose(args: argparse.Namespace, program: Any, request: Mapping[str, Any], stim: Any, completed: bool) -> None:
-    """The dose as asked (to repeat it) and as the device delivered it, per channel."""
+def begin_dose(args: argparse.Namespace, program: str, mechanism: str | None, record: Any) -> None:
+    """The dose, stored as its session starts (a session killed before its end leaves it
+    marked as not completed); `keep_dose` completes it."""
+    args.dose_id = None
     if getattr(args, "visit", None) is None:
+        return
+    args.dose_id = _kept(args, "the dose as it starts", lambda visits: visits.start_dose(
+        args.visit.id, program, mechanism, dose_request(args), record.record_id))
+
+
+def keep_dose(args: argparse.Namespace, stim: Any, completed: bool) -> None:
+    """What the device delivered, per channel, appended to the dose `begin_dose` stored."""
+    if getattr(args, "dose_id", None) is None:
         return
     from safety import output_summary
 
@@ -100,18 +134,19 @@ def keep_dose(args: argparse.Namespace, program: Any, request: Mapping[str, Any]
         "charge_uc": round(s.delivered_charge_device_uc if s.delivered_charge_device_uc is not None
                            else s.delivered_charge_host_uc, 1),
     } for s in summaries]
-    with store(args) as visits:
-        visits.add_dose(args.visit.id, program.name, str(program.mechanism), request, delivered, completed)
+    _kept(args, "what the session delivered", lambda visits: visits.finish_dose(args.dose_id, delivered, completed))
 
 
 def dose_request(args: argparse.Namespace) -> dict[str, Any]:
     """The options that ask for this dose again (`estim run --patient CODE --last-dose`)."""
-    keys = ("program", "preset", "channel", "sites", "needle", "inserted", "sensitivity", "minutes")
+    keys = ("program", "preset", "channel", "sites", "needle", "inserted", "sensitivity", "minutes", "seconds",
+            "frequency", "pulse_width", "amplitude", "shape", "max_amplitude", "ramp")
     return {k: (str(v) if isinstance(v, Path) else v) for k in keys if (v := getattr(args, k, None)) is not None}
 
 
 def apply_last_dose(args: argparse.Namespace) -> int | None:
-    """--last-dose: fill the program options from the patient's last completed dose."""
+    """--last-dose: fill the options from the patient's last completed dose (a program, a
+    preset or direct parameters)."""
     from ..visits import StoreError
 
     try:

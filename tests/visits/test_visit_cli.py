@@ -3,7 +3,6 @@ top mark, STOP and --out; screening before any stimulation; the inserted depth."
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -29,9 +28,9 @@ def estim(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def entries(record: Path) -> list[dict]:
-    if not record.exists():
-        return []
-    return [json.loads(line) for line in record.read_text().splitlines() if line.strip().endswith("}")]
+    from safety import read_entries
+
+    return list(read_entries(record)) if record.exists() else []
 
 
 def titrate(record: Path, keys: list[tuple[str, int]], *extra: str) -> subprocess.CompletedProcess[str]:
