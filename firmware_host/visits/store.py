@@ -32,25 +32,14 @@ from .models import (DoseResultRow, DoseRow, OutcomeEntryRow, PatientRow, PlanEn
                      ThresholdRow, VisitRecordRow, VisitRow)
 from .values import (OUTCOME_FIELDS, Dose, Entry, Outcome, OutcomeEntry, PatientInfo, Plan, PlanEntry, RecordHead,
                      RecordHeadError, StoreError, Visit)
+from .where import KNOWN_REVISIONS, SCHEMA_REVISION, STORE_URL_ENV, default_url
 
 if TYPE_CHECKING:
     from safety.screening import Screening
 
-STORE_URL_ENV = "ESTIM_STORE_URL"
 PATIENT_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
-SCHEMA_REVISION = "0002"
-KNOWN_REVISIONS = ("0001", "0002")
-"""The newest migration shipped, and every one (a test checks both against the migrations)."""
 _MIGRATION_LOCK = 0x657374696D  # pg_advisory_xact_lock key: one migrating host at a time
 _WRITING: contextvars.ContextVar[bool] = contextvars.ContextVar("estim_store_writing", default=False)
-
-
-def default_url() -> str:
-    """ESTIM_STORE_URL, else a SQLite file in the user's data directory."""
-    if os.environ.get(STORE_URL_ENV):
-        return os.environ[STORE_URL_ENV]
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return f"sqlite:///{base / 'estim' / 'visits.sqlite3'}"
 
 
 def _utc(dt: datetime) -> datetime:

@@ -48,7 +48,7 @@ def test_migrations_make_exactly_the_models(store_url: str) -> None:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from firmware_host.visits.store import KNOWN_REVISIONS, SCHEMA_REVISION
+    from firmware_host.visits.where import KNOWN_REVISIONS, SCHEMA_REVISION
 
     config = Config()
     config.set_main_option("script_location", "firmware_host.visits:migrations")
