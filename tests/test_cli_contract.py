@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from safety import read_entries
+
 from firmware_host.sim.process import SimProcess, child_env, output_off, spawn_sim
 
 from support import REPO
@@ -176,7 +178,7 @@ def test_a_port_that_is_not_a_stimulator_is_said_in_plain_words(answer: bytes) -
     log = Path(child_env()["XDG_STATE_HOME"]) / "estim" / "estim.log"
     assert "lost" in log.read_text()
     assert estim("record", "verify", str(record)).returncode == 0  # the attempt is documented, and why it ended
-    why = [json.loads(line)["data"] for line in record.read_text().splitlines() if '"not_started"' in line]
+    why = [e["data"] for e in read_entries(record) if e["kind"] == "not_started"]
     assert why and why[0]["outcome"] == "device not reachable" and "did not answer" in why[0]["why"]
     shown = estim("record", "show", str(record))
     assert "not started: device not reachable" in shown.stdout, shown.stdout
