@@ -330,6 +330,14 @@ def _verify(path: Path, data: bytes, keys: KeyLookup, expect_key: str | None, an
     if expect_record_id is not None and record_id != expect_record_id:
         return verdict(RecordStatus.ALTERED, f"the file at {path} is record {record_id}, not record "
                                              f"{expect_record_id}: it was replaced", 1, 0)
+    head = None
+    if anchors is not None:
+        head, unreadable = _stored_head(anchors, record_id)
+        if unreadable:
+            return verdict(RecordStatus.UNCHECKABLE, unreadable, records=0)
+        if head.key_id is not None and head.key_id != key_id:   # before looking for a key it may not have
+            return verdict(RecordStatus.ALTERED, f"{_seen(head)}, signed with key {head.key_id}; the file names key "
+                                                 f"{key_id}", 1, 0, anchor=_seen(head))
     try:
         key = keys(key_id)
     except RecordKeyError as exc:
@@ -351,11 +359,8 @@ def _verify(path: Path, data: bytes, keys: KeyLookup, expect_key: str | None, an
         status = RecordStatus.CLOSED if covered[-1].closes else RecordStatus.OPEN
         reason = status.value
     first_unsigned = len(covered) + 1 if unsigned_bytes else None
-    if anchors is None:
+    if head is None:
         return verdict(status, reason, first_unsigned, label=label)
-    head, unreadable = _stored_head(anchors, record_id)
-    if unreadable:
-        return verdict(RecordStatus.UNCHECKABLE, unreadable, label=label)
     seen = _seen(head)
     here = str(path.resolve())
     if head.path != here:
@@ -368,9 +373,6 @@ def _verify(path: Path, data: bytes, keys: KeyLookup, expect_key: str | None, an
     if expected not in (None, record_id):
         return verdict(RecordStatus.ALTERED, f"the visit store keeps record {expected} at {here}; this file is "
                                              f"record {record_id}: it was replaced", label=label, anchor=seen)
-    if head.key_id is not None and head.key_id != key_id:
-        return verdict(RecordStatus.ALTERED, f"{seen}, signed with key {head.key_id}, not {key_id}", label=label,
-                       anchor=seen)
     if not _head_signed(head, key, record_id):
         return verdict(RecordStatus.ALTERED, f"the visit store's entry for this record does not carry key {key_id}'s "
                                              "signature: the store was changed", label=label, anchor=seen)

@@ -132,13 +132,12 @@ def _checked(path: Path, store_url: str | None, no_store: bool) -> tuple[Any, li
 
     from ..visits import StoreError, VisitStore
 
-    store = None
+    store, unreadable = None, None
     if not no_store:
         try:
             store = VisitStore(store_url, create=False)
         except StoreError as exc:
-            print(f"warning: the visit store cannot be read ({exc}); the record is checked by its signatures only",
-                  file=sys.stderr)
+            unreadable = str(exc)
     try:
         verdict, entries = read_record(path, anchors=store)
         visit = _visit(store, verdict) if store is not None else None
@@ -148,6 +147,12 @@ def _checked(path: Path, store_url: str | None, no_store: bool) -> tuple[Any, li
     finally:
         if store is not None:
             store.close()
+    if unreadable and verdict.ok:  # as `verify` says: the end cannot be checked without the store
+        from dataclasses import replace
+
+        from safety import RecordStatus
+
+        verdict = replace(verdict, status=RecordStatus.UNCHECKABLE, reason=f"cannot be checked: {unreadable}")
     if not verdict.ok or verdict.status.name == "TRUNCATED":
         print(f"warning: {path}: {verdict.status.value}: {verdict.reason}", file=sys.stderr)
     return verdict, entries, visit
