@@ -153,6 +153,28 @@ class Decoder:
             raise ValueError(f"name {token!r} stands where a {'kind' if context else 'leaf'} belongs")
         return key
 
+    def skim(self, event: Any) -> str:
+        """The kind of an encoded event, keeping the name table as `decode` would but building
+        no data: enough to check a record's shape quickly. Raises ValueError as `decode` does
+        for anything that is not an event."""
+        if _is_int(event) and event >= 0:
+            return self._name(event, context=True)[1]
+        if not isinstance(event, list) or len(event) < 2 or not _is_int(event[1]):
+            raise ValueError("an event is not [kind, time, ...] or the number of a kind")
+        kind = self._name(event[0], context=True)[1]
+        items, k = event, 2
+        while k < len(items):
+            token = items[k]
+            if _is_int(token) and token < 0:
+                self._name(-token - 1, context=False)
+                k += 1
+                continue
+            self._name(token, context=False)
+            if k + 1 >= len(items):
+                raise ValueError("an event's leaf has no value")
+            k += 2
+        return kind
+
     def decode(self, event: Any) -> tuple[str, int, dict[str, Any]]:
         """(kind, monotonic ms, data) of an encoded event; raises ValueError when it is not one."""
         s = self._s

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -48,7 +49,7 @@ class RecordVerdict:
     records: int                 # lines that verified (signed, or vouched for by a later signature)
     first_bad_line: int | None   # 1-based line of the first failure, or of the first unsigned line
     reason: str
-    readings: int = 0            # telemetry readings in the lines that verified
+    readings: int | None = None  # telemetry readings in the lines that verified (known when they were read)
     record_id: str | None = None
     key_id: str | None = None
     key_label: str | None = None
@@ -123,7 +124,8 @@ class _Line:
     digest: bytes
     auth: str
     closes: bool
-    entries: list[tuple[str, int, dict[str, Any]]]
+    kinds: list[str]
+    entries: list[tuple[str, int, dict[str, Any]]]   # decoded only when the entries are read
 
     @property
     def signed(self) -> bool:
@@ -158,17 +160,32 @@ class _Scan:
         return len(lines), self.size - start
 
 
-def _decode(decoder: Decoder, events: list[Any]) -> list[tuple[str, int, dict[str, Any]]]:
-    out = []
-    for event in events:
-        kind, mono_ms, data = decoder.decode(event)
-        if kind not in KINDS:
-            raise _BadLine(f"unknown record kind {kind!r}")
-        out.append((kind, mono_ms, data))
-    return out
+def _decode(decoder: Decoder, events: list[Any]) -> tuple[list[str], list[tuple[str, int, dict[str, Any]]]]:
+    entries = [decoder.decode(event) for event in events]
+    kinds = [kind for kind, _, _ in entries]
+    unknown = next((kind for kind in kinds if kind not in KINDS), None)
+    if unknown is not None:
+        raise _BadLine(f"unknown record kind {unknown!r}")
+    return kinds, entries
 
 
-def _scan(data: bytes) -> _Scan:
+_LINE = re.compile(rb'\[(0|[1-9][0-9]*),(.+),"([A-Za-z0-9_-]{%d}|[A-Za-z0-9_-]{%d})"\]' % (MAC_CHARS, SIG_CHARS),
+                   re.S)
+_CLOSES = re.compile(rb'\["close",-?[0-9]+\]\]\Z')
+
+
+def _split(raw: bytes) -> tuple[int, str, bytes]:
+    """(index, auth, body) of a line by its shape alone: what chaining and signatures need."""
+    match = _LINE.fullmatch(raw)
+    if match is None:
+        raise _BadLine("not a record line ([index, event, ..., signature or mac])")
+    return int(match.group(1)), match.group(3).decode(), raw[:match.start(3) - 2] + b"]"
+
+
+def _scan(data: bytes, full: bool = False) -> _Scan:
+    """The record's lines, chained, by their shape; `full` also parses every line strictly
+    and decodes its events (for reading). Verifying needs only the chain and the signatures
+    over it: the first line, every `resume` and what follows the close are read in full."""
     scan = _Scan(size=len(data))
     pieces = data.split(b"\n")
     scan_tail = pieces.pop()
@@ -180,8 +197,10 @@ def _scan(data: bytes) -> _Scan:
         start, end = pos, pos + len(raw) + 1
         pos = end
         try:
-            index, events, auth, body = parse_line(raw)
-            resuming = index > 0 and isinstance(events[0], list) and bool(events[0]) and events[0][0] == "resume"
+            index, auth, body = _split(raw)
+            resuming = index > 0 and body.startswith(b'[%d,["resume",' % index)
+            if resuming or index == 0 or full:
+                _, events, _, _ = parse_line(raw)
             named = Decoder().decode(events[0])[2] if resuming else {}
         except ValueError as exc:
             if scan.junk_from is None:
@@ -203,19 +222,22 @@ def _scan(data: bytes) -> _Scan:
         elif index != len(scan.lines):
             scan.junk_from, junk = start, (n, f"line {n} has index {index} where {len(scan.lines)} was expected")
             continue
+        kinds: list[str] = []
+        entries: list[tuple[str, int, dict[str, Any]]] = []
         try:
-            entries = _decode(decoder, events)
-            _sequence_problem(index, entries, resuming)
+            if index == 0 or resuming or full:
+                kinds, entries = _decode(decoder, events)
+                _sequence_problem(index, kinds, resuming)
+            if index == 0:
+                scan.first = entries[0][2]
         except ValueError as exc:
             scan.problem = (n, f"line {n} is not a valid record line: {exc}")
             return scan
         digest = chain(prev, body)
-        closed = entries[-1][0] == "close"
-        line = _Line(index, start, end, digest, auth, closed, entries)
+        closed = _CLOSES.search(body) is not None
+        line = _Line(index, start, end, digest, auth, closed, kinds, entries if full else [])
         scan.lines.append(line)
         prev = digest
-        if index == 0:
-            scan.first = entries[0][2]
         if line.signed:
             boundaries = {end: (len(scan.lines), digest)}
         else:
@@ -247,8 +269,7 @@ def _resume_problem(data: bytes, start: int, index: int, events: list[Any], auth
     return None
 
 
-def _sequence_problem(index: int, entries: list[tuple[str, int, dict[str, Any]]], resuming: bool) -> None:
-    kinds = [kind for kind, _, _ in entries]
+def _sequence_problem(index: int, kinds: list[str], resuming: bool) -> None:
     if resuming:
         return
     if (index == 0) != ("open" in kinds) or "open" in kinds and kinds != ["open"]:
@@ -279,8 +300,8 @@ def _check_signatures(scan: _Scan, key: RecordKey, record_id: str) -> tuple[int,
     return None
 
 
-def _readings(lines: list[_Line]) -> int:
-    return sum(1 for line in lines for kind, _, _ in line.entries if kind == "telemetry")
+def _readings(lines: list[_Line], full: bool) -> int | None:
+    return sum(line.kinds.count("telemetry") for line in lines) if full else None
 
 
 def verify_record(path: str | Path, *, keys: KeyLookup = load_key, expect_key: str | None = None,
@@ -298,13 +319,13 @@ def read_record(path: str | Path, *, keys: KeyLookup = load_key, anchors: Anchor
                 ) -> tuple[RecordVerdict, list[dict[str, Any]]]:
     """The verdict (as `verify_record`) and the entries of the signed part (as `read_entries`),
     reading the file once."""
-    verdict, scan = _verify(Path(path), Path(path).read_bytes(), keys, None, anchors, None)
+    verdict, scan = _verify(Path(path), Path(path).read_bytes(), keys, None, anchors, None, full=True)
     return verdict, list(_entries(scan))
 
 
 def _verify(path: Path, data: bytes, keys: KeyLookup, expect_key: str | None, anchors: AnchorSink | None,
-            expect_record_id: str | None) -> tuple[RecordVerdict, _Scan]:
-    scan = _scan(data)
+            expect_record_id: str | None, full: bool = False) -> tuple[RecordVerdict, _Scan]:  # noqa: C901
+    scan = _scan(data, full)
     first = scan.first
     record_id, key_id = first.get("record_id"), first.get("key_id")
 
@@ -313,7 +334,7 @@ def _verify(path: Path, data: bytes, keys: KeyLookup, expect_key: str | None, an
         covered = scan.covered if records is None else scan.lines[:records]
         lines, size = scan.unsigned()
         last = covered[-1] if covered else None
-        return RecordVerdict(status, len(covered), bad, reason, _readings(covered), record_id, key_id,
+        return RecordVerdict(status, len(covered), bad, reason, _readings(covered, full), record_id, key_id,
                              kw.pop("label", None), last.digest.hex() if last else GENESIS.hex(),
                              unsigned_lines=lines, unsigned_bytes=size, patient=first.get("patient"),
                              visit=first.get("visit"), last_signature=last.auth if last and last.signed else "",
@@ -501,7 +522,7 @@ def read_entries(path: str | Path) -> Iterator[dict[str, Any]]:
     """Every event of the signed part of the record, in order, as {"i" (its line), "kind",
     "mono", "t", "data"}; `t` is the wall-clock time (ISO 8601) from the last `open`/`resume`
     plus the `mono` offset. Lines after the last signature are never given: they are not data."""
-    return _entries(_scan(Path(path).read_bytes()))
+    return _entries(_scan(Path(path).read_bytes(), full=True))
 
 
 def read_readings(path: str | Path) -> Iterator[dict[str, Any]]:

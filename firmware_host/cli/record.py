@@ -197,8 +197,9 @@ def _export(session: Any, verdict: Any, visit: Any, out: Path, patient_system: s
     except OSError as exc:
         print(f"error: cannot write {out} ({exc.strerror or exc})", file=sys.stderr)
         return EXIT_REFUSED
-    except ValueError as exc:
-        return refused(exc)
+    except ValueError as exc:  # nothing to export for a patient, or no identifier system: say what to do
+        print(f"refused: {exc}; nothing was exported.", file=sys.stderr)
+        return EXIT_REFUSED
     print(f"FHIR bundle: {out} ({len(bundle.entry)} resources)")
     return EXIT_BY_STATUS[verdict.status.name]
 
@@ -243,7 +244,7 @@ def _verify(args: argparse.Namespace) -> int:
     status = verdict.status.name
     signer = f"signed with key {verdict.key_id}" + (f" ({verdict.key_label})" if verdict.key_label else "")
     if status in ("CLOSED", "OPEN", "TRUNCATED"):
-        text = (f"{verdict.status.value}: {verdict.records} line(s) and {verdict.readings} reading(s), {signer}; "
+        text = (f"{verdict.status.value}: {verdict.records} line(s), {signer}; "
                 f"record {verdict.record_id}" + (f", patient {verdict.patient}" if verdict.patient else "")
                 + (f", visit {verdict.visit}" if verdict.visit is not None else "") + "." + NEXT_STEP[status])
         if status == "TRUNCATED":

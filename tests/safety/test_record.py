@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from safety import (KINDS, RecordStatus, RecordWriteError, TreatmentRecord, UnknownRecordKind, read_entries,
-                    read_readings, verify_record)
+                    read_readings, read_record, verify_record)
 from safety.record_codec import Decoder, Encoder
 from safety.record_keys import default_key_id, import_public, key_dir, load_key
 
@@ -105,7 +105,7 @@ def test_every_event_comes_back_and_the_record_is_compact(tmp_path):
     assert list(read_readings(path)) == sent
     kinds = [e["kind"] for e in read_entries(path)]
     assert kinds.index("stop") == 1 + 26 * 4               # right after every reading appended before it
-    verdict = verify_record(path)
+    verdict = read_record(path)[0]
     assert verdict.ok and verdict.readings == len(sent)
     assert path.stat().st_size < 20 * len(sent)              # a reading costs what changed in it
 
@@ -279,7 +279,7 @@ def test_threads_share_one_chain(tmp_path):
     for t in threads:
         t.join()
     rec.close()
-    verdict = verify_record(path)
+    verdict = read_record(path)[0]
     assert verdict.readings == 40 and verdict.closed
     assert rec.last_hash == verdict.last_hash and rec.count == verdict.records
 
