@@ -195,7 +195,7 @@ def test_sessions_started_in_the_same_second_keep_separate_records(tmp_path: Pat
         outcomes = [(run.wait(timeout=40), run.stdout.read() + run.stderr.read())  # type: ignore[union-attr]
                     for run in runs]
     assert [code for code, _ in outcomes] == [0, 0], outcomes
-    records = [line.split("record: ", 1)[1].strip() for _, said in outcomes for line in said.splitlines()
+    records = [line.split("record: ", 1)[1].split(" (id ")[0] for _, said in outcomes for line in said.splitlines()
                if line.startswith("record: ")]
     assert len(set(records)) == 2, records
     assert all(said.count("research and investigational use only") == 1 for _, said in outcomes)
