@@ -158,6 +158,13 @@ def test_a_store_password_never_reaches_the_record(tmp_path: Path) -> None:
     assert "hunter2" not in estim("record", "show", str(record), "--no-store").stdout
 
 
+def test_the_log_is_readable_by_its_user_only() -> None:
+    subprocess.run([sys.executable, "-m", "firmware_host", "keys", "list"], capture_output=True, env=child_env(),
+                   timeout=30)
+    log = Path(child_env()["XDG_STATE_HOME"]) / "estim" / "estim.log"
+    assert log.stat().st_mode & 0o777 == 0o600
+
+
 def test_a_non_utf8_argument_is_refused_in_plain_words(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "firmware_host", "visit", "start", "P1", "--no", "all",
                            "--operator", b"J\xe9r\xf4me".decode("utf-8", "surrogateescape")], capture_output=True,

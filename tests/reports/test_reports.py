@@ -252,3 +252,17 @@ def test_report_and_export_take_the_visit_from_the_store(tmp_path: Path) -> None
     pains = [e["resource"] for e in entries if e["resource"]["resourceType"] == "Observation"
              and e["resource"]["code"].get("coding")]
     assert sorted(p["valueInteger"] for p in pains) == [3, 6]
+
+
+def test_the_procedure_status_says_what_happened(session_record: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from firmware_host.reports.fhir import status_of
+
+    verdict = verify_record(session_record)
+    stopped = read_session(session_record)
+    assert status_of(stopped, verdict) == "stopped"
+    assert status_of(replace(stopped, stops=[], faults=[]), verdict) == "completed"
+    assert status_of(replace(stopped, not_started="refused: x"), verdict) == "not-done"
+    assert status_of(replace(stopped, outputs=[]), verdict) == "not-done"
+    assert status_of(replace(stopped, stops=[], faults=[], closed=False), verdict) == "stopped"
