@@ -7,10 +7,9 @@ or verifying a treatment record (`safety.record_read`) does not pay for NumPy an
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy import exports
 
-_EXPORTS = {
+__all__, __getattr__ = exports(__name__, {
     "errors": ("InterlockStateError", "Refusal", "SafetyError"),
     "approvals": ("APPROVAL_TTL_S", "Approved", "ClearFaults", "Command", "SetChannel", "SetOutputs", "SimControl",
                   "operator_name"),
@@ -31,20 +30,4 @@ _EXPORTS = {
     "rules": ("RULES", "ArrayVerdict", "LimitArrays", "SettingArrays", "Verdict", "check_setting", "evaluate_arrays"),
     "settings": ("ChannelReading", "ChannelSetting", "Shape"),
     "supervisor": ("Action", "ActionKind", "Supervisor"),
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'safety' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+})

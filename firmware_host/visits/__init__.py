@@ -5,25 +5,12 @@ treatment records written in them. Names are loaded on first use: reading a reco
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from safety.lazy import exports
 
-_EXPORTS = {
+__all__, __getattr__ = exports(__name__, {
     "store": ("VisitStore",),
     "heads": ("open_heads",),
     "where": ("STORE_URL_ENV", "default_url"),
     "values": ("PLAN_KINDS", "Dose", "Entry", "Outcome", "OutcomeEntry", "PatientInfo", "Plan", "PlanEntry",
                "RecordHead", "RecordHeadError", "StoreError", "Visit"),
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'firmware_host.visits' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+})
