@@ -7,7 +7,8 @@ clock: every setting is approved, goes to the wire and is acknowledged as the li
 and every channel is read ten times a second with the fields an ICD v2 device sends (the
 whole waveform; charge accumulating, load jittering by a few ohms). Presets run on channels
 1-4 (typical sensitivity, thresholds 1 / 3 / 5 mA); a program file with fewer channels is
-widened to 4 by repeating its first channel's needles and waveform.
+widened to 4 by repeating its first channel's needles and waveform (and is never made longer than
+its prescription allows).
 
     python bench/record_bench.py [--minutes 5] [--json]
 """
@@ -123,8 +124,9 @@ def programs(minutes: float) -> Iterator[tuple[str, Program]]:
             for segment in data["segments"]:
                 segment["channels"].setdefault(ch, segment["channels"][first])
         total = sum(segment["duration_s"] for segment in data["segments"])
+        length = min(minutes, data["prescription"]["max_minutes"])   # as long as its prescription allows
         for segment in data["segments"]:
-            segment["duration_s"] *= minutes * 60 / total
+            segment["duration_s"] *= length * 60 / total
         yield f"program_{path.stem}", Program.model_validate(data).resolve(thresholds)
 
 
@@ -166,7 +168,7 @@ def run(minutes: float = 5.0, verify_minutes: float = 30.0) -> dict[str, Any]:
             figures["kb_per_min"][name] = path.stat().st_size / 1000 / length
         # the largest per minute, for 30 minutes: verify in-process, then `estim record verify` with its store
         worst = max(figures["kb_per_min"], key=figures["kb_per_min"].get)
-        program = dict(programs(verify_minutes))[worst]
+        program = next(p for name, p in programs(verify_minutes) if name == worst)
         path = root / "long.jsonl"
         start = time.perf_counter()
         length = write(program, path, key)

@@ -116,20 +116,17 @@ def parse_line(raw: bytes) -> tuple[int, list[Any], str, bytes]:
     return value[0], events, auth, body
 
 
-@dataclass
+@dataclass(slots=True)
 class _Line:
     index: int
     start: int
     end: int                     # offset after its newline
     digest: bytes
     auth: str
+    signed: bool
     closes: bool
     kinds: list[str]
     entries: list[tuple[str, int, dict[str, Any]]]   # decoded only when the entries are read
-
-    @property
-    def signed(self) -> bool:
-        return len(self.auth) == SIG_CHARS
 
 
 @dataclass
@@ -171,6 +168,7 @@ def _decode(decoder: Decoder, events: list[Any]) -> tuple[list[str], list[tuple[
 
 _LINE = re.compile(rb'\[(0|[1-9][0-9]*),(.+),"([A-Za-z0-9_-]{%d}|[A-Za-z0-9_-]{%d})"\]' % (MAC_CHARS, SIG_CHARS),
                    re.S)
+_NONE: list[Any] = []  # the kinds and events of a line that was not decoded (shared, never changed)
 _CLOSES = re.compile(rb'\["close",-?[0-9]+\]\]\Z')
 
 
@@ -190,7 +188,7 @@ def _scan(data: bytes, full: bool = False) -> _Scan:
     pieces = data.split(b"\n")
     scan_tail = pieces.pop()
     prev, decoder = GENESIS, Decoder()
-    boundaries: dict[int, tuple[int, bytes]] = {}   # line starts after the last signed line: (lines, hash)
+    signed_upto = 0                                 # lines up to the last signed one: a resume may not cut them
     closed = False
     pos = 0
     for n, raw in enumerate(pieces, start=1):
@@ -207,6 +205,8 @@ def _scan(data: bytes, full: bool = False) -> _Scan:
                 scan.junk_from, junk = start, (n, f"line {n} is not a valid record line: {exc}")
             continue
         if resuming:
+            after = scan.lines[signed_upto - 1:] if signed_upto else []   # the last signed line and those after
+            boundaries = {line.end: (k, line.digest) for k, line in enumerate(after, start=signed_upto)}
             why = "a resume record after the close record" if closed else \
                 _resume_problem(data, start, index, events, auth, named, boundaries)
             if why:
@@ -222,8 +222,8 @@ def _scan(data: bytes, full: bool = False) -> _Scan:
         elif index != len(scan.lines):
             scan.junk_from, junk = start, (n, f"line {n} has index {index} where {len(scan.lines)} was expected")
             continue
-        kinds: list[str] = []
-        entries: list[tuple[str, int, dict[str, Any]]] = []
+        kinds: list[str] = _NONE
+        entries: list[tuple[str, int, dict[str, Any]]] = _NONE
         try:
             if index == 0 or resuming or full:
                 kinds, entries = _decode(decoder, events)
@@ -233,15 +233,12 @@ def _scan(data: bytes, full: bool = False) -> _Scan:
         except ValueError as exc:
             scan.problem = (n, f"line {n} is not a valid record line: {exc}")
             return scan
-        digest = chain(prev, body)
-        closed = _CLOSES.search(body) is not None
-        line = _Line(index, start, end, digest, auth, closed, kinds, entries if full else [])
-        scan.lines.append(line)
-        prev = digest
-        if line.signed:
-            boundaries = {end: (len(scan.lines), digest)}
-        else:
-            boundaries[end] = (len(scan.lines), digest)
+        prev = chain(prev, body)
+        signed = len(auth) == SIG_CHARS
+        closed = signed and _CLOSES.search(body) is not None
+        scan.lines.append(_Line(index, start, end, prev, auth, signed, closed, kinds, entries if full else _NONE))
+        if signed:
+            signed_upto = len(scan.lines)
     if scan.junk_from is not None:
         scan.problem = junk
     elif scan_tail:
