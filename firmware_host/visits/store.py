@@ -269,6 +269,8 @@ class VisitStore:
                 raise StoreError(f"visit {visit_id} already has {', '.join(n.replace('_', ' ') for n in corrected)} "
                                  "recorded; a correction keeps the first entry and needs a reason: add "
                                  "--reason \"why\"")
+            if corrected and not by.strip():
+                raise StoreError("a correction needs the name of whoever makes it: add --operator NAME")
             s.add(OutcomeEntryRow(visit_id=visit_id, recorded_at=_now(), recorded_by=by, reason=reason,
                                   pain_before_at=_now() if outcome.pain_before is not None else None,
                                   **outcome.given()))
@@ -283,6 +285,8 @@ class VisitStore:
             if not ending and not reason.strip():
                 raise StoreError(f"visit {visit_id} ended at {_utc(visit.ended_at).astimezone():%H:%M}; a new plan "
                                  "for it is a correction that keeps the first and needs a reason: add --reason \"why\"")
+            if not ending and not by.strip():
+                raise StoreError("a correction needs the name of whoever makes it: add --operator NAME")
             s.add(PlanEntryRow(visit_id=visit_id, kinds=list(plan.kinds), text=plan.text, recorded_at=_now(),
                                recorded_by=by, reason=reason))
             if ending:

@@ -136,6 +136,8 @@ def test_nothing_is_replaced_a_correction_is_a_new_entry(store: VisitStore) -> N
     store.add_outcome(visit, Outcome(pain_after=3, felt="warm"), by="JD")      # new fields: no correction
     with pytest.raises(StoreError, match="--reason"):
         store.add_outcome(visit, Outcome(pain_after=4), by="KL")
+    with pytest.raises(StoreError, match="--operator"):
+        store.add_outcome(visit, Outcome(pain_after=4), by=" ", reason="misheard")
     assert store.add_outcome(visit, Outcome(pain_after=4), by="KL", reason="misheard") == ["pain_after"]
     assert store.end_visit(visit, Plan(("loading",)), by="JD")
     with pytest.raises(StoreError, match="--reason"):
