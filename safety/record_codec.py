@@ -41,6 +41,8 @@ def _leaves(data: Mapping[str, Any], prefix: Path = ()) -> Iterator[tuple[Path, 
 
 
 def _tree(flat: Mapping[Path, Any]) -> dict[str, Any]:
+    if all(len(path) == 1 for path in flat):
+        return {path[0]: value for path, value in flat.items()}
     out: dict[str, Any] = {}
     for path, value in flat.items():
         node = out
@@ -203,25 +205,23 @@ class Decoder:
         last, slope = s.last.get(context, {}), s.slope.get(context, {})
         if removed - set(last):
             raise ValueError("an event removes a leaf that is not there")
-        flat: dict[Path, Any] = {}
-        new_slope: dict[Path, int] = {}
-        for path, before in last.items():
-            if path in removed:
-                continue
-            if path in changed:
-                value = changed.pop(path)
-                if _is_int(before) and _is_int(value):
-                    change = slope.get(path, 0) + value
-                    flat[path], new_slope[path] = before + change, change
-                else:
-                    flat[path] = value
-            elif _is_int(before):
-                change = slope.get(path, 0)
-                flat[path], new_slope[path] = before + change, change
+        flat = dict(last)
+        new_slope = dict(slope)
+        for path, change in slope.items():     # integers move as they moved
+            if path not in changed:
+                flat[path] += change
+        for path, value in changed.items():
+            before = last.get(path, _MISSING)
+            if _is_int(before) and _is_int(value):
+                new_slope[path] = change = slope.get(path, 0) + value
+                flat[path] = before + change
             else:
-                flat[path] = before
-        flat.update(changed)
-        if _context(kind, flat) != context:
+                flat[path] = value
+                new_slope.pop(path, None)
+        for path in removed:
+            del flat[path]
+            new_slope.pop(path, None)
+        if (not last or any(path[-1] == "channel" for path in changed)) and _context(kind, flat) != context:
             raise ValueError("an event's channel does not match the kind it names")
         s.last[context], s.slope[context] = flat, new_slope
         return kind, s.mono_ms, _tree(flat)
