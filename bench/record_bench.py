@@ -30,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.waveforms_bench import SIM_DEVICE, VirtualClock  # noqa: E402
+from firmware_host.stimulator import Stimulator  # noqa: E402
 from firmware_host.waveforms import Program, preset_program  # noqa: E402
 from firmware_host.waveforms.engine import run_program  # noqa: E402
 from firmware_host.waveforms.program import Needle  # noqa: E402
@@ -47,8 +48,13 @@ PRESETS = ("peripheral_analgesia", "segmental_inhibition", "descending_modulatio
 
 
 class _Bench:
-    """Stands where the `Stimulator` stands for the engine: every setting approved, sent and
-    acknowledged, readings appended as the virtual clock passes each tenth of a second."""
+    """Stands where the `Stimulator` stands for the engine, with the stimulator's own methods
+    for everything but the wire: every setting approved, sent and acknowledged at once,
+    readings appended as the virtual clock passes each tenth of a second."""
+
+    tripped = Stimulator.tripped
+    enabled, setting = Stimulator.enabled, Stimulator.setting
+    apply, enable, safe_off = Stimulator.apply, Stimulator.enable, Stimulator.safe_off
 
     def __init__(self, interlock: Interlock, record: TreatmentRecord, clock: VirtualClock) -> None:
         self.interlock, self.record, self.clock = interlock, record, clock
@@ -57,33 +63,9 @@ class _Bench:
         self._next_tick = 0.0
         self._rng = random.Random(1)
 
-    @property
-    def tripped(self) -> str | None:
-        return self.interlock.tripped
-
-    def setting(self, channel: int) -> Any:
-        return self.interlock.applied(channel)[0]
-
-    def enabled(self) -> frozenset[int]:
-        return frozenset(ch for ch in self.channels if self.interlock.applied(ch)[1])
-
     def _execute(self, approved: Any) -> None:
         approved.consume()
         self.interlock.note_acknowledged(approved)
-
-    def apply(self, setting: Any) -> None:
-        self._execute(self.interlock.approve_set_channel(setting))
-
-    def enable(self, *channels: int) -> None:
-        self._execute(self.interlock.approve_outputs(self.enabled() | set(channels)))
-
-    def safe_off(self) -> None:
-        for ch in self.channels:
-            s = self.setting(ch)
-            if s is not None and s.amplitude_ua > 0:
-                self.apply(s.with_amplitude(0))
-        if self.enabled():
-            self._execute(self.interlock.approve_outputs(()))
 
     def sleep(self, dt: float) -> None:
         end = self.clock.t + dt
