@@ -41,8 +41,6 @@ def _leaves(data: Mapping[str, Any], prefix: Path = ()) -> Iterator[tuple[Path, 
 
 
 def _tree(flat: Mapping[Path, Any]) -> dict[str, Any]:
-    if all(len(path) == 1 for path in flat):
-        return {path[0]: value for path, value in flat.items()}
     out: dict[str, Any] = {}
     for path, value in flat.items():
         node = out
@@ -80,6 +78,7 @@ class _State:
         self.mono_ms: int | None = None
         self.last: dict[Context, dict[Path, Any]] = {}
         self.slope: dict[Context, dict[Path, int]] = {}
+        self.flat_shape: dict[Context, bool] = {}     # (decoding) every leaf is at the top of its data
 
     def define(self, key: tuple[Any, ...]) -> None:
         if key in self.names:
@@ -224,7 +223,9 @@ class Decoder:
         if (not last or any(path[-1] == "channel" for path in changed)) and _context(kind, flat) != context:
             raise ValueError("an event's channel does not match the kind it names")
         s.last[context], s.slope[context] = flat, new_slope
-        return kind, s.mono_ms, _tree(flat)
+        if removed or context not in s.flat_shape or any(path not in last for path in changed):
+            s.flat_shape[context] = all(len(path) == 1 for path in flat)
+        return kind, s.mono_ms, {p[0]: v for p, v in flat.items()} if s.flat_shape[context] else _tree(flat)
 
 
 class _Missing:
