@@ -12,7 +12,7 @@ import sys
 
 from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, Parser, refused, stoppable
 from .options import add_session_options, fixed_waveform_setup, open_record, open_session, session_plan
-from .visit_context import attach_visit, begin_dose, keep_dose, keep_record, record_subject, screening_verdict
+from .visit_context import attach_visit, keep_record, kept_dose, record_subject, screening_verdict
 
 EXAMPLES = """keys:
   ↑ or +   raise the selected channel one step (ramps at the prescribed rate)
@@ -105,20 +105,18 @@ def _console(args: argparse.Namespace) -> int:
         record.close()
         return refused(exc)
     keep_record(args, record)
-    stim = open_session(args, setup, record)
-    if isinstance(stim, int):
-        return stim
-    begin_dose(args, "console", args.mechanism, record)
-    app = None
     try:
-        with stim:
-            try:
+        with kept_dose(args, "console", args.mechanism, record) as dose:
+            stim = open_session(args, setup, record)
+            if isinstance(stim, int):
+                return stim
+            dose.stim = stim
+            with stim:
                 app = ConsoleApp(stim, waveforms, ConsoleSettings(args.step, args.feedback_step, args.step),
                                  operator=args.operator)
                 app.run()
                 tripped = stim.tripped
-            finally:
-                keep_dose(args, stim, app is not None and not app.interrupted and not stim.tripped)
+                dose.completed = not app.interrupted and not tripped
     finally:
         record.close()
     print(f"record: {record.path} (id {record.record_id})")

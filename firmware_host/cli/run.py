@@ -22,7 +22,7 @@ from safety import STANDARD
 from . import EXIT_DEVICE_FAULT, EXIT_OK, Parser, refused, stoppable, unreachable
 from .options import (add_program_options, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
                       open_session, patient, print_dose, program_from_args, session_plan, session_notices)
-from .visit_context import (apply_last_dose, attach_visit, begin_dose, keep_dose, keep_record, record_subject,
+from .visit_context import (apply_last_dose, attach_visit, keep_record, kept_dose, record_subject,
                             screening_verdict)
 
 MAX_SESSION_MIN = STANDARD.max_session_minutes  # the standard's limit on one session
@@ -168,24 +168,21 @@ def _run(args: argparse.Namespace) -> int:
     except (SafetyError, ValueError) as exc:
         return refused(exc)
 
-    with record:
+    with record, kept_dose(args, "direct", args.mechanism, record) as dose:
         try:
             record.append("session_plan", session_plan(args, hold_s=hold_s))
         except SafetyError as exc:  # the record cannot be written: nothing is sent
             return refused(exc)
         print(f"record: {record.path} (id {record.record_id})")
         keep_record(args, record)
-        stim = open_session(args, setup, record)
+        stim = dose.stim = open_session(args, setup, record)
         if isinstance(stim, int):
+            dose.stim = None
             return stim
-        begin_dose(args, "direct", args.mechanism, record)
-        code = None
         with stim:
-            try:
-                code = _session(stim, setting, hold_s, args)
-                return code
-            finally:
-                keep_dose(args, stim, code == EXIT_OK)
+            code = _session(stim, setting, hold_s, args)
+            dose.completed = code == EXIT_OK
+            return code
 
 
 def _session(stim, setting, hold_s: float, args: argparse.Namespace) -> int:  # noqa: ANN001
@@ -294,7 +291,7 @@ def _run_program(args: argparse.Namespace) -> int:
     except (SafetyError, OSError, ValueError) as exc:
         return refused(exc)
 
-    with record:
+    with record, kept_dose(args, program.name, str(program.mechanism), record) as dose:
         plan = session_plan(args, program=program.name, duration_s=program.duration_s)
         try:
             record.append("session_plan", {**plan, "mechanism": plan["mechanism"] or str(program.mechanism)})
@@ -321,6 +318,7 @@ def _run_program(args: argparse.Namespace) -> int:
             link.close()
             raise
         session_notices(stim.identity)
+        dose.stim = stim
         with stim:
             latched = latched_at_start(stim, args)
             if latched is not None:
@@ -335,15 +333,13 @@ def _run_program(args: argparse.Namespace) -> int:
                     _progress(stim, update.setting.channel, program.duration_s - update.planned_s)
 
             report = None
-            begin_dose(args, program.name, str(program.mechanism), record)
             try:
                 report = run_program(stim, program, on_update=progress)
             except (SafetyError, fh.EstimError) as exc:
                 if not stim.tripped:
                     stim.estop(f"the program could not go on: {exc}")
                 print(f"\nerror: {exc}", file=sys.stderr)
-            finally:
-                keep_dose(args, stim, report is not None and report.completed)
+            dose.completed = report is not None and report.completed
             print()
             if stim.tripped:
                 return _stopped(stim, args)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,26 +109,44 @@ def keep_record(args: argparse.Namespace, record: Any) -> None:
           lambda visits: visits.link_record(args.visit.id, record.record_id, record.path))
 
 
-def begin_dose(args: argparse.Namespace, program: str, mechanism: str | None, record: Any) -> None:
-    """The dose, stored as its session starts (a session killed before its end leaves it
-    marked as not completed); `keep_dose` completes it."""
-    args.dose_id = None
-    if getattr(args, "visit", None) is None:
-        return
-    args.dose_id = _kept(args, "the dose as it starts", lambda visits: visits.start_dose(
-        args.visit.id, program, mechanism, dose_request(args), record.record_id))
+@dataclass
+class DoseUnderWay:
+    """What `kept_dose` completes the dose from: the session (once it exists) and whether it
+    ran to its end."""
+
+    stim: Any = None
+    completed: bool = False
 
 
-def keep_dose(args: argparse.Namespace, stim: Any, completed: bool) -> None:
-    """What the device delivered, per channel, appended to the dose `begin_dose` stored."""
-    if getattr(args, "dose_id", None) is None:
-        return
+@contextmanager
+def kept_dose(args: argparse.Namespace, program: str, mechanism: str | None, record: Any) -> Iterator[DoseUnderWay]:
+    """With --patient: the dose, stored before the session reaches the device (a session
+    killed before its end leaves it marked as not completed), and what the device delivered,
+    per channel, appended once the session is over. The store is never written while the
+    device is live, so a slow store never delays supervision."""
+    dose = DoseUnderWay()
+    dose_id = None
+    if getattr(args, "visit", None) is not None:
+        dose_id = _kept(args, "the dose as it starts", lambda visits: visits.start_dose(
+            args.visit.id, program, mechanism, dose_request(args), record.record_id))
+    try:
+        yield dose
+    finally:
+        if dose_id is not None:
+            delivered = _delivered(dose.stim) if dose.stim is not None else []
+            _kept(args, "what the session delivered",
+                  lambda visits: visits.finish_dose(dose_id, delivered, dose.completed))
+
+
+def _delivered(stim: Any) -> list[dict[str, Any]]:
+    """Per channel: the highest intensity applied, time at output and charge (the device's
+    counter when it reported one)."""
     from safety import output_summary
 
     doses = stim.interlock.applied_doses()
     needles = {ch: stim.interlock.setup.needle(ch) for ch in stim.channels}
     summaries, _ = output_summary(doses, needles, {c: r.charge_total_uc for c, r in stim.readings.items()})
-    delivered = [{
+    return [{
         "channel": s.channel,
         "peak_ma": max((d.setting.amplitude_ma for d in doses
                         if d.channel == s.channel and d.enabled and d.setting is not None), default=0.0),
@@ -134,7 +154,6 @@ def keep_dose(args: argparse.Namespace, stim: Any, completed: bool) -> None:
         "charge_uc": round(s.delivered_charge_device_uc if s.delivered_charge_device_uc is not None
                            else s.delivered_charge_host_uc, 1),
     } for s in summaries]
-    _kept(args, "what the session delivered", lambda visits: visits.finish_dose(args.dose_id, delivered, completed))
 
 
 def dose_request(args: argparse.Namespace) -> dict[str, Any]:
