@@ -12,27 +12,14 @@ Names are loaded on first use so that `estim --help` does not pay for NumPy and 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from safety.lazy import exports
 
 INTENDED_USE = "For research and investigational use only: not a cleared medical device."
 """Said wherever the product meets a person: help, every session's start, the console, the report."""
 
-_EXPORTS = {
-    **{name: "errors" for name in (
-        "DeviceBusy", "DeviceNotFound", "DeviceRebooted", "DeviceRefused", "EstimError", "HandshakeFailed",
-        "LinkError", "LinkTimeout", "ProtocolMismatch", "TransportClosed", "TransportError",
-    )},
-    **{name: "stimulator" for name in ("DeviceFault", "DeviceStatus", "Notice", "Stimulator", "connect", "open")},
-}
-
-__all__ = sorted([*_EXPORTS, "INTENDED_USE"])
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'firmware_host' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__all__, __getattr__ = exports(__name__, {
+    "errors": ("DeviceBusy", "DeviceNotFound", "DeviceRebooted", "DeviceRefused", "EstimError", "HandshakeFailed",
+               "LinkError", "LinkTimeout", "ProtocolMismatch", "TransportClosed", "TransportError"),
+    "stimulator": ("DeviceFault", "DeviceStatus", "Notice", "Stimulator", "connect", "open"),
+})
+__all__ = sorted([*__all__, "INTENDED_USE"])

@@ -1,41 +1,35 @@
 """Hard safety interlock of the needle stimulator's host controller.
 
 Plain settings and limits in, verdicts out; imports nothing from `firmware_host`.
-See RULES.md for every rule and its source.
+See RULES.md for every rule and its source. Names are loaded on first use, so that reading
+or verifying a treatment record (`safety.record_read`) does not pay for NumPy and pydantic.
 """
 
-from .errors import InterlockStateError, Refusal, SafetyError
-from .approvals import (APPROVAL_TTL_S, ROUTINE_FAULTS, Approved, ClearFaults, Command, SetChannel, SetOutputs, SimControl,
-                        operator_name)
-from .dynamic import JITTER_S
-from .envelope import Ceiling, Envelope, Subject, stricter
-from .history import AppliedDose
-from .interlock import Expected, Interlock, SessionSetup
-from .limits import (NEEDLE_RULES, SENSITIVITY_FACTORS, STANDARD, DeviceLimits, EffectiveLimits, Needle, NeedleRules,
-                     describe_sensitivity,
-                     Prescription, Sensitivity, StandardLimits, effective_limits)
-from .placement import ChannelPlacement, NeedleSite, Patient, Region, Side, check_placement
-from .record import KINDS, RecordWriteError, TreatmentRecord, UnknownRecordKind
-from .record_anchor import AnchorSink
-from .record_keys import RecordKey, RecordKeyError
-from .record_read import RecordStatus, RecordVerdict, read_entries, read_readings, verify_anchored, verify_record
-from .screening import QUESTIONS, Question, Screening, ScreeningVerdict, screen
-from .report import ChannelSummary, format_summary, output_summary
-from .rules import RULES, ArrayVerdict, LimitArrays, SettingArrays, Verdict, check_setting, evaluate_arrays
-from .settings import ChannelReading, ChannelSetting, Shape
-from .supervisor import Action, ActionKind, Supervisor
-from .thresholds import ChannelThresholds, ThresholdError, TitrationWaveform
+from __future__ import annotations
 
-__all__ = [
-    "APPROVAL_TTL_S", "JITTER_S", "KINDS", "NEEDLE_RULES", "QUESTIONS", "ROUTINE_FAULTS", "RULES", "SENSITIVITY_FACTORS",
-    "STANDARD", "Action", "ActionKind", "AnchorSink", "AppliedDose", "Approved", "ArrayVerdict", "Ceiling",
-    "ChannelPlacement", "ChannelReading", "ChannelSetting", "ChannelSummary", "ChannelThresholds", "ClearFaults",
-    "Command", "DeviceLimits", "EffectiveLimits", "Envelope", "Subject", "ThresholdError", "TitrationWaveform",
-    "Expected", "Interlock", "InterlockStateError", "LimitArrays", "Needle", "NeedleRules", "NeedleSite", "Patient",
-    "Prescription", "Question", "RecordKey", "RecordKeyError", "RecordStatus", "RecordVerdict", "RecordWriteError",
-    "Refusal", "Region", "SafetyError", "Screening", "ScreeningVerdict", "Sensitivity", "SessionSetup", "SetChannel",
-    "SetOutputs", "SettingArrays", "Shape", "SimControl", "Side", "StandardLimits", "Supervisor", "TreatmentRecord",
-    "UnknownRecordKind", "Verdict", "check_placement", "check_setting", "describe_sensitivity", "effective_limits",
-    "evaluate_arrays", "format_summary", "operator_name", "output_summary", "read_entries", "read_readings", "screen", "stricter",
-    "verify_anchored", "verify_record",
-]
+from .lazy import exports
+
+__all__, __getattr__ = exports(__name__, {
+    "errors": ("InterlockStateError", "Refusal", "SafetyError"),
+    "approvals": ("APPROVAL_TTL_S", "ROUTINE_FAULTS", "Approved", "ClearFaults", "Command", "SetChannel", "SetOutputs",
+                  "SimControl", "operator_name"),
+    "dynamic": ("JITTER_S",),
+    "envelope": ("Ceiling", "Envelope", "Subject", "stricter"),
+    "history": ("AppliedDose",),
+    "interlock": ("Expected", "Interlock", "SessionSetup"),
+    "limits": ("NEEDLE_RULES", "SENSITIVITY_FACTORS", "STANDARD", "DeviceLimits", "EffectiveLimits", "Needle",
+               "NeedleRules", "describe_sensitivity", "Prescription", "Sensitivity", "StandardLimits",
+               "effective_limits"),
+    "placement": ("ChannelPlacement", "NeedleSite", "Patient", "Region", "Side", "check_placement"),
+    "record": ("KINDS", "RecordWriteError", "TreatmentRecord", "UnknownRecordKind"),
+    "record_anchor": ("AnchorSink",),
+    "record_keys": ("RecordKey", "RecordKeyError"),
+    "record_read": ("RecordStatus", "RecordVerdict", "read_entries", "read_readings", "read_record",
+                    "verify_anchored", "verify_record"),
+    "screening": ("QUESTIONS", "Question", "Screening", "ScreeningVerdict", "screen"),
+    "report": ("ChannelSummary", "format_summary", "output_summary"),
+    "rules": ("RULES", "ArrayVerdict", "LimitArrays", "SettingArrays", "Verdict", "check_setting", "evaluate_arrays"),
+    "settings": ("ChannelReading", "ChannelSetting", "Shape"),
+    "supervisor": ("Action", "ActionKind", "Supervisor"),
+    "thresholds": ("ChannelThresholds", "ThresholdError", "TitrationWaveform"),
+})

@@ -1,34 +1,41 @@
-"""The treatment record: append-only JSON lines, each authenticated with the clinic's key.
+"""The treatment record: append-only JSON lines, hash-chained, signed with the clinic's key.
 
-Line format (format 2), byte for byte:
+Line format (format 3), byte for byte (canonical JSON, no spaces):
 
-    {"i":N,"kind":K,"mono":M,"data":D,"mac":"<32 hex>"}
+    [I, EVENT, EVENT, ..., "AUTH"]
 
-`i` counts records from 0; `kind` is one of `KINDS`; `mono` is the host's monotonic clock
-(s, 6 decimals); `data` is canonical JSON (sorted keys, no spaces, UTF-8, no NaN);
-`mac` is HMAC-SHA256 (128 bits) under the record key of the previous line's mac (32 zeros
-for the first) followed by the line without its `mac` member. So every line is bound to
-its place, and nobody without the key can rewrite, drop, add or reorder lines, even
-recomputing everything after. The first record (`open`) names the record's id and the key
-that signs it; the wall-clock time of any record is the `open` (or `resume`) time plus its
-`mono` offset. A clean end is a final `close` record; nothing may follow it.
+`I` counts lines from 0; each `EVENT` is one appended record in the compact encoding of
+`record_codec` (its kind, time, and what changed). Every line is chained: its hash is
+SHA-256 of the previous line's hash and the line without its `AUTH`. `AUTH` is either an
+Ed25519 signature (86 base64url characters) under the record key of the record id, the
+line's index, its hash and whether it is the close, or a 64-bit MAC (11 characters) under
+a per-record key only the signing computer can derive. Verifying needs the public key only:
+a signature vouches for every line up to it. The first line (`open`: format, record id,
+key id, wall-clock time, patient and visit), the close and any `resume` are signed, and so
+is the first line written at least `SIGN_S` after the last signature. A line after the
+last signature is not data: it stays out of every report until the computer that wrote it
+checks its MAC and signs it (`resume`, written when a record is continued or sealed).
 
-Durability: every record but telemetry is written with O_APPEND and fsynced before
-`append` returns. Telemetry is buffered into `telemetry_block` records (see
-`record_telemetry`) written at least once a second (by a background flusher), before any
-other record and at close: a killed host loses at most the last second of readings, never
-a command, refusal or stop. A write failure latches `RecordWriteError`: it is raised by
-the next `append` or `close` (within about a second for buffered telemetry).
+Durability: an event is written in the next line. Refusals, stops, faults, a command
+going to the wire (`consumed`) and everything else a person needs written now are
+written, with every event waiting before them, and fsynced before `append` returns (one
+writer at a time writes all that waits: group commit). Telemetry, approvals, their
+warnings and acknowledgements wait (they never wait for the disk) until then, or until the
+background flusher writes them within `FLUSH_S`: an approval is always on disk, and
+authenticated, before its command reaches the wire. A killed host loses at most the last
+second of readings and acknowledgements, never a command, refusal or stop. A write failure
+latches `RecordWriteError`: it is raised by the next `append` or `close`.
 
 Reopening a record that was not closed (a restarted host continuing the session) writes a
-`resume` record that names a partial final line, if the killed writer left one, by its
-SHA-256 and length; only a true prefix of the line that was due there can be named, so a
-`resume` cannot excuse anything else.
+signed `resume` that names, by SHA-256 and length, everything after the last line it can
+vouch for (a partial line, or lines whose MAC does not check): those bytes are never data.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -41,23 +48,25 @@ from typing import Any
 
 from .errors import SafetyError
 from .record_anchor import Anchorer, AnchorSink, Head
+from .record_codec import Encoder
 from .record_keys import RecordKey, default_key_or_create, load_key
-from .record_telemetry import BlockBuilder, compactable, fields_of
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
-GENESIS = "0" * 32
+FORMAT = 3
+GENESIS = hashlib.sha256(b"estim treatment record, format 3").digest()
 FLUSH_S = 1.0
-"""Longest time a telemetry reading waits in memory before it is written and fsynced."""
+"""Longest time a waiting event (a reading, an approval, an ACK) stays in memory."""
+SIGN_S = 1.0
+"""Longest time between two signatures while events are written."""
 _FLUSH_TICK_S = 0.25
+MAC_CHARS, SIG_CHARS = 11, 86
 
 KINDS: dict[str, str] = {
     # written by the record itself
-    "open": "the record begins: format, record id, signing key, wall-clock time",
-    "resume": "a restarted host continues this record; names a partial line a killed writer left",
+    "open": "the record begins: format, record id, signing key, wall-clock time, patient and visit",
+    "resume": "a restarted host continues this record, or seals it; names the bytes it cannot vouch for",
     "close": "the record ends cleanly; nothing may follow",
-    "telemetry_block": "device readings, per-channel deltas (see record_telemetry)",
     # the session (interlock, supervisor, stimulator)
     "session_setup": "channels, who is connected and their envelope, prescription, needles and sites",
     "caution": "a screening caution the clinician was shown at set-up",
@@ -80,11 +89,11 @@ KINDS: dict[str, str] = {
     "action": "the supervisor acted: stop, zero a channel, notify",
     "fault": "a fault the device reported",
     "link_lost": "the link to the device was lost",
-    "telemetry": "one device reading (only when it cannot go into a telemetry block)",
+    "telemetry": "one device reading",
     "session_closed": "the host closed the device session: link statistics",
     "not_started": "the session never reached the device: refused, or the device could not be reached; why",
     # the clinician (command line, console)
-    "session_plan": "operator, target mechanism, sensitivity, thresholds, integration plan",
+    "session_plan": "operator, patient, visit, target mechanism, sensitivity, thresholds, integration plan",
     "threshold_mark": "a threshold marked during titration",
     "thresholds": "a channel's measured sensory, motor and tolerance thresholds",
     "patient_feedback": "what the patient said (too strong, can't feel it) and what followed",
@@ -93,7 +102,9 @@ KINDS: dict[str, str] = {
 }
 """Every kind of record, with what it means. `append` refuses a kind not listed here."""
 
-WRITER_KINDS = frozenset({"open", "resume", "close", "telemetry_block"})
+WRITER_KINDS = frozenset({"open", "resume", "close"})
+WAITING_KINDS = frozenset({"telemetry", "approved", "warning", "ack"})
+"""Kinds written with the next line rather than at once (see the module text)."""
 
 
 class UnknownRecordKind(ValueError):
@@ -113,15 +124,31 @@ def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def encode_body(i: int, kind: str, mono: float, data_json: str) -> bytes:
-    """A line without its mac member (the bytes the mac covers, after the previous mac)."""
-    return f'{{"i":{i},"kind":{json.dumps(kind)},"mono":{json.dumps(mono)},"data":{data_json}}}'.encode()
+def chain(prev: bytes, body: bytes) -> bytes:
+    """The hash of a line: SHA-256 of the previous line's hash and the line without its AUTH."""
+    return hashlib.sha256(prev + body).digest()
 
 
-def seal(key: RecordKey, prev_mac: str, body: bytes) -> tuple[bytes, str]:
-    """The complete line (with newline) and its mac."""
-    mac = key.mac(prev_mac.encode() + body).hex()
-    return body[:-1] + f',"mac":"{mac}"}}\n'.encode(), mac
+def signed_message(record_id: str, index: int, digest: bytes, closed: bool) -> bytes:
+    """What a signature covers: the record, the line's index and hash, and whether it closes."""
+    return b"estim record 3\x00" + record_id.encode() + b"\x00" + index.to_bytes(8, "big") + digest + bytes([closed])
+
+
+def line_mac(mac_key: bytes, index: int, digest: bytes) -> str:
+    return b64(hmac.new(mac_key, index.to_bytes(8, "big") + digest, hashlib.sha256).digest()[:8])
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def seal(body: bytes, auth: str) -> bytes:
+    """The complete line (with its newline) from its body `[I,EVENT,...]` and its AUTH."""
+    return body[:-1] + b',"' + auth.encode() + b'"]\n'
 
 
 def now_iso() -> str:
@@ -129,34 +156,41 @@ def now_iso() -> str:
 
 
 class TreatmentRecord:
-    """Thread-safe writer; refuses to extend a file that does not verify or that was closed.
+    """Thread-safe writer; refuses to extend a file that does not verify, that was closed,
+    or that belongs to another patient.
 
     `key`: the record key (default: this computer's default key, created on first use).
     `anchor`: where the head is anchored (the visit store), or None.
+    `patient`, `visit`: who and which visit the record belongs to (written in its first line).
     """
 
     def __init__(self, path: str | Path, clock: Any = time.monotonic, *, key: RecordKey | None = None,
-                 anchor: AnchorSink | None = None) -> None:
-        from .record_read import RecordStatus, verify_record
-
-        def lookup(key_id: str) -> RecordKey:
-            return key if key is not None and key.key_id == key_id else load_key(key_id)
+                 anchor: AnchorSink | None = None, patient: str | None = None, visit: int | None = None) -> None:
+        from .record_read import RecordStatus, scan_for_resume
 
         self.path = Path(path)
         self._clock = clock
-        self._lock = threading.Lock()    # the chain, the buffer and the lines not yet written
+        self._lock = threading.Lock()    # the chain, the waiting events and the lines not yet written
         self._io = threading.Lock()      # one writer at a time, in the order lines were sealed
         self._failed: RecordWriteError | None = None
         self._failure_raised = False
-        self._block: BlockBuilder | None = None
-        self._block_since = 0.0
+        self._events: list[list[Any]] = []
+        self._oldest_event = 0.0
         self._pending: list[bytes] = []
+        self._encoder = Encoder()
+        self._last_sign = -float("inf")
         self._closed_sealed = False
-        self._durable = Head(0, GENESIS, False)
+        self._durable = Head(0, GENESIS.hex(), False, "")
+        self._signed_head = self._durable
         self.key_created = False
+        self.patient, self.visit = patient, visit
         resume: dict[str, Any] | None = None
         if self.path.exists() and self.path.stat().st_size:
-            verdict = verify_record(self.path, keys=lookup)
+            def lookup(key_id: str) -> RecordKey:
+                return key if key is not None and key.key_id == key_id else load_key(key_id)
+
+            found = scan_for_resume(self.path, lookup)
+            verdict = found.verdict
             if verdict.status is RecordStatus.UNCHECKABLE:
                 raise ValueError(f"{self.path}: cannot continue this record: {verdict.reason}")
             if not verdict.ok:
@@ -164,29 +198,42 @@ class TreatmentRecord:
                                  f"{verdict.reason})")
             if verdict.closed:
                 raise ValueError(f"{self.path}: this record was closed; a new session needs a new record file")
-            self.record_id, self._key = verdict.record_id or "", lookup(verdict.key_id or "")
-            self._next, self._prev = verdict.records, verdict.last_hash
-            fragment = verdict.fragment
-            resume = {"t": now_iso(), "fragment_sha256": hashlib.sha256(fragment).hexdigest() if fragment else None,
-                      "fragment_bytes": len(fragment)}
+            if found.patient != patient:
+                raise ValueError(f"{self.path}: this unfinished record belongs to "
+                                 f"{'patient ' + found.patient if found.patient else 'no patient'}, not to "
+                                 f"{'patient ' + patient if patient else 'a session without a patient'}")
+            self._key = lookup(verdict.key_id or "")
+            if not self._key.can_sign:
+                raise ValueError(f"{self.path}: cannot continue this record: it was signed on another computer "
+                                 f"(key {self._key.key_id} is a public key only here)")
+            self.record_id = verdict.record_id or ""
+            self._mac_key = self._key.tail_mac_key(self.record_id)
+            self._next, self._prev, end = found.continue_after(self._mac_key)
+            excluded = self.path.read_bytes()[end:]
+            if excluded and not excluded.endswith(b"\n"):
+                self._pending.append(b"\n")  # ends a killed writer's partial line
+                excluded += b"\n"
+            resume = {"t": now_iso(), "excluded_sha256": hashlib.sha256(excluded).hexdigest() if excluded else None,
+                      "excluded_bytes": len(excluded)}
         else:
             if key is None:
                 key, self.key_created = default_key_or_create()
                 if self.key_created:
                     log.warning("created record key %s (no key existed)", key.key_id)
             self._key, self.record_id = key, uuid.uuid4().hex
+            self._mac_key = key.tail_mac_key(self.record_id)
             self._next, self._prev = 0, GENESIS
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._anchorer = Anchorer(anchor, self.record_id, str(self.path.resolve()), self._key.key_id) \
             if anchor is not None else None
-        if resume is None:
-            self._seal("open", {"format": FORMAT, "record_id": self.record_id, "key_id": self._key.key_id,
-                                "t": now_iso()})
-        else:
-            if resume["fragment_bytes"]:
-                self._pending.append(b"\n")  # ends the killed writer's partial line
-            self._seal("resume", resume)
-        self._commit(self._next, reporting=True)
+        with self._lock:
+            if resume is None:
+                self._event("open", {"format": FORMAT, "record_id": self.record_id, "key_id": self._key.key_id,
+                                     "t": now_iso(), "patient": patient, "visit": visit})
+            else:
+                self._event("resume", resume)
+            self._seal_line(sign=True)
+        self._commit(reporting=True)
         self._closing = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="record-flush", daemon=True)
         self._flusher.start()
@@ -202,13 +249,18 @@ class TreatmentRecord:
 
     @property
     def last_hash(self) -> str:
-        """The mac of the last record written (the head the anchor keeps)."""
+        """The hash of the last line on disk (hex)."""
         return self._durable.last_hash
 
     @property
     def count(self) -> int:
-        """Records written so far (telemetry blocks count as one each)."""
+        """Lines on disk so far."""
         return self._durable.count
+
+    @property
+    def signed_head(self) -> Head:
+        """The last signed line on disk: what the anchor keeps and a verifier can vouch for."""
+        return self._signed_head
 
     def wait_anchored(self, timeout_s: float) -> bool:
         """Before a session starts: wait (at most `timeout_s`) until the anchor sink has the
@@ -221,32 +273,24 @@ class TreatmentRecord:
         """Why the head could not be anchored in the visit store, or None."""
         return self._anchorer.error if self._anchorer is not None else None
 
-    def append(self, kind: str, data: dict[str, Any]) -> str | None:
-        """Record one event. Telemetry is buffered (see the module text) and never waits for
-        the disk; anything else is written and fsynced before this returns, with its mac
-        returned. Raises `RecordWriteError` (latched) when a write failed,
-        `UnknownRecordKind` for a kind not in `KINDS`."""
+    def append(self, kind: str, data: dict[str, Any]) -> None:
+        """Record one event. Kinds in `WAITING_KINDS` wait for the next line (never for the
+        disk); anything else is written, with everything waiting before it, and fsynced
+        before this returns. Raises `RecordWriteError` (latched) when a write failed,
+        `UnknownRecordKind` for a kind not in `KINDS`, ValueError for data JSON cannot hold."""
         if kind not in KINDS or kind in WRITER_KINDS:
             raise UnknownRecordKind(f"record kind {kind!r} is not registered in safety.record.KINDS"
                                     if kind not in KINDS else f"record kind {kind!r} is written by the record itself")
+        canonical(data)  # NaN, infinities and the like are refused before anything is kept
         with self._lock:
             self._check_writable()
-            if kind == "telemetry" and compactable(data):
-                shape = fields_of(data)
-                if self._block is not None and self._block.shape != shape:
-                    self._seal_block()
-                if self._block is None:
-                    self._block, self._block_since = BlockBuilder(shape), time.monotonic()
-                self._block.add(data)
-                return None
-            self._seal_block()
-            mac = self._seal(kind, data)
-            upto = self._next
-        self._commit(upto, reporting=True)
-        return mac
+            self._event(kind, data)
+            if kind in WAITING_KINDS:
+                return
+        self._commit(reporting=True)
 
     def close(self) -> None:
-        """Write buffered telemetry and a `close` record, anchor the final head, close the file.
+        """Write what waits and a signed `close`, anchor the final head, close the file.
         Raises the latched `RecordWriteError` if a write failed and no `append` has raised it
         yet (the file is closed anyway)."""
         if self._fd < 0:
@@ -257,18 +301,33 @@ class TreatmentRecord:
                 if self._failed is not None and self._failure_raised:
                     return
                 self._check_writable()
-                self._seal_block()
-                self._seal("close", {})
+                self._event("close", {})
                 self._closed_sealed = True
-                upto = self._next
-            self._commit(upto, reporting=True)
+                self._seal_line(sign=True)
+            self._commit(reporting=True)
         finally:
             with self._io, self._lock:
                 if self._fd >= 0:
                     os.close(self._fd)
                     self._fd = -1
-            if self._anchorer is not None:  # the head as it is on disk, closed or not
-                self._anchorer.close(self._durable)
+            if self._anchorer is not None:  # the last signed head on disk, closed or not
+                self._anchorer.close(self._signed_head)
+
+    def detach(self) -> None:
+        """Stop writing without a close record (what waits is written, signed): for sealing a
+        record whose session is over but did not close it (`seal_record`)."""
+        if self._fd < 0:
+            return
+        self._closing.set()
+        with self._lock:
+            self._check_writable()
+            self._seal_line(sign=True)
+        try:
+            self._commit(reporting=True)
+        finally:
+            with self._io, self._lock:
+                os.close(self._fd)
+                self._fd = -1
 
     def __enter__(self) -> TreatmentRecord:
         return self
@@ -286,34 +345,44 @@ class TreatmentRecord:
         if self._fd < 0:
             raise ValueError("treatment record is closed")
 
-    def _seal_block(self) -> None:
-        """With the state lock held: buffered telemetry becomes the next line."""
-        if self._block is not None:
-            block, self._block = self._block, None
-            self._seal("telemetry_block", block.data())
+    def _event(self, kind: str, data: dict[str, Any]) -> None:
+        """With the state lock held: encode an event for the next line."""
+        if not self._events:
+            self._oldest_event = time.monotonic()
+        self._events.append(self._encoder.encode(kind, round(self._clock() * 1000), data))
 
-    def _seal(self, kind: str, data: dict[str, Any]) -> str:
-        """With the state lock held: seal the next line, advance the chain, queue the line."""
-        body = encode_body(self._next, kind, round(self._clock(), 6), canonical(data))
-        line, mac = seal(self._key, self._prev, body)
-        self._next, self._prev = self._next + 1, mac
-        self._pending.append(line)
-        return mac
+    def _seal_line(self, sign: bool = False) -> None:
+        """With the state lock held: the waiting events become the next line."""
+        if not self._events:
+            return
+        now = self._clock()
+        sign = sign or now - self._last_sign >= SIGN_S
+        body = canonical([self._next, *self._events]).encode()
+        digest = chain(self._prev, body)
+        if sign:
+            auth = b64(self._key.sign(signed_message(self.record_id, self._next, digest, self._closed_sealed)))
+            self._last_sign = now
+        else:
+            auth = line_mac(self._mac_key, self._next, digest)
+        self._pending.append(seal(body, auth))
+        self._next, self._prev, self._events = self._next + 1, digest, []
+        self._sealed_head = Head(self._next, digest.hex(), self._closed_sealed, auth if sign else "")
 
-    def _commit(self, upto: int, reporting: bool) -> None:
-        """Make every line sealed up to record `upto` durable: one writer at a time writes
-        and fsyncs all that is queued (group commit), so a line another thread already
-        wrote costs nothing. `reporting`: the caller raises a failure to its own caller."""
+    def _commit(self, reporting: bool) -> None:
+        """Make every waiting event durable: one writer at a time seals what waits into a
+        line and writes and fsyncs all that is queued (group commit), so an event another
+        thread already wrote costs nothing. `reporting`: the caller raises a failure itself."""
         with self._io:
             with self._lock:
                 if self._failed is not None:
                     if reporting:
                         self._failure_raised = True
                     raise self._failed
-                if self._durable.count >= upto:
+                self._seal_line()
+                if not self._pending:
                     return
                 batch, self._pending = b"".join(self._pending), []
-                head = Head(self._next, self._prev, self._closed_sealed)
+                head = self._sealed_head
             try:
                 view = memoryview(batch)
                 while view:
@@ -328,19 +397,29 @@ class TreatmentRecord:
                 raise self._failed from exc
             with self._lock:
                 self._durable = head
-        if self._anchorer is not None and not head.closed:
+                if head.signature:
+                    self._signed_head = head
+        if self._anchorer is not None and head.signature and not head.closed:
             self._anchorer.post(head)
 
     def _flush_loop(self) -> None:
-        """Background flusher: buffered telemetry reaches the disk at least once a second."""
+        """Background flusher: waiting events reach the disk at least once a second."""
         while not self._closing.wait(_FLUSH_TICK_S):
             with self._lock:
-                if (self._block is None or self._fd < 0 or self._failed is not None
-                        or time.monotonic() - self._block_since < FLUSH_S - _FLUSH_TICK_S):
+                if (not self._events or self._fd < 0 or self._failed is not None
+                        or time.monotonic() - self._oldest_event < FLUSH_S - _FLUSH_TICK_S):
                     continue
-                self._seal_block()
-                upto = self._next
             try:
-                self._commit(upto, reporting=False)
+                self._commit(reporting=False)
             except RecordWriteError:
                 continue  # latched: the next append or close raises it
+
+
+def seal_record(path: str | Path, key: RecordKey | None = None) -> None:
+    """Sign what a killed writer left after a record's last signature, on the computer that
+    wrote it: a signed `resume` vouches for the lines whose MAC checks and names the rest;
+    the record stays not closed (its session did not close it)."""
+    from .record_read import scan_for_resume
+
+    found = scan_for_resume(Path(path), load_key if key is None else (lambda _id: key))
+    TreatmentRecord(path, key=key, patient=found.patient, visit=found.visit).detach()

@@ -1,9 +1,12 @@
-"""Anchoring: the record's head (record count and last MAC) kept outside the record file.
+"""Anchoring: the record's signed head (line count, last hash, signature) kept outside the record.
 
 A chain that verifies shows nothing was changed inside it, but not that nothing was cut
-off its end or that the file still exists. The writer therefore hands its head to an
-anchor sink (the visit store) when the record opens, at most every `ANCHOR_INTERVAL_S`
-while it grows, and when it closes; `verify` compares the file with the anchored head.
+off its end or that the file still exists. The writer therefore hands its last signed head
+to an anchor sink (the visit store) when the record opens, at most every
+`ANCHOR_INTERVAL_S` while it grows, and when it closes; `verify` compares the file with
+the anchored head. A head is the record's own signature of its line count and hash (and
+of whether it closed), so whoever can write the store cannot forge one or move a closed
+head: `verify` checks it with the record key's public half.
 
 The sink is called on a thread of its own: a slow or failing store never blocks an
 `append`, a stop, or a close for longer than `CLOSE_WAIT_S`. A failure is kept in
@@ -24,25 +27,28 @@ CLOSE_WAIT_S = 2.0
 
 
 class AnchorSink(Protocol):
-    """The visit store's record-head API: an upsert that never moves a head backwards, and
-    the head as stored (an object with the same six attributes as `put_record_head`'s
-    arguments), or None."""
+    """The visit store's record-head API: an upsert that never moves a head backwards nor a
+    closed head at all, the head as stored (an object with the attributes of
+    `put_record_head`'s arguments), or None, and the record the store keeps at a path."""
 
     def put_record_head(self, record_id: str, path: str, count: int, last_hash: str, key_id: str | None,
-                        closed: bool) -> None: ...
+                        closed: bool, signature: str) -> None: ...
 
     def get_record_head(self, record_id: str) -> Any: ...
+
+    def record_at(self, path: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
 class Head:
     count: int
-    last_hash: str
+    last_hash: str      # hex
     closed: bool
+    signature: str      # base64url Ed25519 signature of the line at count - 1 ("" when not signed)
 
 
 class Anchorer:
-    """Posts a record's latest head to a sink from a background thread."""
+    """Posts a record's latest signed head to a sink from a background thread."""
 
     def __init__(self, sink: AnchorSink, record_id: str, path: str, key_id: str,
                  interval_s: float = ANCHOR_INTERVAL_S) -> None:
@@ -67,6 +73,11 @@ class Anchorer:
         """Wait until the sink has answered once (accepted or failed); True when a head is anchored."""
         self._answered.wait(timeout_s)
         return self._anchored is not None
+
+    @property
+    def anchored(self) -> Head | None:
+        """The newest head the sink accepted."""
+        return self._anchored
 
     def close(self, head: Head, wait_s: float = CLOSE_WAIT_S) -> None:
         """Post the final head and wait up to `wait_s` for it (`error` says why it was not anchored)."""
@@ -97,7 +108,7 @@ class Anchorer:
     def _put(self, head: Head) -> None:
         try:
             self._sink.put_record_head(self._record_id, self._path, head.count, head.last_hash, self._key_id,
-                                       head.closed)
+                                       head.closed, head.signature)
         except Exception as exc:  # the store is outside the session: report, never raise
             self.error = f"{type(exc).__name__}: {exc}"
             log.warning("record %s: anchoring the head in the visit store failed: %s", self._record_id, exc)

@@ -105,15 +105,16 @@ def test_run_completes_and_record_verifies_and_shows(sim: SimProcess, tmp_path: 
     assert summary["output"][0]["channel"] == 1 and summary["output"][0]["peak_ma"] == pytest.approx(1.0)
     assert summary["faults"] == [] and summary["refusals"] == []
 
-    # tampering with one value: exit 6, naming the line
+    # tampering with one line (a copy, checked by its signatures alone): exit 6, naming the line
     lines = record.read_text().splitlines()
-    lines[5] = lines[5].replace('"mono":', '"mono":1', 1)
+    lines[5] = lines[5].replace(",", ", ", 1)
     tampered = tmp_path / "tampered.jsonl"
     tampered.write_text("\n".join(lines) + "\n")
-    bad = estim("record", "verify", str(tampered))
-    assert bad.returncode == 6
-    assert "line 6" in bad.stdout and "ALTERED" in bad.stdout
-    assert json.loads(estim("record", "verify", str(tampered), "--json").stdout)["first_bad_line"] == 6
+    bad = estim("record", "verify", str(tampered), "--no-store")
+    assert bad.returncode == 6 and "ALTERED" in bad.stdout
+    first = json.loads(estim("record", "verify", str(tampered), "--no-store", "--json").stdout)["first_bad_line"]
+    assert first <= 6 and (f"line {first}" in bad.stdout or f"lines {first}-" in bad.stdout)   # the signed span
+    assert estim("record", "verify", str(tampered)).returncode == 6          # with the store: a copy, too
 
     # the end cut off (to what looks like a killed writer's partial line): the visit store saw the close
     lines = record.read_text().splitlines()

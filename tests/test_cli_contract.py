@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from safety import read_entries
+
 from firmware_host.sim.process import SimProcess, child_env, output_off, spawn_sim
 
 from support import DECLARED, REPO
@@ -176,7 +178,7 @@ def test_a_port_that_is_not_a_stimulator_is_said_in_plain_words(answer: bytes) -
     log = Path(child_env()["XDG_STATE_HOME"]) / "estim" / "estim.log"
     assert "lost" in log.read_text()
     assert estim("record", "verify", str(record)).returncode == 0  # the attempt is documented, and why it ended
-    why = [json.loads(line)["data"] for line in record.read_text().splitlines() if '"not_started"' in line]
+    why = [e["data"] for e in read_entries(record) if e["kind"] == "not_started"]
     assert why and why[0]["outcome"] == "device not reachable" and "did not answer" in why[0]["why"]
     shown = estim("record", "show", str(record))
     assert "not started: device not reachable" in shown.stdout, shown.stdout
@@ -193,7 +195,7 @@ def test_sessions_started_in_the_same_second_keep_separate_records(tmp_path: Pat
         outcomes = [(run.wait(timeout=40), run.stdout.read() + run.stderr.read())  # type: ignore[union-attr]
                     for run in runs]
     assert [code for code, _ in outcomes] == [0, 0], outcomes
-    records = [line.split("record: ", 1)[1].strip() for _, said in outcomes for line in said.splitlines()
+    records = [line.split("record: ", 1)[1].split(" (id ")[0] for _, said in outcomes for line in said.splitlines()
                if line.startswith("record: ")]
     assert len(set(records)) == 2, records
     assert all(said.count("research and investigational use only") == 1 for _, said in outcomes)

@@ -85,6 +85,7 @@ def test_every_command_in_the_clinician_doc_runs(tmp_path: Path, monkeypatch: py
     assert first.doses[0].completed and "visit-1.jsonl" in {Path(path).name for _, path in first.records}
     assert (tmp_path / "visit-1.pdf").read_bytes()[:5] == b"%PDF-" and (tmp_path / "visit-1.json").exists()
     assert first.outcome.pain_before == 6 and first.plan.kinds == ("loading", "breathing") and first.ended_at
+    assert first.outcome.pain_before_at < first.doses[0].recorded_at              # stamped when it was asked
     assert "last time" in titrations[1].stderr and "since last time: sensory" in titrations[1].stderr
     assert "last dose: Segmental" in runs[1].stdout
     assert dose_ma(runs[1].stdout) == pytest.approx(expected_dose_ma(second.thresholds[0]))

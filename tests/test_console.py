@@ -75,6 +75,8 @@ async def test_raise_ramps_the_selected_channel_and_telemetry_follows(stim: fh.S
         await until(pilot, lambda: stim.readings[2].amplitude_ma == pytest.approx(0.8) and stim.readings[2].enabled)
         await pilot.press("down")
         await until(pilot, lambda: applied_ma(stim, 2) == pytest.approx(0.4))
+        # the record shows what is signed: within about a second
+        await until(pilot, lambda: len([r for r in kinds(stim) if r["kind"] == "intensity"]) >= 3)
     notes = [r["data"] for r in kinds(stim) if r["kind"] == "intensity"]
     assert [(n["channel"], n["action"], n["target_ma"]) for n in notes] == [
         (2, "raise", 0.4), (2, "raise", 0.8), (2, "lower", 0.4)]
@@ -120,7 +122,8 @@ async def test_x_clears_a_stop_in_the_operators_name_and_the_session_goes_on(sti
             log = app.query_one("#messages")
             raise AssertionError("\n".join(str(line.text) for line in log.lines)) from None
         assert not stim.status().latched_faults
-        assert any(r["kind"] == "cleared" and r["data"]["operator"] == "J. Doe" for r in kinds(stim))
+        await until(pilot, lambda: any(r["kind"] == "cleared" and r["data"]["operator"] == "J. Doe"
+                                       for r in kinds(stim)))
         await pilot.press("up")  # from zero again
         await until(pilot, lambda: applied_ma(stim, 1) > 0)
 
@@ -170,6 +173,7 @@ async def test_patient_feedback_lowers_at_once_and_offers_a_raise(stim: fh.Stimu
         await pilot.press("c", "n")
         await pilot.pause(0.3)
         assert applied_ma(stim, 1) == pytest.approx(0.7) and app.offer is None
+        await until(pilot, lambda: len([r for r in kinds(stim) if r["kind"] == "patient_feedback"]) >= 5)
     feedback = [r["data"]["outcome"] for r in kinds(stim) if r["kind"] == "patient_feedback"]
     assert feedback == ["lowered to 0.5 mA", "offered 0.7 mA", "accepted raise to 0.7 mA", "offered 0.9 mA",
                         "declined raise to 0.9 mA"]

@@ -136,12 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         parser.print_help(sys.stderr)
         return EXIT_REFUSED
+    garbled = next((arg for arg in argv if not _utf8(arg)), None)
+    if garbled is not None:  # bytes the terminal sent that are not text: never half-written into a record
+        shown = garbled.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return refused(ValueError(f"{shown!r} on the command line is not UTF-8 text: type it again (check the "
+                                  "terminal's character encoding)"))
     if argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints help (exit 0) or the usage error (exit 2)
         return EXIT_REFUSED
     _diagnostics_to_file()
     module = importlib.import_module(f"{__name__}.{COMMANDS[argv[0]][0]}")
     return int(module.main(argv[1:]))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _diagnostics_to_file() -> None:
@@ -160,6 +173,7 @@ def _diagnostics_to_file() -> None:
     handler: logging.Handler
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(folder / "estim.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # its user's only
         handler = logging.FileHandler(folder / "estim.log", encoding="utf-8", delay=True)
     except OSError:
         handler = logging.NullHandler()

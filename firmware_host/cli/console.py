@@ -12,7 +12,7 @@ import sys
 
 from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, Parser, refused, stoppable
 from .options import add_session_options, fixed_waveform_setup, open_record, open_session, preflight, session_plan
-from .visit_context import attach_visit, keep_record
+from .visit_context import attach_visit, keep_record, kept_dose, record_subject
 
 EXAMPLES = """keys:
   ↑ or +   raise the selected channel one step (ramps at the prescribed rate)
@@ -95,7 +95,7 @@ def _console(args: argparse.Namespace) -> int:
     if code is not None:
         return code
     try:
-        record = open_record(args.record, store=args.store)
+        record = open_record(args.record, store=args.store, **record_subject(args))
     except (SafetyError, ValueError) as exc:
         return refused(exc)
 
@@ -105,22 +105,25 @@ def _console(args: argparse.Namespace) -> int:
         record.close()
         return refused(exc)
     keep_record(args, record)
-    stim = open_session(args, setup, record)
-    if isinstance(stim, int):
-        return stim
     try:
-        with stim:
-            for waveform in waveforms:  # a waveform the patient's envelope refuses: said before the console opens
-                refusals, _ = stim.interlock.verdict(waveform)
-                if refusals:
-                    return refused(refusals[0])
-            app = ConsoleApp(stim, waveforms, ConsoleSettings(args.step, args.feedback_step, args.step),
-                             operator=args.operator)
-            app.run()
-            tripped = stim.tripped
+        with kept_dose(args, "console", args.mechanism, record) as dose:
+            stim = open_session(args, setup, record)
+            if isinstance(stim, int):
+                return stim
+            dose.stim = stim
+            with stim:
+                for waveform in waveforms:  # a waveform the patient's envelope refuses: said before the console opens
+                    refusals, _ = stim.interlock.verdict(waveform)
+                    if refusals:
+                        return refused(refusals[0])
+                app = ConsoleApp(stim, waveforms, ConsoleSettings(args.step, args.feedback_step, args.step),
+                                 operator=args.operator)
+                app.run()
+                tripped = stim.tripped
+                dose.completed = not app.interrupted and not tripped
     finally:
         record.close()
-    print(f"record: {record.path}")
+    print(f"record: {record.path} (id {record.record_id})")
     if app.interrupted:
         print("stopped: Ctrl-C — output off (e-stop)", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -16,7 +16,7 @@ from typing import Any
 from safety import (STANDARD, ChannelPlacement, Envelope, Needle, NeedleSite, Patient, Refusal, Region, Sensitivity,
                     Side, ThresholdError, TreatmentRecord)
 
-from .visit_context import add_store_option
+from .visit_context import add_store_option, add_visit_option
 
 SITES_HELP = (
     "the channel's two needles as SIDE:REGION,SIDE:REGION, e.g. left:forearm,left:forearm; "
@@ -62,6 +62,7 @@ def add_patient_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patient", metavar="CODE",
                         help="the patient's code: the session is part of today's visit (screened with "
                              "`estim visit start CODE`), its thresholds and dose are kept with the visit")
+    add_visit_option(parser)
     add_store_option(parser)
     parser.add_argument("--research-protocol", metavar="ID",
                         help="without --patient: a participant screened under this research protocol (give "
@@ -338,11 +339,32 @@ def session_plan(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
         "mechanism": args.mechanism,
         "sensitivity": (args.envelope.sensitivity or Sensitivity.TYPICAL).value,
         "patient": getattr(args, "patient", None),
+        "visit": visit.id if (visit := getattr(args, "visit", None)) is not None else None,
         "thresholds": _thresholds_as_given(thresholds),
         "integration_plan": args.plan,
-        "argv": sys.argv[1:],
+        "argv": _without_passwords(sys.argv[1:]),
         **extra,
     }
+
+
+def _without_passwords(argv: list[str]) -> list[str]:
+    """The command line as the record keeps it: a database password given in --store is hidden."""
+    from sqlalchemy.engine import make_url
+
+    def hidden(url: str) -> str:
+        try:
+            return make_url(url).render_as_string(hide_password=True)
+        except Exception:  # not a URL: the store refuses it anyway; keep nothing that may be a secret
+            return "***"
+
+    out = []
+    for n, arg in enumerate(argv):
+        if arg.startswith("--store="):
+            arg = "--store=" + hidden(arg.split("=", 1)[1])
+        elif n and argv[n - 1] == "--store":
+            arg = hidden(arg)
+        out.append(arg)
+    return out
 
 
 def _thresholds_as_given(path: Path | None) -> Any:
@@ -354,15 +376,18 @@ def _thresholds_as_given(path: Path | None) -> Any:
         return str(path)  # unreadable: the run refuses it on its own; the record names the file
 
 
-def open_record(path: Path | None, kind: str = "session", store: str | None = None) -> TreatmentRecord:
+def open_record(path: Path | None, kind: str = "session", store: str | None = None, patient: str | None = None,
+                visit: int | None = None) -> TreatmentRecord:
     """The treatment record at `path` (default: a timestamped file in the user's data dir),
-    signed with this computer's record key; a place that cannot be written, or an existing
-    file that is not an intact record, is a refusal before any device is opened. On a first
-    run the key is created here, with a notice (the README's quick start must work on a
-    fresh machine). Its head is anchored in the visit store at `store` (None: the default)."""
+    signed with this computer's record key, naming the patient and visit it belongs to; a
+    place that cannot be written, or an existing file that is not an intact record of the
+    same patient, is a refusal before any device is opened. On a first run the key is
+    created here, with a notice (the README's quick start must work on a fresh machine).
+    Its head is anchored in the visit store at `store` (None: the default); records the
+    store could not take before are anchored now that it answers."""
     from safety.record_keys import RecordKeyError, default_key_or_create, key_dir
 
-    from .anchoring import StoreAnchor
+    from .anchoring import AnnouncedRecord, StoreAnchor, anchor_pending
 
     if path is None:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
@@ -380,7 +405,7 @@ def open_record(path: Path | None, kind: str = "session", store: str | None = No
               "records. Back up that folder: records cannot be checked without it.", file=sys.stderr)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = TreatmentRecord(path, key=key, anchor=StoreAnchor(store))
+        record = AnnouncedRecord(path, key=key, anchor=StoreAnchor(store), patient=patient, visit=visit)
     except OSError as exc:
         raise Refusal("output.not_writable", f"the treatment record {path} cannot be written ({exc.strerror}): "
                       "choose another place with --record", value=str(path), limit="a writable file") from None
@@ -389,8 +414,10 @@ def open_record(path: Path | None, kind: str = "session", store: str | None = No
                       limit="an intact record or a new file") from None
     if not record.wait_anchored(ANCHOR_START_WAIT_S):  # before anything is sent; never on the way to a stop
         why = record.anchor_error or f"no answer in {ANCHOR_START_WAIT_S:g} s"
-        print(f"notice: the visit store did not take this record's head ({why}); the session goes on, but "
-              "`estim record verify` will not be able to check its end", file=sys.stderr)
+        print(f"notice: the visit store did not take this record's head ({why}); the session goes on, and the "
+              "record is anchored once the store answers again (`estim record anchor PATH`)", file=sys.stderr)
+    else:
+        anchor_pending(store)
     return record
 
 

@@ -83,15 +83,28 @@ def _glance(visit) -> str:  # noqa: ANN001 - visits.Visit
     for d in visit.doses:
         peaks = ", ".join(f"ch{c['channel']} {c['peak_ma']:g} mA for {c['stimulation_s'] / 60:.1f} min"
                           for c in d.delivered)
-        lines.append(f"  dose: {d.program}{'' if d.completed else ' (stopped early)'}: {peaks or 'nothing delivered'}")
+        state = "" if d.completed else " (stopped early)" if d.finished else " (not completed: the session never ended)"
+        lines.append(f"  dose: {d.program}{state}: {peaks or 'nothing delivered'}"
+                     + (f"  [record {d.record_id}]" if d.record_id else ""))
     o = visit.outcome
     if o is not None:
         pain = f"pain {o.pain_before if o.pain_before is not None else '-'} -> " \
                f"{o.pain_after if o.pain_after is not None else '-'}"
         lines.append(f"  outcome: {pain}; {', '.join(o.adverse_events) or 'no adverse events'}"
                      + (f"; felt: {o.felt}" if o.felt else ""))
+    for item in visit.outcomes[1:]:
+        if item.entry.reason:
+            given = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in item.outcome.given().items())
+            lines.append(f"    corrected {item.entry.recorded_at.astimezone():%H:%M} by {item.entry.recorded_by}: "
+                         f"{given} (why: {item.entry.reason})")
     if visit.plan is not None:
         lines.append(f"  plan: {', '.join(visit.plan.kinds) or '-'}" + (f"; {visit.plan.text}" if visit.plan.text else ""))
+    for item in visit.plans[1:]:
+        lines.append(f"    plan corrected {item.entry.recorded_at.astimezone():%H:%M} by {item.entry.recorded_by} "
+                     f"(why: {item.entry.reason}); first: {', '.join(visit.plans[0].plan.kinds) or '-'}"
+                     + (f"; {visit.plans[0].plan.text}" if visit.plans[0].plan.text else ""))
+    for record_id, path in visit.records:
+        lines.append(f"  record {record_id}: {path}")
     return "\n".join(lines)
 
 
@@ -103,9 +116,14 @@ def _plain(visit) -> dict:  # noqa: ANN001 - visits.Visit
             "screening": {q.value: a for q, a in visit.screening.answers.items()},
             "thresholds": [t.as_dict() for t in visit.thresholds],
             "doses": [{"program": d.program, "mechanism": d.mechanism, "request": dict(d.request),
-                       "delivered": list(d.delivered), "completed": d.completed} for d in visit.doses],
+                       "delivered": list(d.delivered), "completed": d.completed, "finished": d.finished,
+                       "record_id": d.record_id} for d in visit.doses],
             "outcome": None if visit.outcome is None else asdict(visit.outcome),
-            "plan": None if visit.plan is None else {"kinds": list(visit.plan.kinds), "text": visit.plan.text}}
+            "outcome_entries": [{**item.outcome.given(), **asdict(item.entry)} for item in visit.outcomes],
+            "plan": None if visit.plan is None else {"kinds": list(visit.plan.kinds), "text": visit.plan.text},
+            "plan_entries": [{"kinds": list(p.plan.kinds), "text": p.plan.text, **asdict(p.entry)}
+                             for p in visit.plans],
+            "records": [{"record_id": r, "path": p} for r, p in visit.records]}
 
 
 def _trend(args: argparse.Namespace, visits: list) -> int:

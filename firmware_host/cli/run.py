@@ -23,7 +23,7 @@ from . import EXIT_DEVICE_FAULT, EXIT_OK, Parser, refused, stoppable, unreachabl
 from .options import (add_program_options, add_session_options, declare_hint, fixed_waveform_setup, latched_at_start,
                       open_record, open_session, preflight, print_dose, program_from_args, session_plan,
                       session_notices)
-from .visit_context import apply_last_dose, attach_visit, dose_request, keep_dose, keep_record
+from .visit_context import apply_last_dose, attach_visit, keep_record, kept_dose, record_subject
 
 MAX_SESSION_MIN = STANDARD.max_session_minutes  # the standard's limit on one session
 DEFAULTS = {"max_amplitude": 10.0, "ramp": 1.0, "shape": "biphasic"}
@@ -172,22 +172,25 @@ def _run(args: argparse.Namespace) -> int:
 
     print("sensitivity " + describe_sensitivity(setup.prescription.sensitivity, args.max_amplitude, args.ramp))
     try:
-        record = open_record(args.record, store=args.store)
+        record = open_record(args.record, store=args.store, **record_subject(args))
     except (SafetyError, ValueError) as exc:
         return refused(exc)
 
-    with record:
+    with record, kept_dose(args, "direct", args.mechanism, record) as dose:
         try:
             record.append("session_plan", session_plan(args, hold_s=hold_s))
         except SafetyError as exc:  # the record cannot be written: nothing is sent
             return refused(exc)
-        print(f"record: {record.path}")
+        print(f"record: {record.path} (id {record.record_id})")
         keep_record(args, record)
-        stim = open_session(args, setup, record)
+        stim = dose.stim = open_session(args, setup, record)
         if isinstance(stim, int):
+            dose.stim = None
             return stim
         with stim:
-            return _session(stim, setting, hold_s, args)
+            code = _session(stim, setting, hold_s, args)
+            dose.completed = code == EXIT_OK
+            return code
 
 
 def _session(stim, setting, hold_s: float, args: argparse.Namespace) -> int:  # noqa: ANN001
@@ -293,17 +296,17 @@ def _run_program(args: argparse.Namespace) -> int:
     if code is not None:
         return code
     try:
-        record = open_record(args.record, store=args.store)
+        record = open_record(args.record, store=args.store, **record_subject(args))
     except (SafetyError, OSError, ValueError) as exc:
         return refused(exc)
 
-    with record:
+    with record, kept_dose(args, program.name, str(program.mechanism), record) as dose:
         plan = session_plan(args, program=program.name, duration_s=program.duration_s)
         try:
             record.append("session_plan", {**plan, "mechanism": plan["mechanism"] or str(program.mechanism)})
         except SafetyError as exc:  # the record cannot be written: nothing is sent
             return refused(exc)
-        print(f"record: {record.path}")
+        print(f"record: {record.path} (id {record.record_id})")
         keep_record(args, record)
         try:
             link = fh.connect(args.device)
@@ -324,6 +327,7 @@ def _run_program(args: argparse.Namespace) -> int:
             link.close()
             raise
         session_notices(stim.identity, args.envelope)
+        dose.stim = stim
         with stim:
             latched = latched_at_start(stim, args)
             if latched is not None:
@@ -344,7 +348,7 @@ def _run_program(args: argparse.Namespace) -> int:
                 if not stim.tripped:
                     stim.estop(f"the program could not go on: {exc}")
                 print(f"\nerror: {exc}", file=sys.stderr)
-            keep_dose(args, program, dose_request(args), stim, report is not None and report.completed)
+            dose.completed = report is not None and report.completed
             print()
             if stim.tripped:
                 return _stopped(stim, args)

@@ -33,7 +33,7 @@ from typing import Any
 from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, Parser, refused, stoppable
 from .options import (PRESET_NAMES, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
                       open_session, parse_sites, preflight, session_plan)
-from .visit_context import attach_visit, keep_record, keep_thresholds, store
+from .visit_context import attach_visit, keep_record, keep_thresholds, record_subject, store
 
 MARKS = {"s": "sensory", "m": "motor", "t": "tolerance"}
 STOP_KEY = "q"
@@ -159,10 +159,10 @@ def _titrate(args: argparse.Namespace) -> int:
         return code
     previous = {wave: _previous(args, setup.placements[args.channel], wave) for wave in waves}
 
-    record = open_record(args.record, store=args.store)
+    record = open_record(args.record, store=args.store, **record_subject(args))
     record.append("session_plan", session_plan(args, titration=True, waveform=waves[0].as_dict(),
                                                waveforms=[w.as_dict() for w in waves], aim=args.aim))
-    print(f"record: {record.path}", file=sys.stderr)
+    print(f"record: {record.path} (id {record.record_id})", file=sys.stderr)
     keep_record(args, record)
     stim = open_session(args, setup, record)
     if isinstance(stim, int):

@@ -1,7 +1,9 @@
 """`estim visit`: a visit as clinicians work it. `start` answers the screening checklist (every
-question, recorded with the visit); the device commands with `--patient CODE` then belong to
-it; `outcome` records how the patient responded; `end` stores the integration plan and closes
-the visit.
+question, recorded with the visit) and prints the visit's number; the device commands with
+`--patient CODE` then belong to it (`--visit ID` names it when the patient has two open, as
+when two rooms treat one patient at once); `outcome` records how the patient responded;
+`end` stores the integration plan and closes the visit. Nothing is ever replaced: recording
+a value again is a correction, kept beside the first with who made it and why (`--reason`).
 
 Exit codes: 0 done; 2 refused or bad input (a screening that refuses stimulation today still
 starts the visit, so it is on record, and says why).
@@ -14,7 +16,7 @@ import os
 import sys
 
 from . import EXIT_OK, EXIT_REFUSED, Parser, refused
-from .visit_context import add_store_option
+from .visit_context import add_store_option, add_visit_option
 
 EXAMPLES = """examples:
   estim visit start P001 --no all
@@ -22,6 +24,8 @@ EXAMPLES = """examples:
   estim visit outcome P001 --pain-before 6 --pain-after 3 --felt "strong buzzing" --soreness
   estim visit outcome P001 --pain-before 6 --pain-after 3 --ppt-local 250,310 --ppt-remote 400,405
   estim visit end P001 --plan loading,motor_control --text "step-downs 3x10, single-leg balance"
+  estim visit outcome P001 --pain-after 4 --reason "patient re-rated after standing"   (a correction)
+  estim visit start P001 --another --no all        (a second room treating P001 at the same time)
 
 screening questions (answer each yes or no): {questions}
 plans: {plans}, or free text
@@ -45,20 +49,27 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--operator", default=os.environ.get("USER", ""), help="the clinician's name or initials")
     start.add_argument("--sensitivity", choices=["hyper", "typical", "hypo"],
                        help="today's sensitivity profile (default: the patient's)")
+    start.add_argument("--another", action="store_true",
+                       help="a second visit while one is open today (a second room treating the patient at once)")
     outcome = sub.add_parser("outcome", help="how the patient responded")
     outcome.add_argument("patient", metavar="CODE")
     outcome.add_argument("--pain-before", type=int, metavar="0-10")
     outcome.add_argument("--pain-after", type=int, metavar="0-10")
-    outcome.add_argument("--felt", default="", metavar="TEXT", help="how the stimulation felt, in the patient's words")
+    outcome.add_argument("--felt", metavar="TEXT", help="how the stimulation felt, in the patient's words")
     for event in ("soreness", "fainting", "bleeding"):
-        outcome.add_argument(f"--{event}", action="store_true", help=f"adverse event: {event}")
-    outcome.add_argument("--other", default="", metavar="TEXT", help="any other adverse event")
+        outcome.add_argument(f"--{event}", action="store_true", default=None, help=f"adverse event: {event}")
+    outcome.add_argument("--other", metavar="TEXT", help="any other adverse event")
     outcome.add_argument("--ppt-local", metavar="BEFORE,AFTER", help="pressure-pain threshold near the needles, kPa")
     outcome.add_argument("--ppt-remote", metavar="BEFORE,AFTER", help="pressure-pain threshold at a remote site, kPa")
     end = sub.add_parser("end", help="store the integration plan and close the visit")
     end.add_argument("patient", metavar="CODE")
     end.add_argument("--plan", default="", metavar="KIND,KIND", help=", ".join(PLAN_KINDS))
     end.add_argument("--text", default="", help="the plan in words")
+    for p in (outcome, end):
+        add_visit_option(p)
+        p.add_argument("--operator", default=os.environ.get("USER", ""), help="who records this")
+        p.add_argument("--reason", default="", metavar="TEXT",
+                       help="why, when this corrects what was recorded before (the first entry is kept)")
     for p in (start, outcome, end):
         add_store_option(p)
     return parser
@@ -122,9 +133,14 @@ def _start(args: argparse.Namespace) -> int:
             f"{q.value} ({QUESTIONS[q]})" for q in screening.unanswered)))
     with VisitStore(args.store) as store:
         sensitivity = SENSITIVITY[args.sensitivity].value if args.sensitivity else None
-        visit_id = store.start_visit(args.patient, screening, clinician=args.operator, sensitivity=sensitivity)
+        visit_id = store.start_visit(args.patient, screening, clinician=args.operator, sensitivity=sensitivity,
+                                     another=args.another)
         visit = store.visit(visit_id)
+        others = [v.id for v in store.open_visits(args.patient) if v.id != visit_id]
     print(f"visit {visit_id} started for {args.patient} ({visit.sensitivity}); screening recorded")
+    if others:
+        print(f"note: {args.patient} also has visit(s) {', '.join(map(str, others))} open: give --visit {visit_id} "
+              "to the commands for this one")
     for question, yes in screening.answers.items():
         if yes:
             print(f"  yes: {QUESTIONS[question]}")
@@ -149,13 +165,6 @@ def _pair(text: str | None, name: str) -> tuple[float | None, float | None]:
     return before, after
 
 
-def _open_visit(store, code: str):  # noqa: ANN001, ANN202
-    visit = store.open_visit(code)
-    if visit is None:
-        raise ValueError(f"no visit open today for {code}: start one with `estim visit start {code} ...`")
-    return visit
-
-
 def _outcome(args: argparse.Namespace) -> int:
     from ..visits import Outcome, VisitStore
 
@@ -163,16 +172,25 @@ def _outcome(args: argparse.Namespace) -> int:
     outcome = Outcome(args.pain_before, args.pain_after, args.felt, args.soreness, args.fainting, args.bleeding,
                       args.other, *local, *remote)
     with VisitStore(args.store) as store:
-        visit = _open_visit(store, args.patient)
-        store.set_outcome(visit.id, outcome)
-    pain = (f"pain {outcome.pain_before} -> {outcome.pain_after}" if None not in (outcome.pain_before,
-                                                                                   outcome.pain_after) else "pain -")
-    events = ", ".join(outcome.adverse_events) or "no adverse events"
-    print(f"outcome recorded for visit {visit.id}: {pain}; {events}")
+        visit = _ended_or_open(store, args)
+        corrected = store.add_outcome(visit.id, outcome, by=args.operator, reason=args.reason)
+        now = store.visit(visit.id).outcome
+    pain = f"pain {_score(now.pain_before)} -> {_score(now.pain_after)}"
+    events = ", ".join(now.adverse_events) or "no adverse events"
+    print(f"outcome recorded for visit {visit.id}: {pain}; {events}"
+          + (f" (corrected: {', '.join(c.replace('_', ' ') for c in corrected)}; the first entry is kept)"
+             if corrected else ""))
     if outcome.fainting:
         print("caution: the patient fainted: note it for the next visit's screening (faints with needling)")
-    print(f"next: the plan, `estim visit end {args.patient} --plan KIND --text ...`")
+    if now.pain_after is None:
+        print(f"next: after the session, `estim visit outcome {args.patient} --pain-after N ...`")
+    else:
+        print(f"next: the plan, `estim visit end {args.patient} --plan KIND --text ...`")
     return EXIT_OK
+
+
+def _score(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _end(args: argparse.Namespace) -> int:
@@ -186,7 +204,19 @@ def _end(args: argparse.Namespace) -> int:
         text = input("the plan in words: ").strip()
     plan = Plan(kinds, text)
     with VisitStore(args.store) as store:
-        visit = _open_visit(store, args.patient)
-        store.end_visit(visit.id, plan)
-    print(f"visit {visit.id} ended; plan: {', '.join(plan.kinds) or '-'}" + (f"; {plan.text}" if plan.text else ""))
+        visit = _ended_or_open(store, args)
+        ended = store.end_visit(visit.id, plan, by=args.operator, reason=args.reason)
+    print(f"visit {visit.id} {'ended' if ended else 'keeps its end; plan corrected (the first is kept)'}; plan: "
+          f"{', '.join(plan.kinds) or '-'}" + (f"; {plan.text}" if plan.text else ""))
     return EXIT_OK
+
+
+def _ended_or_open(store, args: argparse.Namespace):  # noqa: ANN001, ANN202 - VisitStore, Visit
+    """The visit `outcome` or `end` acts on: --visit ID (a correction may name an ended visit),
+    else the patient's only open one."""
+    if args.visit_id is not None:
+        visit = store.visit(args.visit_id)
+        if visit.patient != args.patient:
+            raise ValueError(f"visit {args.visit_id} is not a visit of {args.patient}")
+        return visit
+    return store.visit_for(args.patient)

@@ -1,13 +1,17 @@
-"""What a device command needs from today's visit when `--patient CODE` is given: the open,
-screened visit; the screening's verdict on today's needle sites; and, afterwards, the
-thresholds, the dose delivered and the treatment record kept with the visit.
+"""What a device command needs from today's visit when `--patient CODE` is given: the visit it
+is for (named with `--visit ID`, or the patient's only open one); the screening's verdict on
+today's needle sites; the dose, stored when the session starts and completed at its end;
+the thresholds and the treatment record kept with the visit.
 
 Every function here prints in plain words and returns an exit code when it refuses."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,12 @@ def store(args: argparse.Namespace) -> Any:
     return VisitStore(getattr(args, "store", None))
 
 
+def add_visit_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--visit", type=int, metavar="ID", dest="visit_id",
+                        help="the visit this is for (printed by `estim visit start`); needed when the patient has "
+                             "more than one visit open today")
+
+
 def attach_visit(args: argparse.Namespace) -> int | None:
     """Who is connected, into `args.envelope` (see `options.envelope`); with --patient, today's
     open visit into `args.visit` first. Returns the exit code of a refusal, else None."""
@@ -39,6 +49,8 @@ def attach_visit(args: argparse.Namespace) -> int | None:
         code = _open_visit(args)
         if code is not None:
             return code
+    elif getattr(args, "visit_id", None) is not None:
+        return refused(ValueError("--visit needs --patient CODE"))
     try:
         args.envelope = envelope(args)
     except (SafetyError, ThresholdError) as exc:
@@ -47,6 +59,7 @@ def attach_visit(args: argparse.Namespace) -> int | None:
 
 
 def _open_visit(args: argparse.Namespace) -> int | None:
+    """The visit --patient acts on (--visit ID, else the patient's only open visit today)."""
     from ..visits import StoreError
 
     if getattr(args, "implanted_device", False) or getattr(args, "pregnant", False):
@@ -54,42 +67,84 @@ def _open_visit(args: argparse.Namespace) -> int | None:
                                   "pregnancy; leave out --implanted-device and --pregnant"))
     try:
         with store(args) as visits:
-            visit = visits.open_visit(args.patient)
+            args.visit = visits.visit_for(args.patient, getattr(args, "visit_id", None))
     except StoreError as exc:
         return refused(exc)
-    if visit is None:
-        return refused(ValueError(f"no visit open today for {args.patient}: screen the patient first with "
-                                  f"`estim visit start {args.patient} ...`"))
-    args.visit = visit
     return None
+
+
+def record_subject(args: argparse.Namespace) -> dict[str, Any]:
+    """Whose treatment record it is, written in its first line: the patient and the visit."""
+    visit = getattr(args, "visit", None)
+    return {"patient": getattr(args, "patient", None), "visit": visit.id if visit is not None else None}
 
 
 def keep_thresholds(args: argparse.Namespace, thresholds: Any) -> None:
     """Titration results into today's visit."""
     if getattr(args, "visit", None) is None:
         return
-    with store(args) as visits:
-        visits.add_thresholds(args.visit.id, thresholds)
+    _kept(args, "the thresholds", lambda visits: visits.add_thresholds(args.visit.id, thresholds))
+
+
+def _kept(args: argparse.Namespace, what: str, write: Any) -> Any:
+    """`write(store)`; a store that fails now is said in plain words, never a stop or a traceback
+    (the session and its record go on; the record names its patient and visit)."""
+    from ..visits import StoreError
+
+    try:
+        with store(args) as visits:
+            return write(visits)
+    except StoreError as exc:
+        print(f"notice: the visit store did not keep {what} ({exc})", file=sys.stderr)
+        return None
 
 
 def keep_record(args: argparse.Namespace, record: Any) -> None:
-    """The treatment record (safety.TreatmentRecord) written in today's visit, by its id."""
+    """The treatment record (safety.TreatmentRecord) written in this visit, by its id."""
     if getattr(args, "visit", None) is None:
         return
-    with store(args) as visits:
-        visits.link_record(args.visit.id, record.record_id, str(record.path))
+    _kept(args, f"that record {record.record_id} belongs to visit {args.visit.id}",
+          lambda visits: visits.link_record(args.visit.id, record.record_id, record.path))
 
 
-def keep_dose(args: argparse.Namespace, program: Any, request: Mapping[str, Any], stim: Any, completed: bool) -> None:
-    """The dose as asked (to repeat it) and as the device delivered it, per channel."""
-    if getattr(args, "visit", None) is None:
-        return
+@dataclass
+class DoseUnderWay:
+    """What `kept_dose` completes the dose from: the session (once it exists) and whether it
+    ran to its end."""
+
+    stim: Any = None
+    completed: bool = False
+
+
+@contextmanager
+def kept_dose(args: argparse.Namespace, program: str, mechanism: str | None, record: Any) -> Iterator[DoseUnderWay]:
+    """With --patient: the dose, stored before the session reaches the device (a session
+    killed before its end leaves it marked as not completed), and what the device delivered,
+    per channel, appended once the session is over. The store is never written while the
+    device is live, so a slow store never delays supervision."""
+    dose = DoseUnderWay()
+    dose_id = None
+    if getattr(args, "visit", None) is not None:
+        dose_id = _kept(args, "the dose as it starts", lambda visits: visits.start_dose(
+            args.visit.id, program, mechanism, dose_request(args), record.record_id))
+    try:
+        yield dose
+    finally:
+        if dose_id is not None:
+            delivered = _delivered(dose.stim) if dose.stim is not None else []
+            _kept(args, "what the session delivered",
+                  lambda visits: visits.finish_dose(dose_id, delivered, dose.completed))
+
+
+def _delivered(stim: Any) -> list[dict[str, Any]]:
+    """Per channel: the highest intensity applied, time at output and charge (the device's
+    counter when it reported one)."""
     from safety import output_summary
 
     doses = stim.interlock.applied_doses()
     needles = {ch: stim.interlock.setup.needle(ch) for ch in stim.channels}
     summaries, _ = output_summary(doses, needles, {c: r.charge_total_uc for c, r in stim.readings.items()})
-    delivered = [{
+    return [{
         "channel": s.channel,
         "peak_ma": max((d.setting.amplitude_ma for d in doses
                         if d.channel == s.channel and d.enabled and d.setting is not None), default=0.0),
@@ -97,18 +152,18 @@ def keep_dose(args: argparse.Namespace, program: Any, request: Mapping[str, Any]
         "charge_uc": round(s.delivered_charge_device_uc if s.delivered_charge_device_uc is not None
                            else s.delivered_charge_host_uc, 1),
     } for s in summaries]
-    with store(args) as visits:
-        visits.add_dose(args.visit.id, program.name, str(program.mechanism), request, delivered, completed)
 
 
 def dose_request(args: argparse.Namespace) -> dict[str, Any]:
     """The options that ask for this dose again (`estim run --patient CODE --last-dose`)."""
-    keys = ("program", "preset", "channel", "sites", "needle", "inserted", "sensitivity", "minutes")
+    keys = ("program", "preset", "channel", "sites", "needle", "inserted", "sensitivity", "minutes", "seconds",
+            "frequency", "pulse_width", "amplitude", "shape", "max_amplitude", "ramp")
     return {k: (str(v) if isinstance(v, Path) else v) for k in keys if (v := getattr(args, k, None)) is not None}
 
 
 def apply_last_dose(args: argparse.Namespace) -> int | None:
-    """--last-dose: fill the program options from the patient's last completed dose."""
+    """--last-dose: fill the options from the patient's last completed dose (a program, a
+    preset or direct parameters)."""
     from ..visits import StoreError
 
     try:

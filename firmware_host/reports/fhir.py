@@ -1,99 +1,250 @@
-"""FHIR export of a session: a `collection` Bundle of Device, Procedure and (when pain
-scores were taken) Observations, built with the `fhir.resources` R4B models (FHIR 4.3, the
-R4-compatible line), so every resource is validated as it is made.
+"""FHIR export of a session: a `transaction` Bundle an EHR can take, built with the
+`fhir.resources` R4B models (FHIR 4.3, whose resources used here are R4's), so every resource
+is validated as it is made.
 
-- Device: the stimulator (serial number, firmware as `version`).
-- Procedure: the session (status `completed`, or `stopped` when a stop ended it; the
-  period; the clinician as performer; the device as `usedReference`; the target
-  mechanism as `reasonCode` text; every stop, fault and patient remark as a `note`). The
-  dose is carried per channel in the `channel-dose` extension (see `DOSE_URL` and the
-  README): channel, the two needle sites, needle size, pulse rates, phase widths, peak
-  intensity, delivered charge and time at output, from the device's readings.
-- Observation (LOINC 72514-3, pain severity 0-10 verbal numeric rating), one before and
-  one after the session, when the visit recorded them.
+Every entry has a `urn:uuid:` fullUrl and a request (`POST`, the patient and the device only
+if none exists yet with their identifier), and every reference is one of those fullUrls.
+
+- Patient: by identifier, the clinic's code under the clinic's own identifier system (a
+  setting: `--patient-system` or `ESTIM_PATIENT_SYSTEM`; no product-wide system stands in).
+- Device: the stimulator (serial number as identifier, firmware as `version`).
+- Procedure: the session, coded with CPT 97813 (acupuncture with electrical stimulation,
+  initial 15 minutes; the additional 15-minute units, CPT 97814, in a note); no SNOMED CT
+  concept for electroacupuncture could be checked here, so none is claimed. Status from
+  what happened: `not-done` (never reached the device, or no output), `stopped` (a stop,
+  fault or lost link ended it, or its record was not closed), `completed`. Narrative text;
+  the target mechanism as `reasonCode`; stops, faults, patient remarks, the integration plan
+  and the record's check as notes; the dose per channel in the `channel-dose` extension
+  (`DOSE_URL`), every value a Quantity in UCUM units.
+- Observations: pain before and after (LOINC 72514-3, 0-10), each stamped when it was
+  recorded; each threshold measured (mA), stamped when measured.
+- AdverseEvent: each adverse event the visit recorded, with the procedure as suspect.
 """
 
 from __future__ import annotations
 
+import uuid
+from html import escape
 from typing import Any
 
 from .session import Session, output_summaries
 
 DOSE_URL = "https://needle-estim.invalid/fhir/StructureDefinition/channel-dose"
 """Canonical URL of our dose extension (`.invalid` until the product has a registered base)."""
-PATIENT_CODE_SYSTEM = "urn:needle-estim:patient-code"
 RECORD_SYSTEM = "urn:needle-estim:treatment-record"
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
+DEVICE_SYSTEM = "urn:needle-estim:device-serial"
+LOINC, UCUM, CPT = "http://loinc.org", "http://unitsofmeasure.org", "http://www.ama-assn.org/go/cpt"
+CPT_INITIAL = ("97813", "Acupuncture, 1 or more needles; with electrical stimulation, initial 15 minutes of personal "
+                        "one-on-one contact with the patient")
+CPT_ADDITIONAL = "97814"
+THRESHOLD_NAMES = {"sensory": "first felt (sensory threshold)", "motor": "visible twitch (motor threshold)",
+                   "tolerance": "tolerance threshold"}
 
 
-def build_bundle(session: Session, pain: tuple[int | None, int | None] = (None, None)) -> Any:
-    """A validated R4B Bundle for the session; `pain` is (before, after) on 0-10 when known."""
-    from fhir.resources.R4B.bundle import Bundle, BundleEntry
-    from fhir.resources.R4B.codeableconcept import CodeableConcept
+class ExportRefused(ValueError):
+    """The session cannot be exported as asked (no patient, no identifier system)."""
+
+
+def build_bundle(session: Session, verdict: Any, visit: Any = None, patient_system: str | None = None) -> Any:
+    """A validated transaction Bundle for the session; `verdict` is the record's check and
+    `visit` the visit store's visit the record belongs to, if any."""
+    from fhir.resources.R4B.bundle import Bundle, BundleEntry, BundleEntryRequest
+    from fhir.resources.R4B.identifier import Identifier
+    from fhir.resources.R4B.meta import Meta
+
+    if not session.patient_code:
+        raise ExportRefused("this session was run without --patient: a FHIR procedure needs the patient it was for")
+    if not patient_system:
+        raise ExportRefused("give the clinic's identifier system for patient codes: --patient-system URI or "
+                            "ESTIM_PATIENT_SYSTEM (e.g. https://clinic.example/patients)")
+    rid = session.record_id or "unknown"
+    urls: dict[str, str] = {}
+
+    def url(name: str) -> str:
+        return urls.setdefault(name, f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{RECORD_SYSTEM}:{rid}:{name}')}")
+
+    entries: list[tuple[Any, str, str | None]] = []
+    patient = _patient(session.patient_code, patient_system)
+    entries.append((patient, url("patient"), f"identifier={patient_system}|{session.patient_code}"))
+    device = _device(session)
+    entries.append((device, url("device"), f"identifier={DEVICE_SYSTEM}|{session.device['serial']}"
+                    if session.device["serial"] else None))
+    procedure = _procedure(session, verdict, visit, url)
+    entries.append((procedure, url("procedure"), None))
+    outcome = visit.outcome if visit is not None else None
+    for when, score, at in (("before", outcome and outcome.pain_before, outcome and outcome.pain_before_at),
+                            ("after", outcome and outcome.pain_after, None)):
+        if score is not None:
+            entries.append((_pain(when, score, at.isoformat() if at else session.ended, url), url(f"pain-{when}"),
+                            None))
+    for n, (channel, kind, value, when) in enumerate(_thresholds(session, visit)):
+        entries.append((_threshold(session, channel, kind, value, when, url), url(f"threshold-{n}"), None))
+    for n, event in enumerate(outcome.adverse_events if outcome is not None else []):
+        entries.append((_adverse_event(event, session, url), url(f"adverse-{n}"), None))
+    tags = [] if verdict.closed else [_coding(RECORD_SYSTEM, f"record-{verdict.status.name.lower()}",
+                                              f"treatment record {verdict.status.value}")]
+    return Bundle(type="transaction", identifier=Identifier(system=RECORD_SYSTEM, value=rid),
+                  meta=Meta(tag=tags) if tags else None,
+                  entry=[BundleEntry(fullUrl=full_url, resource=resource,
+                                     request=BundleEntryRequest(method="POST", url=resource.resource_type,
+                                                                ifNoneExist=if_none))
+                         for resource, full_url, if_none in entries])
+
+
+def _coding(system: str, code: str, display: str | None = None) -> Any:
+    from fhir.resources.R4B.coding import Coding
+
+    return Coding(system=system, code=code, display=display)
+
+
+def _narrative(lines: list[str]) -> Any:
+    from fhir.resources.R4B.narrative import Narrative
+
+    return Narrative(status="generated", div='<div xmlns="http://www.w3.org/1999/xhtml">'
+                     + "".join(f"<p>{escape(line)}</p>" for line in lines) + "</div>")
+
+
+def _ref(target: str, display: str | None = None) -> Any:
+    from fhir.resources.R4B.reference import Reference
+
+    return Reference(reference=target, display=display)
+
+
+def _patient(code: str, system: str) -> Any:
+    from fhir.resources.R4B.identifier import Identifier
+    from fhir.resources.R4B.patient import Patient
+
+    return Patient(identifier=[Identifier(system=system, value=code)],
+                   text=_narrative([f"Patient {code} (the clinic's code; no name is kept)"]))
+
+
+def _device(session: Session) -> Any:
     from fhir.resources.R4B.device import Device, DeviceDeviceName, DeviceVersion
+    from fhir.resources.R4B.identifier import Identifier
+
+    serial, firmware = session.device["serial"], session.device["firmware"]
+    return Device(
+        identifier=[Identifier(system=DEVICE_SYSTEM, value=serial)] if serial else None,
+        serialNumber=serial,
+        deviceName=[DeviceDeviceName(name="needle e-stim stimulator", type="user-friendly-name")],
+        version=[DeviceVersion(value=firmware)] if firmware else None,
+        text=_narrative([f"Needle e-stim stimulator, serial {serial or 'not recorded'}, firmware "
+                         f"{firmware or 'not recorded'}"]))
+
+
+def status_of(session: Session, verdict: Any) -> str:
+    """What happened: never reached the device or delivered nothing, ended early, or completed."""
+    if session.not_started or not session.outputs:
+        return "not-done"
+    if session.stops or session.faults or not session.closed or not verdict.closed:
+        return "stopped"
+    return "completed"
+
+
+def _procedure(session: Session, verdict: Any, visit: Any, url: Any) -> Any:
+    from fhir.resources.R4B.annotation import Annotation
+    from fhir.resources.R4B.codeableconcept import CodeableConcept
     from fhir.resources.R4B.identifier import Identifier
     from fhir.resources.R4B.period import Period
     from fhir.resources.R4B.procedure import Procedure, ProcedurePerformer
-    from fhir.resources.R4B.reference import Reference
 
-    rid = session.record_id or "unknown"
-    subject = Reference(identifier=Identifier(system=PATIENT_CODE_SYSTEM, value=session.patient_code),
-                        display=f"patient {session.patient_code}") if session.patient_code else \
-        Reference(display="patient not identified in the treatment record")
-    device = Device(
-        id=f"device-{_safe(session.device['serial'] or 'unknown')}",
-        serialNumber=session.device["serial"],
-        deviceName=[DeviceDeviceName(name="needle e-stim stimulator", type="user-friendly-name")],
-        version=[DeviceVersion(value=session.device["firmware"])] if session.device["firmware"] else None,
-    )
-    stopped = bool(session.stops) and not session.session_end
-    procedure = Procedure(
-        id=f"session-{rid}",
-        identifier=[Identifier(system=RECORD_SYSTEM, value=rid)],
-        status="stopped" if stopped else "completed",
-        code=CodeableConcept(text="Electroacupuncture: electrical stimulation through acupuncture needles"),
-        subject=subject,
+    status = status_of(session, verdict)
+    minutes = _minutes(session)
+    notes = _notes(session, verdict, visit)
+    if minutes > 22.5:
+        extra = int((minutes - 15 + 7.5) // 15)
+        notes.append(f"CPT {CPT_ADDITIONAL} x {extra}: each additional 15 minutes of personal one-on-one contact")
+    mechanism = session.plan.get("mechanism")
+    return Procedure(
+        identifier=[Identifier(system=RECORD_SYSTEM, value=session.record_id or "unknown")],
+        status=status,
+        code=CodeableConcept(coding=[_coding(CPT, *CPT_INITIAL)],
+                             text="Electroacupuncture: electrical stimulation through acupuncture needles"),
+        subject=_ref(url("patient"), f"patient {session.patient_code}"),
         performedPeriod=Period(start=session.started, end=session.ended),
-        performer=[ProcedurePerformer(actor=Reference(display=session.operator))] if session.operator else None,
-        usedReference=[Reference(reference=f"Device/{device.id}")],
-        reasonCode=[CodeableConcept(text=f"target mechanism: {session.plan['mechanism']}")]
-        if session.plan.get("mechanism") else None,
-        note=_notes(session) or None,
+        performer=[ProcedurePerformer(actor=_ref(url("device"), "needle e-stim stimulator"))]
+        + ([ProcedurePerformer(actor=_display(session.operator))] if session.operator else []),
+        usedReference=[_ref(url("device"))],
+        reasonCode=[CodeableConcept(text=f"target mechanism: {mechanism}")] if mechanism else None,
+        note=[Annotation(text=t) for t in notes] or None,
         extension=_dose_extensions(session) or None,
+        text=_narrative([f"Electroacupuncture session for patient {session.patient_code}, {status}, "
+                         f"{session.started} to {session.ended} ({minutes:.1f} min), by {session.operator or 'not recorded'}."]
+                        + notes),
     )
-    resources: list[Any] = [device, procedure]
-    for when, score in zip(("before", "after"), pain):
-        if score is not None:
-            resources.append(_pain(session, rid, when, score, subject, procedure.id))
-    return Bundle(type="collection", identifier=Identifier(system=RECORD_SYSTEM, value=rid),
-                  entry=[BundleEntry(fullUrl=f"urn:uuid:{_uuid(rid, r.id)}", resource=r) for r in resources])
 
 
-def _pain(session: Session, rid: str, when: str, score: int, subject: Any, procedure_id: str) -> Any:
-    from fhir.resources.R4B.codeableconcept import CodeableConcept
-    from fhir.resources.R4B.coding import Coding
-    from fhir.resources.R4B.observation import Observation
+def _display(name: str) -> Any:
     from fhir.resources.R4B.reference import Reference
+
+    return Reference(display=name)
+
+
+def _minutes(session: Session) -> float:
+    from datetime import datetime
+
+    if not session.started or not session.ended:
+        return 0.0
+    return (datetime.fromisoformat(session.ended) - datetime.fromisoformat(session.started)).total_seconds() / 60
+
+
+def _pain(when: str, score: int, at: str | None, url: Any) -> Any:
+    from fhir.resources.R4B.codeableconcept import CodeableConcept
+    from fhir.resources.R4B.observation import Observation
 
     return Observation(
-        id=f"pain-{when}-{rid}",
         status="final",
-        category=[CodeableConcept(coding=[Coding(system="http://terminology.hl7.org/CodeSystem/observation-category",
-                                                 code="survey")])],
-        code=CodeableConcept(coding=[Coding(system=LOINC, code="72514-3",
-                                            display="Pain severity - 0-10 verbal numeric rating [Score] - Reported")],
+        category=[CodeableConcept(coding=[_coding("http://terminology.hl7.org/CodeSystem/observation-category",
+                                                  "survey")])],
+        code=CodeableConcept(coding=[_coding(LOINC, "72514-3",
+                                             "Pain severity - 0-10 verbal numeric rating [Score] - Reported")],
                              text=f"pain {when} the session"),
-        subject=subject,
-        effectiveDateTime=session.started if when == "before" else session.ended,
-        valueInteger=score,
-        partOf=[Reference(reference=f"Procedure/{procedure_id}")],
-    )
+        subject=_ref(url("patient")), effectiveDateTime=at, valueInteger=score, partOf=[_ref(url("procedure"))],
+        text=_narrative([f"Pain {when} the session: {score} of 10"]))
+
+
+def _thresholds(session: Session, visit: Any) -> list[tuple[int, str, float, str | None]]:
+    """(channel, kind, mA, when measured) from the visit's titrations, else the record's."""
+    out = []
+    if visit is not None and visit.thresholds:
+        for t in visit.thresholds:
+            for kind in THRESHOLD_NAMES:
+                value = getattr(t, f"{kind}_ma")
+                if value is not None:
+                    out.append((t.channel, kind, value, t.measured_at.isoformat()))
+        return out
+    for t in session.thresholds:
+        for kind in THRESHOLD_NAMES:
+            if t.get(kind) is not None:
+                out.append((int(t.get("channel", 0)), kind, float(t[kind]), t.get("t") or session.started))
+    return out
+
+
+def _threshold(session: Session, channel: int, kind: str, value: float, when: str | None, url: Any) -> Any:
+    from fhir.resources.R4B.codeableconcept import CodeableConcept
+    from fhir.resources.R4B.observation import Observation
+
+    sites = (session.setup.get("sites") or {}).get(str(channel), [])
+    return Observation(
+        status="final",
+        code=CodeableConcept(text=f"{THRESHOLD_NAMES[kind]} to electrical stimulation through needles"),
+        subject=_ref(url("patient")), effectiveDateTime=when, valueQuantity=_q(value, "mA"),
+        bodySite=CodeableConcept(text=" to ".join(sites)) if sites else None,
+        partOf=[_ref(url("procedure"))], device=_ref(url("device")),
+        text=_narrative([f"Channel {channel}: {THRESHOLD_NAMES[kind]} {value:g} mA"]))
+
+
+def _adverse_event(event: str, session: Session, url: Any) -> Any:
+    from fhir.resources.R4B.adverseevent import AdverseEvent, AdverseEventSuspectEntity
+    from fhir.resources.R4B.codeableconcept import CodeableConcept
+
+    return AdverseEvent(actuality="actual", subject=_ref(url("patient")), event=CodeableConcept(text=event),
+                        date=session.ended, suspectEntity=[AdverseEventSuspectEntity(instance=_ref(url("procedure")))],
+                        text=_narrative([f"Adverse event after electroacupuncture: {event}"]))
 
 
 def _dose_extensions(session: Session) -> list[Any]:
     from fhir.resources.R4B.extension import Extension
-    from fhir.resources.R4B.quantity import Quantity
 
     summaries = {s.channel: s for s in output_summaries(session)[0]}
     sites = session.setup.get("sites") or {}
@@ -104,13 +255,14 @@ def _dose_extensions(session: Session) -> list[Any]:
         parts += [Extension(url=f"site-{ab}", valueString=site) for ab, site in zip("ab", sites.get(str(o.channel), []))]
         needle = summary.needle if summary is not None else None
         if needle is not None:
-            parts.append(Extension(url="needle", valueString=f"{needle.diameter_mm:g} x {needle.length_mm:g} mm"))
+            parts += [Extension(url="needle-diameter", valueQuantity=_q(needle.diameter_mm, "mm")),
+                      Extension(url="inserted-depth", valueQuantity=_q(needle.length_mm, "mm"))]
+        parts += [Extension(url="pulse-rate", valueQuantity=_q(f, "Hz")) for f in sorted(o.frequencies_hz)]
+        parts += [Extension(url="phase-width", valueQuantity=_q(w, "us")) for w in sorted(o.pulse_widths_us)]
         parts += [
-            Extension(url="pulse-rate", valueString="/".join(f"{f:g}" for f in sorted(o.frequencies_hz)) + " Hz"),
-            Extension(url="phase-width", valueString="/".join(f"{w:g}" for w in sorted(o.pulse_widths_us)) + " us"),
-            Extension(url="peak-intensity", valueQuantity=_q(Quantity, o.peak_ma, "mA")),
-            Extension(url="delivered-charge", valueQuantity=_q(Quantity, o.charge_device_uc, "uC")),
-            Extension(url="time-at-output", valueQuantity=_q(Quantity, round(o.on_s, 1), "s")),
+            Extension(url="peak-intensity", valueQuantity=_q(o.peak_ma, "mA")),
+            Extension(url="delivered-charge", valueQuantity=_q(o.charge_device_uc, "uC")),
+            Extension(url="time-at-output", valueQuantity=_q(round(o.on_s, 1), "s")),
         ]
         if summary is not None and summary.max_shannon_k is not None:
             parts.append(Extension(url="max-shannon-k", valueDecimal=round(summary.max_shannon_k, 3)))
@@ -118,28 +270,23 @@ def _dose_extensions(session: Session) -> list[Any]:
     return out
 
 
-def _q(quantity: Any, value: float, unit: str) -> Any:
-    return quantity(value=value, unit=unit.replace("u", "µ") if unit == "uC" else unit, system=UCUM, code=unit)
+def _q(value: float, unit: str) -> Any:
+    from fhir.resources.R4B.quantity import Quantity
+
+    return Quantity(value=value, unit={"uC": "µC", "us": "µs"}.get(unit, unit), system=UCUM, code=unit)
 
 
-def _notes(session: Session) -> list[Any]:
-    from fhir.resources.R4B.annotation import Annotation
-
-    texts = [f"stopped: {reason}" for reason in session.stops]
-    texts += [f"device fault {f.get('code')} on {'the device' if f.get('channel') is None else 'channel ' + str(f.get('channel'))}"
+def _notes(session: Session, verdict: Any, visit: Any) -> list[str]:
+    texts = [] if verdict.closed else [f"treatment record check: {verdict.status.value}: {verdict.reason}"]
+    texts += [f"stopped: {reason}" for reason in session.stops]
+    texts += [f"device fault {f.get('code')} on "
+              f"{'the device' if f.get('channel') is None else 'channel ' + str(f.get('channel'))}"
               for f in session.faults]
-    texts += [f"patient, channel {f.get('channel')}: {f.get('feedback')} ({f.get('outcome', '')})" for f in session.feedback]
-    if session.plan.get("integration_plan"):
+    texts += [f"patient, channel {f.get('channel')}: {f.get('feedback')} ({f.get('outcome', '')})"
+              for f in session.feedback]
+    plan = visit.plan if visit is not None else None
+    if plan is not None:
+        texts.append("integration plan: " + "; ".join([*plan.kinds, plan.text] if plan.text else plan.kinds))
+    elif session.plan.get("integration_plan"):
         texts.append(f"integration plan: {session.plan['integration_plan']}")
-    return [Annotation(text=t) for t in texts]
-
-
-def _safe(text: str) -> str:
-    """A FHIR id: letters, digits, '-' and '.', at most 64 characters."""
-    return "".join(c if c.isalnum() or c in "-." else "-" for c in text)[:48] or "unknown"
-
-
-def _uuid(record_id: str, resource_id: str) -> str:
-    import uuid
-
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{RECORD_SYSTEM}:{record_id}:{resource_id}"))
+    return texts

@@ -1,27 +1,34 @@
 """The session report a person reads: two A4 pages, matplotlib's PDF backend.
 
-Page 1: who and when (patient code, date, clinician, device, record and its check),
-screening as the record has it, sites and needles, thresholds, program and dose by
-channel, the target and the integration plan. Page 2: the delivered-intensity plot with
-every stop, e-stop, fault, refusal and piece of patient feedback marked, and the output
-summary at the needle rebuilt from the readings. Everything comes from the record (and
-its verdict) and, when the session was run for a patient, from the visit the record is
-linked to in the visit store (screening, outcomes, plan); a field neither holds is
-printed as "not recorded".
+Page 1: who and when (patient code, date and times in local time, clinician, device, record
+and its check), screening, sites and needles, thresholds, program and dose by channel, what
+happened, outcomes (pain, pressure-pain thresholds, adverse events) and the integration plan.
+Page 2: the delivered-intensity plot with the thresholds as dashed lines and every stop,
+e-stop, fault, refusal and piece of patient feedback marked, and the output summary at the
+needle rebuilt from the readings. Every page carries the patient code, the date, the record
+id and its page number. Everything comes from the signed part of the record (and its check,
+as `estim record verify` gives it) and, for a session run for a patient, from the visit the
+record names (screening, thresholds, outcomes, plan); a field neither holds is printed as
+"not recorded". The file is readable by its user only.
 """
 
 from __future__ import annotations
 
+import io
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .. import INTENDED_USE
+from .output import write_private
 from .session import Session, output_summaries
 
 A4 = (8.27, 11.69)
 NOT_RECORDED = "not recorded"
-LINE_CHARS = 105
-"""Monospaced characters that fit across the page at 7.8 pt."""
+FONT_PT = 8.5
+LINE_CHARS = 96
+"""Monospaced characters that fit across the page at FONT_PT; longer lines wrap."""
+STOP_WORDS = {"KeyboardInterrupt": "Ctrl-C (e-stop)", "Terminated": "SIGTERM (e-stop)"}
 
 
 def write_report(session: Session, verdict: Any, out: Path, visit: Any = None) -> Path:
@@ -35,24 +42,36 @@ def write_report(session: Session, verdict: Any, out: Path, visit: Any = None) -
 
     from .plots import record_figure
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with PdfPages(out, metadata={"Title": f"Needle e-stim session report {session.record_id or ''}".strip(),
-                                 "Creator": "estim record report"}) as pdf:
+    _visit_thresholds(session, visit)
+    header = (f"patient {session.patient_code or NOT_RECORDED}  |  {_local(session.started, '%Y-%m-%d') or NOT_RECORDED}"
+              f"  |  record {session.record_id or '-'}")
+    buffer = io.BytesIO()
+    with PdfPages(buffer, metadata={"Title": f"Needle e-stim session report {session.record_id or ''}".strip(),
+                                    "Creator": "estim record report"}) as pdf:
         first = plt.figure(figsize=A4)
         _text_page(first, _page_one(session, verdict, visit))
-        first.text(0.06, 0.02, INTENDED_USE, fontsize=7, style="italic", va="bottom")
+        _frame(first, header, 1)
         pdf.savefig(first)
         plt.close(first)
         second = plt.figure(figsize=A4, layout="constrained")
+        second.get_layout_engine().set(rect=(0.02, 0.04, 0.96, 0.92))
         plot, text = second.subfigures(2, 1, height_ratios=[1.1, 1])
         record_figure(session, fig=plot)
-        _text_page(text, _page_two(session), top=0.97, step=0.033)
+        _text_page(text, _page_two(session), top=0.97, step=0.034)
+        _frame(second, header, 2)
         pdf.savefig(second)
         plt.close(second)
+    write_private(out, buffer.getvalue())
     return out
 
 
-def _text_page(fig: Any, blocks: list[tuple[str, list[str]]], top: float = 0.96, step: float = 0.0155) -> None:
+def _frame(fig: Any, header: str, page: int) -> None:
+    fig.text(0.06, 0.985, header, fontsize=FONT_PT, va="top")
+    fig.text(0.94, 0.015, f"page {page} of 2", fontsize=FONT_PT, ha="right", va="bottom")
+    fig.text(0.06, 0.015, INTENDED_USE, fontsize=FONT_PT, style="italic", va="bottom")
+
+
+def _text_page(fig: Any, blocks: list[tuple[str, list[str]]], top: float = 0.955, step: float = 0.0165) -> None:
     """Headed blocks of monospaced lines, top to bottom (`step`: one line, in figure height)."""
     import textwrap
 
@@ -60,29 +79,51 @@ def _text_page(fig: Any, blocks: list[tuple[str, list[str]]], top: float = 0.96,
     for heading, lines in blocks:
         fig.text(0.06, y, heading, fontsize=11, weight="bold", va="top")
         y -= 1.5 * step
-        widest = max((len(line) for line in lines), default=0)
-        size = max(6.0, min(7.8, 7.8 * LINE_CHARS / max(widest, 1)))   # a table shrinks to fit
         for line in lines:
-            for part in textwrap.wrap(line, int(LINE_CHARS * 7.8 / size), subsequent_indent="    ") or [""]:
-                fig.text(0.08, y, part, fontsize=size, family="monospace", va="top")
+            for part in textwrap.wrap(line, LINE_CHARS, subsequent_indent="    ") or [""]:
+                fig.text(0.08, y, part, fontsize=FONT_PT, family="monospace", va="top")
                 y -= step
-        y -= 0.8 * step
+        y -= 0.7 * step
+
+
+def _local(iso: str | None, fmt: str) -> str:
+    """A record's UTC time in this computer's local time (as `estim patient show` prints it)."""
+    if not iso:
+        return ""
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime(fmt)
+    except ValueError:
+        return ""
+
+
+def _visit_thresholds(session: Session, visit: Any) -> None:
+    """A session run for a patient takes its thresholds from the visit when its record has none
+    (titration is a session of its own), so the page and the plot's dashed lines show them."""
+    if session.thresholds or visit is None:
+        return
+    for t in visit.thresholds:
+        session.thresholds.append({"channel": t.channel, "sensory": t.sensory_ma, "motor": t.motor_ma,
+                                   "tolerance": t.tolerance_ma, "t": t.measured_at.isoformat()})
 
 
 def _page_one(s: Session, verdict: Any, visit: Any) -> list[tuple[str, list[str]]]:
+    from .fhir import status_of
+
     plan, setup = s.plan, s.setup
     patient = (setup.get("envelope") or {}).get("patient") or {}
     rx = setup.get("prescription") or {}
-    blocks = [
+    zone = _local(s.started, "%Z")
+    return [
         ("Needle e-stim session report", [
-            f"patient code:   {s.patient_code or NOT_RECORDED}",
-            f"date:           {(s.started or '')[:10] or NOT_RECORDED}  ({_clock(s.started)} to {_clock(s.ended)} UTC)",
+            f"patient code:   {s.patient_code or NOT_RECORDED}" + (f"   visit {visit.id}" if visit else ""),
+            f"date:           {_local(s.started, '%Y-%m-%d') or NOT_RECORDED}  ({_local(s.started, '%H:%M:%S') or '-'}"
+            f" to {_local(s.ended, '%H:%M:%S') or '-'} {zone})",
             f"clinician:      {s.operator or (visit.clinician if visit else None) or NOT_RECORDED}",
             f"device:         {s.device['serial'] or NOT_RECORDED}, firmware {s.device['firmware'] or '-'}",
             f"record:         {s.path.name} (id {s.record_id or '-'})",
             f"record check:   {verdict.status.value}" + (f"; signed with key {verdict.key_id}" if verdict.key_id
-                                                         else "") + ("" if verdict.ok else f": {verdict.reason}"),
-        ]),
+                                                         else "") + ("" if verdict.closed else f": {verdict.reason}"),
+        ] + ([f"visit store:    {verdict.anchor}"] if verdict.anchor else [])),
         ("Screening" + (f" (visit {visit.id})" if visit else ""), [
             *(_screening(visit) or [f"implanted electronic device: {_yes_no(patient.get('implanted_device'))}",
                                     f"pregnant: {_yes_no(patient.get('pregnant'))}"]),
@@ -90,31 +131,73 @@ def _page_one(s: Session, verdict: Any, visit: Any) -> list[tuple[str, list[str]
         ]),
         ("Sites and needles", _sites(setup) or [NOT_RECORDED]),
         ("Thresholds", [f"channel {t.get('channel')}: first felt {_ma(t.get('sensory'))}, visible twitch "
-                        f"{_ma(t.get('motor'))}, tolerance {_ma(t.get('tolerance'))}" for t in s.thresholds]
+                        f"{_ma(t.get('motor'))}, tolerance {_ma(t.get('tolerance'))}"
+                        + (f" (measured {_local(t['t'], '%H:%M')})" if t.get("t") else "") for t in s.thresholds]
          or [_plan_thresholds(plan)]),
         ("Program and dose by channel", [
             f"target mechanism: {plan.get('mechanism') or NOT_RECORDED}; program: {plan.get('program') or 'direct'}",
-            f"prescription: cap {rx.get('max_amplitude_ma')} mA, ramp {rx.get('ramp_ma_per_s')} mA/s, "
-            f"{rx.get('frequency_hz')} Hz, {rx.get('pulse_width_us')} µs, {_minutes(rx.get('max_session_minutes'))}",
+            _prescription(rx),
             *[f"channel {d.channel}: {'/'.join(d.shapes)}, {_join(d.frequencies_hz, 'Hz')}, "
               f"{_join(d.pulse_widths_us, 'µs')}, up to {d.max_amplitude_ma:g} mA"
               + ("".join(f"; bursts of {n} at {r:g} Hz" for n, r in d.burst)) for d in s.doses],
         ]),
         ("What happened", [
             *([f"the session never reached the device ({s.not_started})"] if s.not_started else []),
-            f"commands: " + (", ".join(f"{n} {k}" for k, n in sorted(s.commands.items())) or "none"),
+            "commands: " + (", ".join(f"{n} {_command(k)}" for k, n in sorted(s.commands.items())) or "none"),
             f"stops: {len(s.stops)}; faults: {len(s.faults)}; refusals: {len(s.refusals)}; "
             f"patient feedback: {len(s.feedback)}",
-            *[f"stopped: {reason}" for reason in s.stops[:6]],
-            *[f"patient said ({f.get('channel')}): {f.get('feedback')} - {f.get('outcome', '')}" for f in s.feedback[:6]],
-            "session ended " + ("at its prescribed time" if s.session_end else "before its prescribed time or "
-                                "without a timed end") + ("; record closed" if s.closed else "; record NOT closed"),
+            *[f"stopped: {stop_text(reason)}" for reason in s.stops[:6]],
+            *[f"patient said (channel {f.get('channel')}): {f.get('feedback')} - {f.get('outcome', '')}"
+              for f in s.feedback[:6]],
+            _ending(s, status_of(s, verdict)),
         ]),
         ("Outcomes and integration plan", _outcomes(visit) + [
             f"integration plan: {_plan_text(visit) or plan.get('integration_plan') or NOT_RECORDED}",
         ]),
     ]
-    return blocks
+
+
+def stop_text(reason: str) -> str:
+    """A stop as a person says it (an interrupted program's exception name is not that)."""
+    for name, words in STOP_WORDS.items():
+        if reason.startswith(name):
+            return words
+    return reason
+
+
+def _ending(s: Session, status: str) -> str:
+    if status == "completed":
+        return "the session ran to its end; the record was closed"
+    if status == "not-done":
+        return "no output was delivered" + ("" if s.closed else "; the record was NOT closed")
+    return ("the session ended early (a stop)" if s.stops or s.faults else "the session did not end normally") + (
+        "; the record was closed" if s.closed else "; the record was NOT closed")
+
+
+def _command(kind: str) -> str:
+    return {"SetChannel": "settings", "SetOutputs": "output switchings", "ClearFaults": "stops cleared",
+            "SimControl": "simulator controls"}.get(kind, kind)
+
+
+def _prescription(rx: dict[str, Any]) -> str:
+    if not rx:
+        return f"prescription: {NOT_RECORDED}"
+    caps = rx.get("max_amplitude_ma")
+    cap = ", ".join(f"channel {ch} {v:g} mA" for ch, v in sorted(caps.items())) if isinstance(caps, dict) else \
+        (f"{caps:g} mA" if isinstance(caps, (int, float)) else NOT_RECORDED)
+    return (f"prescription: cap {cap}; ramp {_num(rx.get('ramp_ma_per_s'), 'mA/s')}; "
+            f"{_range(rx.get('frequency_hz'), 'Hz')}; {_range(rx.get('pulse_width_us'), 'µs')}; "
+            f"at most {_minutes(rx.get('max_session_minutes'))}")
+
+
+def _num(value: Any, unit: str) -> str:
+    return f"{value:g} {unit}" if isinstance(value, (int, float)) else NOT_RECORDED
+
+
+def _range(value: Any, unit: str) -> str:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return f"{value[0]:g} {unit}" if value[0] == value[1] else f"{value[0]:g}-{value[1]:g} {unit}"
+    return _num(value, unit)
 
 
 def _page_two(s: Session) -> list[tuple[str, list[str]]]:
@@ -122,7 +205,8 @@ def _page_two(s: Session) -> list[tuple[str, list[str]]]:
     return [
         ("Output summary at the needle (from the device's readings, 0.1 s resolution)", table.splitlines()),
         ("Marks on the plot", ["numbered lines: red stop, dark red e-stop, orange fault, purple refusal, "
-                               "green patient feedback", "dashed horizontal lines: the patient's thresholds"]),
+                               "green patient feedback", "dashed horizontal lines: the patient's thresholds"
+                               + ("" if s.thresholds else f" ({NOT_RECORDED} for this session)")]),
     ]
 
 
@@ -140,9 +224,22 @@ def _outcomes(visit: Any) -> list[str]:
     outcome = visit.outcome if visit is not None else None
     if outcome is None:
         return [f"outcomes: {NOT_RECORDED}"]
-    return [f"pain (0-10): {_score(outcome.pain_before)} before, {_score(outcome.pain_after)} after",
-            f"how it felt: {outcome.felt or NOT_RECORDED}",
-            f"adverse events: {', '.join(outcome.adverse_events) or 'none'}"]
+    lines = [f"pain (0-10): {_score(outcome.pain_before)} before, {_score(outcome.pain_after)} after",
+             f"how it felt: {outcome.felt or NOT_RECORDED}",
+             f"adverse events: {', '.join(outcome.adverse_events) or 'none'}"]
+    for where in ("local", "remote"):
+        before, after = (getattr(outcome, f"ppt_{where}_{when}_kpa") for when in ("before", "after"))
+        if before is not None or after is not None:
+            lines.append(f"pressure-pain threshold, {'near the needles' if where == 'local' else 'remote site'}: "
+                         f"{_kpa(before)} before, {_kpa(after)} after")
+    corrections = [o for o in visit.outcomes[1:] if o.entry.reason]
+    lines += [f"corrected {_local(o.entry.recorded_at.isoformat(), '%H:%M')} by {o.entry.recorded_by}: "
+              f"{o.entry.reason}" for o in corrections]
+    return lines
+
+
+def _kpa(value: float | None) -> str:
+    return NOT_RECORDED if value is None else f"{value:g} kPa"
 
 
 def _plan_text(visit: Any) -> str:
@@ -157,13 +254,20 @@ def _score(value: int | None) -> str:
 def _sites(setup: dict[str, Any]) -> list[str]:
     needles = setup.get("needles") or {}
     return [f"channel {ch}: {' to '.join(pair)}; needle " + (
-        f"{needles[ch]['diameter_mm']:g} x {needles[ch]['length_mm']:g} mm" if ch in needles else NOT_RECORDED)
+        f"{needles[ch]['diameter_mm']:g} mm across, inserted {needles[ch]['length_mm']:g} mm" if ch in needles
+        else NOT_RECORDED)
         for ch, pair in sorted((setup.get("sites") or {}).items())]
 
 
 def _plan_thresholds(plan: dict[str, Any]) -> str:
     given = plan.get("thresholds")
-    return f"as given for the program: {given}" if given else NOT_RECORDED
+    if isinstance(given, dict):
+        given = given.get("thresholds", [given])
+    if isinstance(given, list):
+        return "; ".join(f"from the thresholds file: channel {t.get('channel')}: first felt {_ma(t.get('sensory'))},"
+                         f" visible twitch {_ma(t.get('motor'))}, tolerance {_ma(t.get('tolerance'))}"
+                         for t in given if isinstance(t, dict)) or NOT_RECORDED
+    return f"as given for the program: {given}" if isinstance(given, str) else NOT_RECORDED
 
 
 def _yes_no(value: Any) -> str:
@@ -180,7 +284,3 @@ def _join(values: tuple[float, ...], unit: str) -> str:
 
 def _minutes(value: Any) -> str:
     return f"{value:.1f} min" if isinstance(value, (int, float)) else NOT_RECORDED
-
-
-def _clock(iso: str | None) -> str:
-    return iso[11:19] if iso and len(iso) >= 19 else "-"

@@ -44,18 +44,20 @@ def record_figure(session: Session, fig: Any = None) -> Any:
         for ax in (amp_ax, rate_ax):
             ax.axvline(e.t_s / scale, color=colour, ls=style, lw=1.2)
         amp_ax.annotate(str(n), (e.t_s / scale, 1.0 + 0.05 * ((n - 1) % 3)), xycoords=("data", "axes fraction"),
-                        ha="center", va="bottom", fontsize=7, color=colour, annotation_clip=False)
+                        ha="center", va="bottom", fontsize=8, color=colour, annotation_clip=False)
     amp_ax.set_ylabel("intensity delivered (mA)")
     amp_ax.set_ylim(bottom=0)
     amp_ax.grid(alpha=0.3)
     if amp_ax.get_legend_handles_labels()[0]:
-        amp_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small", frameon=False)
+        amp_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     _rates(rate_ax, session, colours, scale)
     rate_ax.set_xlabel(f"device time ({unit})")
     if marked:
-        text = "; ".join(f"{n} {e.kind}{'' if e.channel is None else f' ch{e.channel}'}: {e.text}"
+        from .pdf import stop_text
+
+        text = "; ".join(f"{n} {e.kind}{'' if e.channel is None else f' ch{e.channel}'}: {stop_text(e.text)}"
                          for n, e in enumerate(marked, start=1))
-        rate_ax.set_xlabel(f"device time ({unit})\n" + _wrap(text, 130), fontsize=7)
+        rate_ax.set_xlabel(f"device time ({unit})\n" + _wrap(text, 110), fontsize=8)
     return fig
 
 

@@ -11,6 +11,7 @@ one reading period). Intensity is as the device reported it, at 10 readings a se
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -115,8 +116,9 @@ class Session:
         return self.plan.get("patient") or None
 
 
-def read_session(path: str | Path) -> Session:
-    """Everything the record says about the session, in one pass."""
+def read_session(path: str | Path, entries: Iterable[dict[str, Any]] | None = None) -> Session:
+    """Everything the signed part of the record says about the session, in one pass (over
+    `entries` when they were read already, as `safety.read_record` gives them)."""
     from safety import read_entries
 
     s = Session(Path(path))
@@ -124,7 +126,7 @@ def read_session(path: str | Path) -> Session:
     settings: dict[int, list[dict[str, Any]]] = {}
     host_events: list[tuple[float, str, int | None, str]] = []
     offset: float | None = None
-    for e in read_entries(path):
+    for e in read_entries(path) if entries is None else entries:
         kind, d = e["kind"], e["data"]
         s.started = s.started or e["t"]
         s.ended = e["t"] or s.ended
@@ -143,7 +145,7 @@ def read_session(path: str | Path) -> Session:
         elif kind == "identity" and not s.identity:
             s.identity = d
         elif kind == "thresholds":
-            s.thresholds.append(d)
+            s.thresholds.append({**d, "t": e["t"]})
         elif kind == "patient_feedback":
             s.feedback.append(d)
             host_events.append((e["mono"], "feedback", d.get("channel"), f"{d.get('feedback')}"))

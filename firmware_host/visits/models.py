@@ -66,7 +66,9 @@ class ThresholdRow(Base):
 
 
 class DoseRow(Base):
-    """A dose delivered in a visit: what was asked (to repeat it) and what the device delivered."""
+    """A dose given in a visit, stored when its session starts: what was asked (to repeat it)
+    and the record it is written in. What the device delivered comes later (DoseResultRow): a
+    session killed before its end leaves a dose without one, which reads as not completed."""
 
     __tablename__ = "doses"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -74,34 +76,57 @@ class DoseRow(Base):
     program: Mapped[str] = mapped_column(String(200))
     mechanism: Mapped[str | None] = mapped_column(String(40))
     request: Mapped[dict[str, Any]] = mapped_column(JSON)     # how to ask for the same dose again
-    delivered: Mapped[list[Any]] = mapped_column(JSON)        # per channel, from the record
+    record_id: Mapped[str | None] = mapped_column(String(80))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DoseResultRow(Base):
+    """What the device delivered for a dose (per channel, from the session), appended at its end."""
+
+    __tablename__ = "dose_results"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dose_id: Mapped[int] = mapped_column(ForeignKey("doses.id"), index=True)
+    delivered: Mapped[list[Any]] = mapped_column(JSON)
     completed: Mapped[bool] = mapped_column(Boolean)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class OutcomeRow(Base):
-    __tablename__ = "outcomes"
-    visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id"), primary_key=True)
+class OutcomeEntryRow(Base):
+    """What was recorded of how the patient responded, at one time (a field left NULL was not
+    given then); never changed: a correction is a later entry with who made it and why. The
+    visit's outcome is the entries taken in order."""
+
+    __tablename__ = "outcome_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id"), index=True)
     pain_before: Mapped[int | None] = mapped_column(Integer)
     pain_after: Mapped[int | None] = mapped_column(Integer)
-    felt: Mapped[str] = mapped_column(Text)
-    soreness: Mapped[bool] = mapped_column(Boolean)
-    fainting: Mapped[bool] = mapped_column(Boolean)
-    bleeding: Mapped[bool] = mapped_column(Boolean)
-    other_events: Mapped[str] = mapped_column(Text)
+    felt: Mapped[str | None] = mapped_column(Text)
+    soreness: Mapped[bool | None] = mapped_column(Boolean)
+    fainting: Mapped[bool | None] = mapped_column(Boolean)
+    bleeding: Mapped[bool | None] = mapped_column(Boolean)
+    other_events: Mapped[str | None] = mapped_column(Text)
     ppt_local_before_kpa: Mapped[float | None] = mapped_column(Float)
     ppt_local_after_kpa: Mapped[float | None] = mapped_column(Float)
     ppt_remote_before_kpa: Mapped[float | None] = mapped_column(Float)
     ppt_remote_after_kpa: Mapped[float | None] = mapped_column(Float)
+    pain_before_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    recorded_by: Mapped[str] = mapped_column(String(80))
+    reason: Mapped[str] = mapped_column(Text)
 
 
-class PlanRow(Base):
-    __tablename__ = "plans"
-    visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id"), primary_key=True)
+class PlanEntryRow(Base):
+    """The integration plan that ends a visit; never changed: a correction is a later entry."""
+
+    __tablename__ = "plan_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id"), index=True)
     kinds: Mapped[list[str]] = mapped_column(JSON)
     text: Mapped[str] = mapped_column(Text)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    recorded_by: Mapped[str] = mapped_column(String(80))
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class VisitRecordRow(Base):
@@ -114,14 +139,15 @@ class VisitRecordRow(Base):
 
 
 class RecordHeadRow(Base):
-    """The newest known head of a treatment record's chain: a record cut short or deleted
-    no longer matches it."""
+    """The newest known head of a treatment record's chain, signed by the record's key: a
+    record cut short, copied, replaced or deleted no longer matches it."""
 
     __tablename__ = "record_heads"
     record_id: Mapped[str] = mapped_column(String(80), primary_key=True)
-    path: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text, index=True)
     count: Mapped[int] = mapped_column(Integer)
     last_hash: Mapped[str] = mapped_column(String(128))
     key_id: Mapped[str | None] = mapped_column(String(80))
     closed: Mapped[bool] = mapped_column(Boolean)
+    signature: Mapped[str | None] = mapped_column(String(100))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from firmware_host.sim.process import child_env
 from firmware_host.visits import Outcome, Plan, RecordHeadError, StoreError, VisitStore
@@ -44,6 +45,45 @@ def test_migrations_make_exactly_the_models(store_url: str) -> None:
     assert diff == []
     assert "record_heads" in inspect(engine).get_table_names()
     engine.dispose()
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from firmware_host.visits.where import KNOWN_REVISIONS, SCHEMA_REVISION
+
+    config = Config()
+    config.set_main_option("script_location", "firmware_host.visits:migrations")
+    scripts = ScriptDirectory.from_config(config)
+    assert scripts.get_current_head() == SCHEMA_REVISION        # opening reads this, without Alembic
+    assert sorted(r.revision for r in scripts.walk_revisions()) == sorted(KNOWN_REVISIONS)
+
+
+def test_a_store_of_the_first_schema_is_migrated_with_its_data(store_url: str) -> None:
+    """Outcomes, plans and doses written as single rows by the first schema become entries."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = create_engine(store_url)
+    config = Config()
+    config.set_main_option("script_location", "firmware_host.visits:migrations")
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        now = datetime.now(timezone.utc)
+        conn.exec_driver_sql("INSERT INTO patients VALUES ('P001', %s, 'typical')" if "postgres" in store_url else
+                             "INSERT INTO patients VALUES ('P001', ?, 'typical')", (now,))
+        for sql in ("INSERT INTO visits (patient_code, started_at, ended_at, clinician, host, sensitivity) "
+                    "VALUES ('P001', :t, :t, 'JD', 'room', 'typical')",
+                    "INSERT INTO outcomes VALUES (1, 6, 3, 'warm', false, false, false, '', null, null, null, null, :t)",
+                    "INSERT INTO plans (visit_id, kinds, text, recorded_at) VALUES (1, '[\"loading\"]', 'x', :t)",
+                    "INSERT INTO doses (visit_id, program, mechanism, request, delivered, completed, recorded_at) "
+                    "VALUES (1, 'p', null, '{}', '[{\"channel\": 1}]', true, :t)"):
+            conn.execute(text(sql), {"t": now})
+    engine.dispose()
+    with VisitStore(store_url) as store:
+        [visit] = store.visits("P001")
+        assert (visit.outcome.pain_before, visit.outcome.pain_after, visit.outcome.felt) == (6, 3, "warm")
+        assert visit.outcomes[0].entry.recorded_by == "JD" and visit.plan == Plan(("loading",), "x")
+        assert visit.doses[0].completed and visit.doses[0].delivered == ({"channel": 1},)
 
 
 def test_opening_twice_migrates_once_and_keeps_data(store: VisitStore, store_url: str) -> None:
@@ -55,14 +95,16 @@ def test_a_whole_visit_round_trips(store: VisitStore) -> None:
     answers = Screening({**Screening.all_no().answers, Question.BLEEDING_RISK: True})
     visit_id = store.start_visit("P001", answers, clinician="JD")
     store.add_thresholds(visit_id, thresholds())
-    store.add_dose(visit_id, "Segmental", "segmental_inhibition", {"preset": "segmental_inhibition", "channel": 1},
-                   [{"channel": 1, "peak_ma": 1.8}], completed=True)
-    store.set_outcome(visit_id, Outcome(pain_before=6, pain_after=3, felt="buzzing", soreness=True,
-                                        ppt_local_before_kpa=250.0, ppt_local_after_kpa=310.0))
+    dose = store.start_dose(visit_id, "Segmental", "segmental_inhibition",
+                            {"preset": "segmental_inhibition", "channel": 1}, "rec-1")
+    assert store.last_dose("P001") is None                      # started, not yet finished
+    store.finish_dose(dose, [{"channel": 1, "peak_ma": 1.8}], completed=True)
+    store.add_outcome(visit_id, Outcome(pain_before=6, pain_after=3, felt="buzzing", soreness=True,
+                                        ppt_local_before_kpa=250.0, ppt_local_after_kpa=310.0), by="JD")
     store.link_record(visit_id, "rec-1", "/records/rec-1.jsonl")
-    assert store.open_visit("P001").id == visit_id
-    store.end_visit(visit_id, Plan(("loading", "breathing"), "3x10 step-downs"))
-    assert store.open_visit("P001") is None
+    assert store.visit_for("P001").id == visit_id
+    store.end_visit(visit_id, Plan(("loading", "breathing"), "3x10 step-downs"), by="JD")
+    assert store.open_visits("P001") == []
 
     [visit] = store.visits("P001")
     assert visit.screening[Question.BLEEDING_RISK] is True and not visit.screening.unanswered
@@ -83,7 +125,42 @@ def test_a_visit_needs_every_screening_question_answered(store: VisitStore) -> N
 
 def test_yesterdays_open_visit_is_not_todays(store: VisitStore) -> None:
     store.start_visit("P001", Screening.all_no(), "JD", when=datetime.now(timezone.utc) - timedelta(days=1))
-    assert store.open_visit("P001") is None
+    assert store.open_visits("P001") == []
+    store.start_visit("P001", Screening.all_no(), "JD")          # it does not stand in today's way
+
+
+def test_nothing_is_replaced_a_correction_is_a_new_entry(store: VisitStore) -> None:
+    """Part 11 §11.10(e): a second outcome or end appends; who, when and why are kept."""
+    visit = store.start_visit("P001", Screening.all_no(), "JD")
+    store.add_outcome(visit, Outcome(pain_before=6), by="JD")
+    store.add_outcome(visit, Outcome(pain_after=3, felt="warm"), by="JD")      # new fields: no correction
+    with pytest.raises(StoreError, match="--reason"):
+        store.add_outcome(visit, Outcome(pain_after=4), by="KL")
+    with pytest.raises(StoreError, match="--operator"):
+        store.add_outcome(visit, Outcome(pain_after=4), by=" ", reason="misheard")
+    assert store.add_outcome(visit, Outcome(pain_after=4), by="KL", reason="misheard") == ["pain_after"]
+    assert store.end_visit(visit, Plan(("loading",)), by="JD")
+    with pytest.raises(StoreError, match="--reason"):
+        store.end_visit(visit, Plan(("breathing",)), by="JD")
+    assert not store.end_visit(visit, Plan(("breathing",)), by="KL", reason="plan changed at the desk")
+    v = store.visit(visit)
+    assert (v.outcome.pain_before, v.outcome.pain_after, v.outcome.felt) == (6, 4, "warm")
+    assert [o.outcome.pain_after for o in v.outcomes] == [None, 3, 4]                  # the first stays readable
+    assert [(o.entry.recorded_by, o.entry.reason) for o in v.outcomes][-1] == ("KL", "misheard")
+    assert [p.plan.kinds for p in v.plans] == [("loading",), ("breathing",)] and v.plan.kinds == ("breathing",)
+    assert v.ended_at <= v.plans[1].entry.recorded_at                                  # the end did not move
+
+
+def test_a_second_visit_today_is_refused_naming_the_way_out(store: VisitStore) -> None:
+    first = store.start_visit("P001", Screening.all_no(), "JD")
+    with pytest.raises(StoreError, match=f"visit {first} open.*--visit {first}.*--another"):
+        store.start_visit("P001", Screening.all_no(), "KL")
+    second = store.start_visit("P001", Screening.all_no(), "KL", another=True)
+    with pytest.raises(StoreError, match="2 visits open today.*--visit ID"):
+        store.visit_for("P001")
+    assert store.visit_for("P001", second).id == second
+    with pytest.raises(StoreError, match="not an open visit"):
+        store.visit_for("P001", 999)
 
 
 def test_patients_are_codes_not_names(store: VisitStore) -> None:
@@ -109,25 +186,66 @@ def test_a_plan_says_what_follows(store: VisitStore) -> None:
         Plan(("yoga",))
 
 
-def test_record_head_never_moves_backwards(store: VisitStore) -> None:
+def test_record_head_never_moves_backwards_and_a_closed_one_never_moves(store: VisitStore) -> None:
     assert store.get_record_head("r1") is None
-    store.put_record_head("r1", "/r1.jsonl", 10, "a" * 64, None, False)
-    store.put_record_head("r1", "/r1.jsonl", 25, "b" * 64, "clinic-key", True)
-    store.put_record_head("r1", "/r1.jsonl", 25, "b" * 64, "clinic-key", True)   # the same head again is fine
-    with pytest.raises(RecordHeadError, match="back from 25 records to 24"):
-        store.put_record_head("r1", "/r1.jsonl", 24, "c" * 64, "clinic-key", True)
+    store.put_record_head("r1", "/r1.jsonl", 10, "a" * 64, None, False, "s1")
+    with pytest.raises(RecordHeadError, match="back from 10 lines to 9"):
+        store.put_record_head("r1", "/r1.jsonl", 9, "c" * 64, "clinic-key", False, "s")
     with pytest.raises(RecordHeadError, match="different last hash"):
-        store.put_record_head("r1", "/r1.jsonl", 25, "d" * 64, "clinic-key", True)
+        store.put_record_head("r1", "/r1.jsonl", 10, "d" * 64, "clinic-key", False, "s")
+    store.put_record_head("r1", "/r1.jsonl", 25, "b" * 64, "clinic-key", True, "s2")
+    store.put_record_head("r1", "/r1.jsonl", 25, "b" * 64, "clinic-key", True, "s2")   # the same head again is fine
+    with pytest.raises(RecordHeadError, match="closed at 25 lines and never moves"):
+        store.put_record_head("r1", "/r1.jsonl", 26, "e" * 64, "clinic-key", True, "s3")
     head = store.get_record_head("r1")
-    assert (head.count, head.last_hash, head.key_id, head.closed) == (25, "b" * 64, "clinic-key", True)
-    assert head.updated_at.tzinfo is not None
+    assert (head.count, head.last_hash, head.key_id, head.closed, head.signature) == (
+        25, "b" * 64, "clinic-key", True, "s2")
+    assert head.updated_at.tzinfo is not None and store.record_at("/r1.jsonl") == "r1"
 
 
-def test_an_unusable_url_is_a_plain_error() -> None:
+def test_paths_in_the_store_are_absolute(store: VisitStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    visit = store.start_visit("P001", Screening.all_no(), "JD")
+    store.link_record(visit, "r2", "visit.jsonl")
+    store.put_record_head("r2", "visit.jsonl", 1, "a" * 64, None, False, "s")
+    assert store.visit(visit).records == (("r2", str(tmp_path / "visit.jsonl")),)
+    assert store.get_record_head("r2").path == str(tmp_path / "visit.jsonl")
+
+
+def test_an_unusable_url_is_a_plain_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not a database URL"):
         VisitStore("visits.db")
     with pytest.raises(StoreError, match="SQLite or PostgreSQL"):
         VisitStore("mysql://x@y/z")
+    with pytest.raises(StoreError, match="no visit store at"):
+        VisitStore(f"sqlite:///{tmp_path / 'none.sqlite3'}", create=False)
+    assert not (tmp_path / "none.sqlite3").exists()
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    if os.access(readonly, os.W_OK):                        # root writes anywhere: a file stands in the way
+        readonly.chmod(0o700)
+        (readonly / "sub").write_text("")
+        target = readonly / "sub" / "visits.sqlite3"
+    else:
+        target = readonly / "visits.sqlite3"
+    with pytest.raises(StoreError, match="cannot be made"):
+        VisitStore(f"sqlite:///{target}")
+
+
+def test_a_store_made_by_a_newer_estim_is_a_plain_error(store: VisitStore, store_url: str) -> None:
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    with pytest.raises(StoreError, match="newer estim .*0099"):
+        VisitStore(store_url)
+
+
+def test_the_store_file_is_readable_by_its_user_only(tmp_path: Path) -> None:
+    VisitStore(f"sqlite:///{tmp_path / 'v.sqlite3'}").close()
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {
+        "v.sqlite3": 0o600, "v.sqlite3.migration-lock": 0o600}
 
 
 WRITER = textwrap.dedent("""
@@ -140,12 +258,12 @@ WRITER = textwrap.dedent("""
     site = NeedleSite(Region.FOREARM, Side.LEFT)
     store = VisitStore(url)
     for i in range(n):
-        v = store.start_visit("P001", Screening.all_no(), clinician=host)
+        v = store.start_visit("P001", Screening.all_no(), clinician=host, another=True)
         store.add_thresholds(v, ChannelThresholds(1, ChannelPlacement(site, site),
                              TitrationWaveform(Shape.BIPHASIC, 2.0, 200.0), datetime.now(timezone.utc),
                              1.0, 2.0, 4.0, "P001"))
-        store.set_outcome(v, Outcome(pain_before=5, pain_after=i % 11))
-        store.end_visit(v, Plan(("loading",), f"{host} {i}"))
+        store.add_outcome(v, Outcome(pain_before=5, pain_after=i % 11), by=host)
+        store.end_visit(v, Plan(("loading",), f"{host} {i}"), by=host)
     store.close()
 """)
 
@@ -185,7 +303,7 @@ def test_racing_record_heads_end_at_the_highest_count(postgres_url_template: str
         with VisitStore(url) as store:
             for count in counts[host]:
                 try:
-                    store.put_record_head("shared", "/shared.jsonl", count, f"hash-{count}", None, False)
+                    store.put_record_head("shared", "/shared.jsonl", count, f"hash-{count}", None, False, "s")
                 except RecordHeadError:
                     refused.append(count)
         return refused

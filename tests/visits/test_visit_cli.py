@@ -3,7 +3,6 @@ top mark, STOP and --out; screening before any stimulation; the inserted depth."
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -29,9 +28,9 @@ def estim(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def entries(record: Path) -> list[dict]:
-    if not record.exists():
-        return []
-    return [json.loads(line) for line in record.read_text().splitlines() if line.strip().endswith("}")]
+    from safety import read_entries
+
+    return list(read_entries(record)) if record.exists() else []
 
 
 def titrate(record: Path, keys: list[tuple[str, int]], *extra: str) -> subprocess.CompletedProcess[str]:
@@ -150,3 +149,37 @@ def test_plain_words_for_the_clinician(tmp_path: Path) -> None:
         text = done.stdout + done.stderr
         assert "Traceback" not in text and "validation error" not in text and "pydantic" not in text
         assert not any(word in text for word in ("screening.", "placement.", "needle.shannon", "dynamic."))
+
+
+DIRECT = ["--channel", "1", "--frequency", "2", "--pulse-width", "200", "--amplitude", "0.5",
+          "--sites", "left:forearm,left:forearm", "--inserted", "10"]
+
+
+def test_every_session_for_a_patient_keeps_its_dose_even_when_killed(tmp_path: Path) -> None:
+    """A direct run stores its dose (and --last-dose repeats it); a session killed mid-way leaves
+    its dose stored as not completed."""
+    import signal
+
+    from firmware_host.visits import VisitStore
+
+    assert estim("patient", "add", "P20").returncode == 0
+    assert estim("visit", "start", "P20", "--no", "all").returncode == 0
+    direct = estim("run", "--patient", "P20", *DIRECT, "--seconds", "0.2", "--record", str(tmp_path / "a.jsonl"))
+    assert direct.returncode == 0, direct.stderr
+    assert "(id " in direct.stdout                                       # the id `record verify --id` takes
+    again = estim("run", "--patient", "P20", "--last-dose")
+    assert again.returncode == 0 and "last dose: direct" in again.stdout, again.stderr
+    killed = subprocess.Popen([sys.executable, "-m", "firmware_host", "run", "--patient", "P20", *DIRECT,
+                               "--seconds", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=child_env(), stdin=subprocess.DEVNULL)
+    assert killed.stdout is not None
+    while "ch1 on" not in killed.stdout.readline():
+        pass
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(10)
+    with VisitStore() as store:
+        [visit] = store.visits("P20")
+    assert [(d.program, d.completed, d.finished) for d in visit.doses] == [
+        ("direct", True, True), ("direct", True, True), ("direct", False, False)]
+    assert visit.doses[0].request["amplitude"] == 0.5 and visit.doses[0].delivered[0]["peak_ma"] == 0.5
+    assert "not completed: the session never ended" in estim("patient", "show", "P20").stdout
