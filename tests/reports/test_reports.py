@@ -219,7 +219,7 @@ def test_report_and_export_take_the_visit_from_the_store(tmp_path: Path) -> None
 
     from firmware_host.cli.anchoring import StoreAnchor
     from firmware_host.visits import Outcome, Plan, VisitStore
-    from firmware_host.waveforms.thresholds import ChannelThresholds, TitrationWaveform
+    from safety.thresholds import ChannelThresholds, TitrationWaveform
     from safety import Question, Screening, Shape
 
     with VisitStore() as store:
