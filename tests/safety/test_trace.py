@@ -37,6 +37,15 @@ def test_the_log_covers_every_rule_id_and_names_only_what_exists() -> None:
     assert len(result.ids.ids) >= 60 and {"session.device_limits", "screening.clot_at_site"} <= set(result.ids.ids)
 
 
+
+def _site(rule: str, phrase: str, path: str = "safety/interlock.py") -> str:
+    """`rule@path:line` of the refusal whose line carries `phrase` (lines move as the code does)."""
+    lines = (REPO / path).read_text(encoding="utf-8").splitlines()
+    return f"{rule}@{path}:{next(i for i, line in enumerate(lines, 1) if rule in line and phrase in line)}"
+
+
+ENABLING_AT_ZERO = _site("dynamic.zero_start", "enabling channel")
+
 def test_the_trace_matrix_is_current() -> None:
     text = markdown(load(LOG_PATH), derive())
     assert MATRIX_PATH.read_text(encoding="utf-8") == text, f"docs/hazards.md is stale: {REGENERATE}"
@@ -62,26 +71,26 @@ def test_ids_built_in_the_code_are_worked_out_from_it() -> None:
 
 
 def test_a_new_rule_shows_up_uncovered_until_the_log_names_it(tmp_path: Path) -> None:
-    """What happens when the envelope rules land: the trace finds them in the code and says
+    """What happens when a new module of rules lands: the trace finds them in the code and says
     what the log lacks, and how to switch them off for --mutate."""
     root = copy_of_safety(tmp_path)
-    (root / "safety" / "envelope.py").write_text(
+    (root / "safety" / "doses.py").write_text(
         "from .errors import Refusal\n\n\n"
         "def check(dose, ceilings):\n"
         "    for kind, factor in ((\"tolerance\", 0.9), (\"motor\", 0.9)):\n"
         "        if dose > factor * ceilings[kind]:\n"
-        "            raise Refusal(f\"envelope.{kind}_ceiling\", \"above the ceiling\")\n"
+        "            raise Refusal(f\"doses.{kind}_ceiling\", \"above the ceiling\")\n"
         "    if dose < 0:\n"
-        "        raise Refusal(\"envelope.negative\", \"a dose below zero\")\n", encoding="utf-8")
-    new = {"envelope.tolerance_ceiling", "envelope.motor_ceiling", "envelope.negative"}
+        "        raise Refusal(\"doses.negative\", \"a dose below zero\")\n", encoding="utf-8")
+    new = {"doses.tolerance_ceiling", "doses.motor_ceiling", "doses.negative"}
     ids = derive(root)
-    assert new <= set(ids.ids) and ids.sites["envelope.negative"][0].where() == "safety/envelope.py:9"
+    assert new <= set(ids.ids) and ids.sites["doses.negative"][0].where() == "safety/doses.py:9"
     problems = trace(load(LOG_PATH), REPO, ids=ids, collect=False).problems
     assert {p.split()[1] for p in problems if "is a control of no hazard" in p} == new
-    assert any("no way to switch envelope.motor_ceiling off alone" in p and "MUTATIONS" in p for p in problems)
+    assert any("no way to switch doses.motor_ceiling off alone" in p and "MUTATIONS" in p for p in problems)
     data = tomllib.loads(LOG_PATH.read_text(encoding="utf-8"))
     next(h for h in data["hazard"] if h["id"] == "H12")["rules"] += sorted(new)
-    problems = [p for p in trace(parse(data), REPO, ids=ids, collect=False).problems if "envelope." in p]
+    problems = [p for p in trace(parse(data), REPO, ids=ids, collect=False).problems if "doses." in p]
     assert {p for p in problems if "RULES.md" in p} == {f"rule {r} is not explained in safety/RULES.md" for r in new}
     assert all("RULES.md" in p or "MUTATIONS" in p for p in problems)   # covered now; documented not yet
 
@@ -170,9 +179,10 @@ def test_a_removed_refusal_lets_the_code_go_on_as_if_its_check_had_passed() -> N
     disable = disable_for("placement.head_neck", ids)
     assert disable.how == "emission_removed"
     with applied(disable):
-        assert check_placement(head, Patient()) == [] and safety.check_placement(head, Patient()) == []
+        assert "placement.head_neck" not in {r.rule for r in check_placement(head, Patient())}
+        assert "placement.head_neck" not in {r.rule for r in safety.check_placement(head, Patient())}
         assert "placement.bridges_thorax" in {r.rule for r in check_placement(chest, Patient())}
-    assert [r.rule for r in check_placement(head, Patient())] == ["placement.head_neck"]
+    assert "placement.head_neck" in {r.rule for r in check_placement(head, Patient())}
     clock = FakeClock()
     interlock = safety.Interlock(make_setup(), clock=clock)
     send(interlock, interlock.approve_set_channel(setting(1, 0.0)))
@@ -180,7 +190,7 @@ def test_a_removed_refusal_lets_the_code_go_on_as_if_its_check_had_passed() -> N
     clock.advance(1.0)
     send(interlock, interlock.approve_set_channel(setting(1, 1.0)))
     send(interlock, interlock.approve_outputs(set()))
-    with applied(disable_for("dynamic.zero_start@safety/interlock.py:265", ids)):
+    with applied(disable_for(ENABLING_AT_ZERO, ids)):
         interlock.approve_outputs({1})                   # enabled at 1 mA: the rule is gone
     with pytest.raises(safety.Refusal):
         interlock.approve_outputs({1})
@@ -193,9 +203,13 @@ def test_swallowed_filtered_and_fixed_returns_switch_their_control_off() -> None
                                                          frequency_hz=(1.0, 100.0), pulse_width_us=(50.0, 500.0)),
                                             device=SLOW_DEVICE), clock=clock)
     start_channel(interlock, clock)
+    for level in (1.0, 2.0):                             # delivered once: back to 2 mA is no rise in strength
+        clock.advance(1.0)
+        send(interlock, interlock.approve_set_channel(setting(1, level)))
+    send(interlock, interlock.approve_set_channel(setting(1, 0.5)))
     clock.advance(2.0)
     with applied(disable_for("device.max_step", ids)):
-        interlock.approve_set_channel(setting(1, 1.5))   # a 1.5 mA step on a 1 mA-step device
+        interlock.approve_set_channel(setting(1, 2.0))   # a 1.5 mA step on a 1 mA-step device
     neck = {2: ChannelPlacement(NeedleSite(Region.NECK_BACK, Side.LEFT), NeedleSite(Region.SHOULDER, Side.LEFT))}
     epileptic = Screening({q: q is Question.EPILEPSY for q in Question})
     with applied(disable_for("screening.epilepsy", ids)):
@@ -218,7 +232,7 @@ def test_each_rule_is_judged_by_the_tests_of_its_hazards() -> None:
     assert set(by_control["standard.no_dc"]["tests"]) == set(next(h for h in log.hazards if h.id == "H03").tests)
     assert set(by_control["supervision.hold"]["tests"]) == {t for h in log.hazards_of("supervision.hold")
                                                             for t in h.tests}
-    assert "dynamic.zero_start@safety/interlock.py:265" in by_control            # every place a rule is made
+    assert ENABLING_AT_ZERO in by_control                                     # every place a rule is made
     assert by_control["standard.no_dc"]["disable"]["how"] == "static_rule"
 
 
