@@ -426,7 +426,10 @@ class Link:
             self.stats.undecodable += 1
             return
         self.stats.frames_received += 1
-        if isinstance(message, icd.Telemetry) and (message.shape is None) != (self.protocol_version < 2):
+        # the session's version is its readings' version (known from IDENTITY: before it, a reading
+        # still in the pipe is the previous session's)
+        if isinstance(message, icd.Telemetry) and self.identity is not None \
+                and (message.shape is None) != (self.protocol_version < 2):
             raise ProtocolMismatch(f"{self._transport.url}: a reading of {len(raw.body)} bytes in an ICD "
                                    f"v{self.protocol_version} session: the device does not speak the version it "
                                    "agreed to")

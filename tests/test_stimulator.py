@@ -319,3 +319,18 @@ def test_clear_right_after_estop_is_not_undone_by_the_estop_fault() -> None:
             assert stim.tripped is None
         time.sleep(0.3)  # the FAULT that followed each ESTOP has been supervised by now
         assert stim.tripped is None
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_reading_from_the_last_session_before_identity_is_not_a_protocol_error(version: int) -> None:
+    """A device still streaming the previous session's readings (36 bytes) when HELLO arrives: the
+    session's version is only known from IDENTITY, so what came before it is not held against it."""
+    peer = _SilentPeer(_identity(version))
+    stale = icd.Telemetry(5, 0, 0, 0, 0, 0, 0, 1000, 0, 0, 1, 0, 0, 0)
+    peer._peer.sendall(icd.encode_frame(9, stale))  # noqa: SLF001 - in the pipe before the handshake
+    link = Link(SocketTransport(f"peer://stale-v{version}", peer.host_end))
+    try:
+        assert link.open(timeout=1.0).protocol_version == version
+        assert link.alive
+    finally:
+        link.close()
