@@ -215,10 +215,11 @@ def test_device_reboot_mid_session_is_detected(sim_pty: SimProcess) -> None:
 class _SilentPeer:
     """A device that reads and never answers, or answers HELLO with a chosen IDENTITY."""
 
-    def __init__(self, identity: icd.Identity | None = None) -> None:
+    def __init__(self, identity: icd.Identity | None = None, before_identity: bytes = b"") -> None:
         self.host_end, self._peer = socket.socketpair()
         self.received: list[icd.RawPacket] = []
         self._identity = identity
+        self._before_identity = before_identity  # bytes sent between HELLO and its IDENTITY
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -227,7 +228,7 @@ class _SilentPeer:
             for raw in decoder.feed(data):
                 self.received.append(raw)
                 if self._identity is not None and raw.type == icd.MsgType.HELLO:
-                    self._peer.sendall(icd.encode_frame(raw.seq, self._identity))
+                    self._peer.sendall(self._before_identity + icd.encode_frame(raw.seq, self._identity))
 
 
 def _identity(version: int) -> icd.Identity:
@@ -325,9 +326,8 @@ def test_clear_right_after_estop_is_not_undone_by_the_estop_fault() -> None:
 def test_a_reading_from_the_last_session_before_identity_is_not_a_protocol_error(version: int) -> None:
     """A device still streaming the previous session's readings (36 bytes) when HELLO arrives: the
     session's version is only known from IDENTITY, so what came before it is not held against it."""
-    peer = _SilentPeer(_identity(version))
-    stale = icd.Telemetry(5, 0, 0, 0, 0, 0, 0, 1000, 0, 0, 1, 0, 0, 0)
-    peer._peer.sendall(icd.encode_frame(9, stale))  # noqa: SLF001 - in the pipe before the handshake
+    stale = icd.encode_frame(9, icd.Telemetry(5, 0, 0, 0, 0, 0, 0, 1000, 0, 0, 1, 0, 0, 0))
+    peer = _SilentPeer(_identity(version), before_identity=stale)
     link = Link(SocketTransport(f"peer://stale-v{version}", peer.host_end))
     try:
         assert link.open(timeout=1.0).protocol_version == version
