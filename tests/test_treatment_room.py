@@ -100,6 +100,7 @@ def test_a_visit_on_a_terminal_titrate_once_then_run_with_the_rooms_keys(device:
             term.press(key)
         assert term.wait() == 0, term.text
         assert "that key does nothing here" in term.text and "titration complete" in term.text
+        assert "motor (contraction):" in term.text                 # 100 Hz: the m key marks a contraction
         assert "\a" in term.raw                                   # the bell at the end
     plan = next(e["data"] for e in read_entries(titration) if e["kind"] == "session_plan")
     assert plan["aim"] == "comfortable"                           # "strong but comfortable" by default

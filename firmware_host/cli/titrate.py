@@ -366,7 +366,9 @@ def _one_ramp(stim, setting, highest: float, stopper, read_key) -> dict[str, flo
             if key in MARKS and not paused:
                 marks[MARKS[key]] = level
                 stim.record.append("threshold_mark", {"channel": ch, "kind": MARKS[key], "amplitude_ma": level})
-                print(f"\n{MARKS[key]}: {level:g} mA", file=sys.stderr)
+                what = {"m": f"motor ({'contraction' if setting.frequency_hz >= 20 else 'twitch'})",
+                        "s": "sensory (first felt)", "t": "top"}[key]
+                print(f"\n{what}: {level:g} mA", file=sys.stderr)
             elif key == PAUSE:
                 paused = not paused
                 if paused:
