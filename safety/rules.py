@@ -165,7 +165,9 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     Rule("amplitude_max", None, "amplitude ", " mA", "max", lambda s, m: s.amplitude_ma,
-         lambda lim: lim.max_amplitude_ma, source="device report / prescription x sensitivity"),
+         lambda lim: lim.max_amplitude_ma, source="device report / prescription x sensitivity",
+         remedy="lower the intensity: the cap is the device's, or the prescription's (--max-amplitude) times the "
+                "sensitivity profile's factor (--sensitivity)"),
     Rule("pulse_width_max", None, "phase width ", " µs", "max", lambda s, m: s.pulse_width_us,
          lambda lim: lim.max_pulse_width_us, source="device report / prescription"),
     Rule("pulse_width_min", None, "phase width ", " µs", "min", lambda s, m: s.pulse_width_us,
@@ -197,7 +199,8 @@ RULES: tuple[Rule, ...] = (
     Rule("shannon_k", "needle", "charge density k=", "", "max", lambda s, m: m.shannon_k,
          lambda lim: NEEDLE_RULES.shannon_k_max, source="Shannon 1992 (k = 1.85)",
          remedy="the charge per phase is too concentrated on the needle: use a shorter phase, a lower current, "
-                "or insert the needle deeper (a larger conducting surface)"),
+                "or a larger conducting surface: insert the needle deeper (--inserted MM) or use a thicker one "
+                "(--needle DIAMETERxLENGTH)"),
     Rule("pulse_fits_period", "setting", "pulse length ", " µs", "max", lambda s, m: m.pulse_span_us,
          lambda lim: np.inf, source="device (pulse must end before the next one)"),
     Rule("burst_fits_period", "setting", "burst length ", " s", "max", lambda s, m: m.burst_span_s,

@@ -219,14 +219,18 @@ def usability(t: ChannelThresholds, now: datetime) -> str | None:
 
 
 def save(path: Path, thresholds: Iterable[ChannelThresholds]) -> None:
-    """Write atomically (a temporary file renamed over the target), so an interrupted
-    titration never leaves a half-written or emptied file."""
-    data = {"thresholds": [t.as_dict() for t in thresholds]}
+    """Write atomically, so an interrupted titration never leaves a half-written or emptied file."""
+    write_whole(path, json.dumps({"thresholds": [t.as_dict() for t in thresholds]}, indent=2) + "\n")
+
+
+def write_whole(path: Path, text: str) -> None:
+    """`text` into `path` whole or not at all: a temporary file beside it, flushed to disk, then
+    renamed over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

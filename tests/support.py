@@ -4,7 +4,14 @@ is `hil_tests.harness` (`unguarded`, `ask`, `wave`)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
+import struct
 import subprocess
+import sys
+import termios
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -117,3 +124,81 @@ def titrate_with_keys(argv: Sequence[str], record: Path, keys: Sequence[tuple[st
         proc.stdin.flush()
     out, err = proc.communicate(timeout=30)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+class Terminal:
+    """`estim ARGS` in a child process on a pseudo-terminal, as a clinician's terminal runs it:
+    the terminal is its stdin, stdout, stderr and controlling terminal (so Ctrl-C there is a
+    SIGINT), with a window size for the full-screen console. What it writes is collected as it
+    comes; `text` is that output without its escape sequences, `raw` as written (bells and all)."""
+
+    ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[=>NOPMc78])")
+
+    def __init__(self, *args: str, cwd: Path | None = None, rows: int = 50, cols: int = 160) -> None:
+        from firmware_host.sim.process import child_env
+
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        env = {**child_env(), "TERM": "xterm-256color", "COLUMNS": str(cols), "LINES": str(rows)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "firmware_host", *args], stdin=slave, stdout=slave,
+                                     stderr=slave, cwd=cwd, env=env, start_new_session=True,
+                                     preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        os.close(slave)
+        self._raw = bytearray()
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:  # the child closed the terminal (EIO)
+                return
+            if not chunk:
+                return
+            with self._lock:
+                self._raw += chunk
+
+    @property
+    def raw(self) -> str:
+        with self._lock:
+            return self._raw.decode(errors="replace")
+
+    @property
+    def text(self) -> str:
+        return self.ANSI.sub("", self.raw)
+
+    def expect(self, *phrases: str, timeout: float = 30.0) -> str:
+        """Wait until every phrase has been written (escape sequences aside); the text so far."""
+        wait_for(lambda: all(p in self.text for p in phrases) or self.proc.poll() is not None, timeout)
+        missing = [p for p in phrases if p not in self.text]
+        assert not missing, f"never said {missing}; said:\n{self.text[-3000:]}"
+        return self.text
+
+    def press(self, *keys: str, gap: float = 0.05) -> None:
+        for key in keys:
+            os.write(self.master, key.encode())
+            time.sleep(gap)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5)
+        os.close(self.master)
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+UP, DOWN, ESC, CTRL_C, ENTER = "\x1b[A", "\x1b[B", "\x1b", "\x03", "\r"
+"""Keys as a terminal sends them."""

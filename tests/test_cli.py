@@ -16,7 +16,7 @@ import pytest
 from firmware_host.sim.process import SimProcess, child_env, spawn_sim
 from firmware_host.waveforms import Needle, Program, Site, preset_program
 from safety.thresholds import load as load_thresholds
-from support import DECLARED, REPO, wait_for, write_thresholds
+from support import DECLARED, REPO, peak_ua, wait_for, write_thresholds
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -88,9 +88,10 @@ def test_devices_lists_the_simulator() -> None:
 
 def test_run_completes_and_record_verifies_and_shows(sim: SimProcess, tmp_path: Path) -> None:
     record = tmp_path / "session.jsonl"
-    done = estim(*run_args(sim, record))
+    done = estim(*run_args(sim, record, "--verbose"))
     assert done.returncode == 0, done.stderr
     assert "session complete" in done.stdout
+    assert "send lateness p50" in done.stdout and "output at the needle" in done.stdout   # asked for with --verbose
 
     verify = estim("record", "verify", str(record))
     assert verify.returncode == 0 and "intact and closed" in verify.stdout
@@ -217,7 +218,9 @@ def test_titrate_with_fed_keys_writes_thresholds(sim: SimProcess, tmp_path: Path
     assert not [e for e in sim.events() if e["kind"] == "output_off" and e["reason"] != "command"]
 
 
-def test_titrate_other_key_is_an_estop(sim: SimProcess, tmp_path: Path) -> None:
+def test_titrate_ignores_a_stray_key_and_space_is_the_stop(sim: SimProcess, tmp_path: Path) -> None:
+    """Issue 21: any stray key used to e-stop a titration. Now it is ignored (the keys are said
+    again) and the ramp goes on; space is the STOP, as in every session command."""
     record = tmp_path / "stopped.jsonl"
     proc = spawn(*titrate_args(sim, record), stdin=subprocess.PIPE)
     assert proc.stdin is not None
@@ -225,15 +228,20 @@ def test_titrate_other_key_is_an_estop(sim: SimProcess, tmp_path: Path) -> None:
                                              for r in records(record)))
     proc.stdin.write("x\n")
     proc.stdin.flush()
+    level = peak_ua(record)
+    wait_for(lambda: peak_ua(record) > level + 200)   # still rising after the stray key
+    assert proc.poll() is None
+    proc.stdin.write(" ")
+    proc.stdin.flush()
     _, stderr = proc.communicate(timeout=10)
-    assert proc.returncode == 130 and "e-stop" in stderr
+    assert proc.returncode == 3 and "that key does nothing here" in stderr and "STOP" in stderr
     assert sim.wait_event(lambda e: e["kind"] == "output_off")["reason"] == "estop"
 
 
 # --- check ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("program", sorted((REPO / "programs").glob("*.toml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("program", sorted((REPO / "firmware_host" / "programs").glob("*.toml")), ids=lambda p: p.stem)
 def test_check_passes_shipped_programs(program: Path, tmp_path: Path) -> None:
     loaded = Program.load(program)
     given = ["--thresholds", str(write_thresholds(tmp_path / "th.json", loaded))] if loaded.needed_thresholds else []
@@ -246,7 +254,7 @@ def test_check_passes_shipped_programs(program: Path, tmp_path: Path) -> None:
 def test_shipped_programs_cover_every_mechanism() -> None:
     from firmware_host.waveforms import Mechanism
 
-    assert {Program.load(p).mechanism for p in (REPO / "programs").glob("*.toml")} == set(Mechanism)
+    assert {Program.load(p).mechanism for p in (REPO / "firmware_host" / "programs").glob("*.toml")} == set(Mechanism)
 
 
 BAD_PROGRAM = """
@@ -294,7 +302,7 @@ def test_check_refuses_a_bad_program_naming_rule_channel_value(tmp_path: Path) -
 
 
 def test_check_without_needed_thresholds_says_what_to_do() -> None:
-    done = estim("check", str(REPO / "programs" / "low_rate_2hz.toml"))
+    done = estim("check", str(REPO / "firmware_host" / "programs" / "low_rate_2hz.toml"))
     assert done.returncode == 2
     assert "--thresholds" in done.stderr and "Traceback" not in done.stderr
 
@@ -313,7 +321,8 @@ def test_run_preset_streams_the_program_and_ends_safe(sim: SimProcess, tmp_path:
     done = estim("run", "--device", sim.url, "--preset", "segmental_inhibition", "--channel", "1", *SITES, *DECLARED,
                  "--thresholds", str(thresholds), "--minutes", "0.1", "--record", str(record), timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "program complete: every output off" in done.stdout
+    assert "session complete: every output off" in done.stdout
+    assert "send lateness" not in done.stdout + done.stderr   # engineering figures: the log, or --verbose
     assert estim("record", "verify", str(record)).returncode == 0
     delivered = [r["data"]["amplitude_ua"] for r in records(record) if r["kind"] == "telemetry"]
     assert max(delivered) > 0 and delivered[-1] == 0
@@ -332,7 +341,7 @@ def test_run_program_that_breaks_a_rule_sends_nothing(sim: SimProcess, tmp_path:
 
 
 def test_preview_draws_a_program_and_a_preset(tmp_path: Path) -> None:
-    dd = REPO / "programs" / "dense_disperse_2_100hz.toml"
+    dd = REPO / "firmware_host" / "programs" / "dense_disperse_2_100hz.toml"
     for args, thresholds, out in (
             ([str(dd)], write_thresholds(tmp_path / "dd.json", Program.load(dd)), tmp_path / "dd.png"),
             (["--preset", "descending_modulation", *SITES],

@@ -2,7 +2,9 @@
 simulated device (sim://, a fresh device inside each `estim`), then the visit store checked: the
 walkthrough a clinician follows must work. Two things a script cannot do as a person does are
 supplied: the titration keys (pressed as the current passes set levels) and a short session
-length for the treatment commands (`--minutes 0.05`, appended)."""
+length for the treatment commands (`--minutes 0.05`, appended). The commands run from a folder
+with nothing in it: the shipped programs are found by name. A visit takes seven commands, with the
+needles typed once (counted below)."""
 
 from __future__ import annotations
 
@@ -34,7 +36,21 @@ def test_the_walkthrough_covers_a_whole_visit() -> None:
                  "presets show"):
         assert step in names, step
     assert any(c[1] == "titrate" and "--preset" in c for c in doc_commands())
-    assert any(c[1] == "run" and "--last-dose" in c for c in doc_commands())
+    assert any(c[1] == "titrate" and "--last-dose" in c for c in doc_commands())
+
+
+def test_a_visit_is_seven_commands_and_the_needles_are_typed_once() -> None:
+    """Issue 21: the review counted 15 commands for a visit, and typed the needles three times.
+    The visit itself (register, screen, titrate, the pain score before, treat, outcomes, plan) is
+    seven (the pain score before is its own command so that it carries the time it was asked:
+    issue 20); only the titration names the sites, and the next visit names them nowhere."""
+    commands = doc_commands()
+    first = commands[:next(i for i, c in enumerate(commands) if c[1:3] == ["record", "verify"])]
+    needed = [c for c in first if c[1] not in ("presets", "check", "preview", "console")]
+    assert [" ".join(c[1:3]) if c[1] in ("patient", "visit") else c[1] for c in needed] == [
+        "patient add", "visit start", "titrate", "visit outcome", "run", "visit outcome", "visit end"]
+    with_sites = [c for c in commands if "--pair" in c or "--sites" in c]
+    assert [c[1] for c in with_sites] == ["titrate"]
 
 
 def dose_ma(stdout: str) -> float:
@@ -53,7 +69,6 @@ def test_every_command_in_the_clinician_doc_runs(tmp_path: Path, monkeypatch: py
     from firmware_host.visits import VisitStore
 
     monkeypatch.delenv("ESTIM_STORE_URL", raising=False)
-    (tmp_path / "programs").symlink_to(REPO / "programs")
 
     def estim(argv: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=child_env(), timeout=60,
@@ -73,6 +88,7 @@ def test_every_command_in_the_clinician_doc_runs(tmp_path: Path, monkeypatch: py
         if command[1:3] == ["visit", "start"] and len([c for c, _ in ran if c[1:3] == ["visit", "start"]]) == 2:
             stale = estim([sys.executable, "-m", "firmware_host", "run", "--patient", "P001", "--last-dose"])
             assert stale.returncode == 2 and "titrate" in stale.stderr   # last visit's thresholds never dose today
+            assert "reusing channel 1: left forearm / left hand (LI4), needles 0.25x15 mm, in 10 mm" in stale.stdout
 
     runs = [done for c, done in ran if c[1] == "run"]
     titrations = [done for c, done in ran if c[1] == "titrate" and "--patient" in c]
@@ -87,7 +103,8 @@ def test_every_command_in_the_clinician_doc_runs(tmp_path: Path, monkeypatch: py
     assert first.outcome.pain_before == 6 and first.plan.kinds == ("loading", "breathing") and first.ended_at
     assert first.outcome.pain_before_at < first.doses[0].recorded_at              # stamped when it was asked
     assert "last time" in titrations[1].stderr and "since last time: sensory" in titrations[1].stderr
-    assert "last dose: Segmental" in runs[1].stdout
+    assert "last dose: Segmental" in titrations[1].stdout
+    assert "2 x sensory" in runs[0].stdout and "real peak" in runs[0].stdout   # the arithmetic, before current
     assert dose_ma(runs[1].stdout) == pytest.approx(expected_dose_ma(second.thresholds[0]))
     assert second.plan.kinds == ("loading",) and second.doses[0].request["preset"] == "segmental_inhibition"
     shown = next(done for c, done in ran if c[1:3] == ["patient", "show"]).stdout

@@ -220,7 +220,7 @@ async def test_the_console_doses_inside_the_patients_envelope(tmp_path: Path) ->
     with fh.open("sim://?watchdog_ms=1000", prescription=prescription(max_ma=3.0, ramp=2.0),
                  placements=forearm_sites(1), envelope=envelope) as stim:
         app = ConsoleApp(stim, [ChannelSetting(1, Shape.BIPHASIC, 2, 200, 0)], ConsoleSettings(step_ma=0.4))
-        assert app.controls[1].cap_ma == pytest.approx(1.8) and app.controls[1].cap_why == "this patient's ceiling"
+        assert app.controls[1].cap_ma == pytest.approx(1.8) and app.controls[1].cap_why == "this patient's ceiling from today's thresholds"
         assert "today's thresholds: ch1 2 Hz, 200 µs: sensory 0.8, motor 1.5, tolerance 2 mA" in app._info()
         async with app.run_test(size=(140, 44)) as pilot:
             await pilot.press(*["plus"] * 8)
@@ -228,3 +228,31 @@ async def test_the_console_doses_inside_the_patients_envelope(tmp_path: Path) ->
             await pilot.pause(0.3)
             assert applied_ma(stim, 1) == pytest.approx(1.8)
             await pilot.press("q")
+
+
+@synchronous
+async def test_a_program_runs_in_the_console_lowered_paused_resumed_and_ended(stim: fh.Stimulator) -> None:
+    """Issue 21: a program (here a direct run's steady waveform) runs in the console: Enter starts
+    it (and never presses STOP), - lowers it at once, p ramps it down and back up, q ramps it down
+    and ends it; the end rings the bell."""
+    from firmware_host.waveforms.engine import Steady
+
+    program = Steady({1: ChannelSetting(1, Shape.BIPHASIC, 20, 200, 1.2)}, 30.0)
+    app = ConsoleApp(stim, [], ConsoleSettings(step_ma=0.4), program=program, plan="plan: 1.2 mA on channel 1")
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.pause(0.2)
+        assert stim.setting(1) is None          # shown, nothing sent before Enter
+        await pilot.press("enter")
+        await until(pilot, lambda: applied_ma(stim, 1) == pytest.approx(1.2))
+        assert stim.tripped is None
+        await pilot.press("minus")
+        await until(pilot, lambda: applied_ma(stim, 1) == pytest.approx(0.8))
+        await pilot.press("p")
+        await until(pilot, lambda: applied_ma(stim, 1) == 0.0)
+        assert stim.interlock.applied(1)[1] is True and "PAUSED" in str(app.query_one("#timer").render())
+        await pilot.press("p")
+        await until(pilot, lambda: applied_ma(stim, 1) == pytest.approx(0.8))
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running)
+    assert stim.tripped is None and stim.status().enabled == frozenset()
+    assert app.program.report.ended_by_operator and app.alarms == ["end"]

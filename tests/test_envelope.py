@@ -347,7 +347,7 @@ def test_titration_ramps_only_as_high_as_the_rules_allow_and_keeps_nothing_witho
     out, record, said = tmp_path / "th.json", tmp_path / "titration.jsonl", tmp_path / "stderr.txt"
     with said.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "firmware_host", "titrate", "--device", sim.url, "--program",
-                                 str(REPO / "programs" / "dense_disperse_2_100hz.toml"), "--channel", "1", "--ramp",
+                                 str(REPO / "firmware_host" / "programs" / "dense_disperse_2_100hz.toml"), "--channel", "1", "--ramp",
                                  "2", "--research-protocol", "R1", "--subject", "S1", "--out", str(out), "--record",
                                  str(record)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
                                 env=child_env(), cwd=REPO)
@@ -369,7 +369,7 @@ def _titrations() -> list[tuple[str, object, int]]:
 
     forearm = Needle(diameter_mm=0.25, length_mm=15, inserted_mm=10, site_a=Site(region="forearm", side="left"),
                      site_b=Site(region="hand", side="left", point="LI4"))
-    cases = [(f"{path.stem} ch{ch}", program, ch) for path in sorted((REPO / "programs").glob("*.toml"))
+    cases = [(f"{path.stem} ch{ch}", program, ch) for path in sorted((REPO / "firmware_host" / "programs").glob("*.toml"))
              for program in [Program.load(path)] for ch in sorted(program.needles)]
     cases += [(f"{m.value} preset", preset_program(m, {1: forearm}, "typical"), 1) for m in Mechanism]
     return cases

@@ -18,12 +18,29 @@ from .. import INTENDED_USE
 
 class Parser(argparse.ArgumentParser):
     """Every `estim` parser: an abbreviated flag is refused, not guessed (`--amp` is not
-    `--amplitude`). Subcommand parsers are made of the same class."""
+    `--amplitude`), and so is a flag given twice that takes one value (the last would win
+    silently). Subcommand parsers are made of the same class."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]  # noqa: ANN001
+        argv = list(sys.argv[1:] if args is None else args)
+        seen: dict[str, list[str]] = {}
+        for arg in argv[:argv.index("--")] if "--" in argv else argv:
+            action = self._option_string_actions.get(arg.split("=", 1)[0])
+            if action is not None and not isinstance(action, _REPEATABLE):
+                seen.setdefault(action.dest, []).append(arg.split("=", 1)[0])
+        for flags in seen.values():
+            if len(flags) > 1:
+                self.error(f"{flags[0]} is given {len(flags)} times: give it once (a second one would silently "
+                           "replace the first)")
+        return super().parse_known_args(argv, namespace)
+
+
+_REPEATABLE = (argparse._AppendAction, argparse._AppendConstAction, argparse._CountAction,  # noqa: SLF001
+               argparse._HelpAction, argparse._VersionAction)  # noqa: SLF001 - argparse names no public base
 
 # The exit codes of every `estim` command (README, "Exit codes", is the same table).
 EXIT_OK = 0                 # done as asked (a session: ramped down, every output off)
@@ -53,13 +70,15 @@ COMMANDS = {
     "clear-faults": ("clear_faults", "show what the device has latched and why, and clear it with your name"),
 }
 
-EPILOG = """a visit:
+EPILOG = """a visit (the needles are typed once, at the titration):
   estim patient add P001
   estim visit start P001 --no all
-  estim titrate --patient P001 --preset segmental_inhibition --channel 1 --sites left:forearm,left:hand --inserted 10
-  estim run --patient P001 --preset segmental_inhibition --channel 1 --sites left:forearm,left:hand --inserted 10
+  estim titrate --patient P001 --preset segmental_inhibition --pair 1 left:forearm,left:hand 10
+  estim run --patient P001
   estim visit outcome P001 --pain-before 6 --pain-after 4 --felt "strong buzzing"
   estim visit end P001 --plan loading --text "step-downs 3x10"
+
+keys in every session on a terminal: space or Esc STOP, down or - lower, up or + raise, p pause, q end
 
 examples:
   estim run --channel 1 --frequency 2 --pulse-width 200 --amplitude 2 --seconds 20 --sites left:forearm,left:forearm --inserted 10
@@ -68,7 +87,7 @@ examples:
   estim devices
   estim titrate --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm --inserted 10 --out th.json
   estim console --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm --inserted 10
-  estim check programs/low_rate_2hz.toml --thresholds th.json
+  estim check low_rate_2hz --thresholds th.json
   estim clear-faults --device /dev/ttyUSB0 --operator "J. Doe"
   estim record verify session.jsonl
   estim record show session.jsonl --plot session.png
@@ -246,17 +265,35 @@ def plain(exc: BaseException) -> str:
     return "; ".join(parts)
 
 
-def stoppable(body: Callable[[], int]) -> int:
+def stoppable(body: Callable[[], int], device: str | None = None) -> int:
     """Run a command that may drive a device: Ctrl-C and SIGTERM unwind through its session
-    (which e-stops on the way out) and end with exit 130 / 143 and one calm line."""
+    (which e-stops on the way out) and end with exit 130 / 143, the bell, and what the stop
+    leaves behind on `device`: a latched stop, and how to clear it."""
     signal.signal(signal.SIGTERM, _raise_terminated)
     # a program started in the background inherits SIGINT ignored; a session must stop on it anyway
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return body()
     except KeyboardInterrupt:
-        print("\nstopped: Ctrl-C — output off (e-stop)", file=sys.stderr)
+        said_stopped("Ctrl-C", device)
         return EXIT_INTERRUPTED
     except Terminated:
-        print("\nstopped: SIGTERM — output off (e-stop)", file=sys.stderr)
+        said_stopped("SIGTERM", device)
         return EXIT_TERMINATED
+
+
+def said_stopped(what: str, device: str | None) -> None:
+    """An e-stop by Ctrl-C or SIGTERM, with the bell, and what it leaves latched on `device`."""
+    from .terminal import bell
+
+    bell(f"\nstopped: {what} — output off (e-stop)")
+    if device is None:
+        return
+    if device.startswith("sim://"):
+        print("the built-in simulated device starts afresh with the next command: nothing stays latched",
+              file=sys.stderr)
+        return
+    from ..fault_text import clear_hint
+
+    print(f"a stop is now latched on the device, so the next session will not start until it is cleared: check the "
+          f"patient and the needles, then clear it with your name: {clear_hint(device, 2)}", file=sys.stderr)

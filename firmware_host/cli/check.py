@@ -19,12 +19,14 @@ import sys
 from typing import Any
 
 from . import EXIT_NO_DEVICE, EXIT_OK, EXIT_REFUSED, Parser
-from .options import add_patient_options, add_preset_options, add_program_options, print_dose, program_from_args
+from .options import add_patient_options, add_preset_options, add_program_options, program_from_args
+from .plan import program_plan
 
 EXAMPLES = """examples:
-  estim check programs/high_rate_100hz.toml --thresholds thresholds.json
-  estim check --preset segmental_inhibition --sites left:forearm,left:hand --inserted 10 --thresholds thresholds.json
-  estim check --preset segmental_inhibition --sites left:forearm,left:hand --inserted 10 --patient P001
+  estim check high_rate_100hz --thresholds thresholds.json
+  estim check --preset segmental_inhibition --pair 1 left:forearm,left:hand 10 --thresholds thresholds.json
+  estim check --patient P001                 (today's set-up, as the titration kept it)
+  estim check --preset segmental_inhibition --pair 1 left:forearm,left:hand 10 --patient P001
   estim check my_program.toml --thresholds thresholds.json --json
   estim check my_program.toml --thresholds thresholds.json --device /dev/ttyUSB0
 
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("file", nargs="?", metavar="FILE", help="the program file (same as --program)")
+    parser.add_argument("file", nargs="?", metavar="FILE", help="the program file, or a shipped program's name (same as --program)")
     add_program_options(parser)
     add_preset_options(parser)
     parser.add_argument("--device", metavar="URL",
@@ -61,22 +63,21 @@ def main(argv: list[str]) -> int:
         if args.program is not None or args.preset is not None:
             parser.error("give one program: FILE, --program FILE or --preset NAME")
         args.program = Path(args.file)
-    if args.program is None and args.preset is None:
-        parser.error("give a program FILE or --preset NAME")
-    if args.preset is not None and args.sites is None:
-        parser.error("--preset needs --sites SIDE:REGION,SIDE:REGION and --inserted MM")
     from safety import SafetyError, ThresholdError
 
     from ..errors import EstimError
     from ..waveforms import ProgramError
     from ..waveforms.check import check
     from .visit_context import attach_visit
+    from .visit_setup import keep, program_and_pairs
 
     code = attach_visit(args)
     if code is not None:
         return code
     try:
+        program_and_pairs(args, parser)
         program, notes = program_from_args(args)
+        keep(args, args.pairs)
     except (ProgramError, ThresholdError, SafetyError) as exc:
         return _bad_input(str(exc))
     except (OSError, ValueError) as exc:
@@ -93,9 +94,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"program": str(args.program or args.preset), "device_limits": source, **result.as_dict(),
                           "connected": args.envelope.describe(), "notes": list(notes)}, indent=2, default=str))
     else:
-        print(f"program: {program.name} ({args.program or 'preset'}), {program.duration_s:g} s\nlimits: {source}\n"
-              f"connected: {args.envelope.describe()}")
-        print_dose(args, program, notes)
+        print(f"program: {program.name} ({args.program or 'preset'}), {program.duration_s / 60:g} min\n"
+              f"limits: {source}\nconnected: {args.envelope.describe()}")
+        print("\n".join(program_plan(args, program, notes)))
         print(result.table())
     return EXIT_OK if result.ok else EXIT_REFUSED
 

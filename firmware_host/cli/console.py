@@ -1,4 +1,6 @@
-"""`estim console`: the full-screen treatment-room console for one supervised session.
+"""`estim console`: the full-screen treatment-room console for one supervised session: a fixed
+waveform per channel raised by hand, or a preset or program (today's set-up with --patient)
+that the same keys lower, raise, pause and end while it runs.
 
 Exit codes: 0 the session ended (outputs ramped down and off); 2 refused or bad input before
 anything was sent; 3 a device fault, lost link or the operator's STOP ended it (outputs off)
@@ -10,13 +12,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, Parser, refused, stoppable
-from .options import add_session_options, fixed_waveform_setup, open_record, open_session, preflight, session_plan
+from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, Parser, refused, said_stopped, stoppable
+from .options import (add_program_options, add_session_options, fixed_waveform_setup, open_program_session,
+                      open_record, open_session, preflight, program_from_args, session_plan)
 from .visit_context import attach_visit, keep_record, kept_dose, record_subject
+from .visit_setup import fill_source, keep as keep_setup, pairs_for
 
 EXAMPLES = """keys:
-  ↑ or +   raise the selected channel one step (ramps at the prescribed rate)
+  Enter    with a preset or program: start it (it is shown first; nothing is sent before)
+  ↑ or +   raise the selected channel one step (ramps at the prescribed rate, within every rule)
   ↓ or -   lower it one step (at once)
+  p        pause: every channel down to 0 mA at the ramp rate; p again ramps back up
   1-8 ← →  select a channel
   f        patient: "too strong"   — drops the channel by the feedback step at once
   c        patient: "can't feel it" — offers one step more within the prescription (y / n)
@@ -24,12 +30,15 @@ EXAMPLES = """keys:
   x        clear a stop in your name (--operator): after a STOP, or a stop latched from before
   space, Esc, or the STOP button: e-stop everything at once
   Ctrl-C   e-stop everything and leave
+  the bell rings and the timer flashes at the end of the session and at every stop
 
 examples:
-  estim console --channel 1 --frequency 2 --pulse-width 200 --sites left:forearm,left:forearm
-  estim console --device /dev/ttyUSB0 --channel 1 --sites left:forearm,left:forearm \\
-                --channel 2 --sites right:forearm,right:forearm \\
-                --frequency 100 --pulse-width 200 --max-amplitude 6 --minutes 20 --sensitivity hyper
+  estim console --patient P001                 (today's set-up: its preset on its needle pairs)
+  estim console --preset segmental_inhibition --pair 1 left:forearm,left:hand:LI4 10 --thresholds th.json
+  estim console --frequency 2 --pulse-width 200 --pair 1 left:forearm,left:forearm 10
+  estim console --device /dev/ttyUSB0 --test-load --pair 1 left:lower_leg,left:foot 20 \\
+                --pair 2 right:lower_leg,right:foot 20 --frequency 100 --pulse-width 200 --max-amplitude 6 \\
+                --minutes 20 --sensitivity hyper
 """
 
 
@@ -37,63 +46,91 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="estim console",
         description="Full-screen console for the treatment room: live channel panels, intensity keys, "
-                    "patient feedback, session timer and an always-visible STOP.",
+                    "patient feedback, session timer and an always-visible STOP; a fixed waveform raised by hand, "
+                    "or a preset or program adjusted while it runs.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        conflict_handler="resolve",
     )
-    parser.add_argument("--channel", type=int, action="append", required=True,
-                        help="a channel to use (1-based); repeat for more, each with its own --sites")
-    parser.add_argument("--frequency", type=float, required=True, metavar="HZ", help="pulse rate in Hz")
-    parser.add_argument("--pulse-width", type=float, required=True, metavar="US", help="phase width in µs")
-    parser.add_argument("--shape", choices=["biphasic", "alternating", "monophasic"], default="biphasic")
-    parser.add_argument("--max-amplitude", type=float, default=10.0, metavar="MA",
+    add_program_options(parser)
+    parser.add_argument("--frequency", type=float, metavar="HZ", help="without --preset/--program: pulse rate in Hz")
+    parser.add_argument("--pulse-width", type=float, metavar="US",
+                        help="without --preset/--program: phase width in µs")
+    parser.add_argument("--shape", choices=["biphasic", "alternating", "monophasic"],
+                        help="without --preset/--program: the pulse shape (default biphasic)")
+    parser.add_argument("--max-amplitude", type=float, metavar="MA",
                         help="the prescription's cap per channel in mA (default 10; scaled by the sensitivity "
-                             "profile: hyper x0.6, typical x0.85, hypo x1.0)")
-    parser.add_argument("--ramp", type=float, default=1.0, metavar="MA_PER_S",
-                        help="ramp rate in mA/s (default 1.0; hyper halves it)")
-    parser.add_argument("--minutes", type=float, default=20.0,
-                        help="session time (default 20); intensities ramp down to 0 by its end")
+                             "profile: hyper x0.6, typical x0.85, hypo x1.0); with a preset or program, a cap on it")
+    parser.add_argument("--ramp", type=float, metavar="MA_PER_S",
+                        help="ramp rate in mA/s (default 1.0; hyper halves it); with a preset or program, a cap")
+    parser.add_argument("--minutes", type=float,
+                        help="session time (default 20, or the preset's); intensities ramp down to 0 by its end")
     parser.add_argument("--step", type=float, default=0.2, metavar="MA", help="one raise or lower (default 0.2 mA)")
     parser.add_argument("--feedback-step", type=float, default=0.5, metavar="MA",
                         help='how much "too strong" drops at once (default 0.5 mA)')
     add_session_options(parser)
-    parser.add_argument("--sites", action="append", required=True, metavar="SIDE:REGION,SIDE:REGION",
-                        help="the two needle sites of each --channel, in the same order")
     return parser
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    from safety import SafetyError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     code = attach_visit(args)
     if code is not None:
         return code
-    return stoppable(lambda: _console(args))
+    fill_source(args)
+    fixed = args.program is None and args.preset is None
+    if fixed and (args.frequency is None or args.pulse_width is None):
+        parser.error("give --frequency and --pulse-width, or --preset NAME or --program FILE")
+    unused = [flag for flag, value in (("--frequency", args.frequency), ("--pulse-width", args.pulse_width),
+                                       ("--shape", args.shape)) if value is not None and not fixed]
+    if args.program is not None and args.minutes is not None:
+        unused.append("--minutes")
+    if unused:
+        parser.error(f"{', '.join(unused)} cannot be used with {'--program' if args.program else 'a preset'}: it "
+                     "sets them")
+    try:
+        args.pairs = {} if args.program is not None else pairs_for(args)
+    except SafetyError as exc:
+        return refused(exc)
+    if args.program is None and not args.pairs:
+        parser.error("give the needles: --pair CH SITES MM for each channel (or --channel/--sites/--inserted)")
+    return stoppable(lambda: _console(args), device=args.device)
 
 
 def _console(args: argparse.Namespace) -> int:
-    from safety import ChannelSetting, Refusal, SafetyError, Shape
+    from safety import ChannelSetting, Refusal, SafetyError, Shape, ThresholdError
 
     from ..console import ConsoleApp, ConsoleSettings
+    from ..waveforms import ProgramError
+    from .plan import program_plan
 
     shapes = {"biphasic": Shape.BIPHASIC, "alternating": Shape.BIPHASIC_ALTERNATING, "monophasic": Shape.MONOPHASIC}
+    program, plan = None, ""
     try:
-        if len(args.sites) != len(args.channel) or len(set(args.channel)) != len(args.channel):
-            raise Refusal("setup.sites", f"give each channel once with its own --sites: {len(args.channel)} "
-                          f"--channel and {len(args.sites)} --sites", value=len(args.sites),
-                          limit=len(args.channel))
         for name in ("step", "feedback_step"):
             if not getattr(args, name) > 0:
                 raise Refusal("setup.step", f"--{name.replace('_', '-')} must be a positive number of mA",
                               value=getattr(args, name), limit="> 0")
-        waveforms = [ChannelSetting(ch, shapes[args.shape], args.frequency, args.pulse_width, 0.0)
-                     for ch in args.channel]
-        setup = fixed_waveform_setup(args, dict(zip(args.channel, args.sites)), args.minutes, args.envelope)
-    except (SafetyError, ValueError) as exc:
+        if args.program is not None or args.preset is not None:
+            program, notes = program_from_args(args)
+            plan = "\n".join(program_plan(args, program, notes))
+            placements = {ch: n.placement() for ch, n in program.needles.items()}
+            code = preflight(args.envelope, placements, program.prescription.sensitivity)
+            waveforms = []
+        else:
+            args.max_amplitude = 10.0 if args.max_amplitude is None else args.max_amplitude
+            args.ramp = 1.0 if args.ramp is None else args.ramp
+            waveforms = [ChannelSetting(ch, shapes[args.shape or "biphasic"], args.frequency, args.pulse_width, 0.0)
+                         for ch in args.pairs]
+            setup = fixed_waveform_setup(args, args.pairs, args.minutes or 20.0, args.envelope)
+            code = preflight(setup.envelope, setup.placements)
+    except (SafetyError, ProgramError, ThresholdError, ValueError) as exc:
         return refused(exc)
-    code = preflight(setup.envelope, setup.placements)
     if code is not None:
         return code
+    keep_setup(args, args.pairs)
     try:
         record = open_record(args.record, store=args.store, **record_subject(args))
     except (SafetyError, ValueError) as exc:
@@ -106,8 +143,10 @@ def _console(args: argparse.Namespace) -> int:
         return refused(exc)
     keep_record(args, record)
     try:
-        with kept_dose(args, "console", args.mechanism, record) as dose:
-            stim = open_session(args, setup, record)
+        name, mechanism = (program.name, str(program.mechanism)) if program is not None else ("console", args.mechanism)
+        with kept_dose(args, name, mechanism, record) as dose:
+            stim = open_program_session(args, program, record) if program is not None else \
+                open_session(args, setup, record)
             if isinstance(stim, int):
                 return stim
             dose.stim = stim
@@ -117,15 +156,16 @@ def _console(args: argparse.Namespace) -> int:
                     if refusals:
                         return refused(refusals[0])
                 app = ConsoleApp(stim, waveforms, ConsoleSettings(args.step, args.feedback_step, args.step),
-                                 operator=args.operator)
+                                 operator=args.operator, program=program, plan=plan)
                 app.run()
                 tripped = stim.tripped
-                dose.completed = not app.interrupted and not tripped
+                report = app.program.report if app.program is not None else None
+                dose.completed = not app.interrupted and not tripped and (report is None or report.completed)
     finally:
         record.close()
     print(f"record: {record.path} (id {record.record_id})")
     if app.interrupted:
-        print("stopped: Ctrl-C — output off (e-stop)", file=sys.stderr)
+        said_stopped("Ctrl-C", args.device)
         return EXIT_INTERRUPTED
     if tripped:
         print(f"stopped: {tripped}", file=sys.stderr)

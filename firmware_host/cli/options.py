@@ -13,26 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safety import (STANDARD, ChannelPlacement, Envelope, Needle, NeedleSite, Patient, Refusal, Region, Sensitivity,
-                    Side, ThresholdError, TreatmentRecord)
+from safety import STANDARD, Envelope, Patient, Refusal, Sensitivity, ThresholdError, TreatmentRecord
 
+from .pairs import Pair, add_pair_options, parse_sites  # noqa: F401 - parse_sites: the one parser of sites
 from .visit_context import add_store_option, add_visit_option
 
-SITES_HELP = (
-    "the channel's two needles as SIDE:REGION,SIDE:REGION, e.g. left:forearm,left:forearm; "
-    "regions: " + ", ".join(r.value for r in Region) + "; sides: left, right, midline"
-)
-
-
-def add_session_options(parser: argparse.ArgumentParser, sites_required: bool = True) -> None:
+def add_session_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="sim://", metavar="URL",
                         help="device URL: sim:// (built-in simulated device), /dev/ttyUSB0, socket://HOST:PORT")
     parser.add_argument("--clear-faults", action="store_true",
                         help="clear a stop the device has latched from before, in the name given with --operator "
                              "(what was latched and why is shown and recorded); needed on ICD v1 devices, which "
                              "latch WATCHDOG after every session")
-    parser.add_argument("--sites", required=sites_required, metavar="SIDE:REGION,SIDE:REGION", help=SITES_HELP)
-    add_needle_options(parser, sites_required)
+    add_pair_options(parser)
     parser.add_argument("--sensitivity", choices=["hyper", "typical", "hypo"],
                         help="the patient's sensitivity profile (hyper lowers the cap and the ramp rate); "
                              "default: the patient's, or typical")
@@ -47,14 +40,6 @@ def add_session_options(parser: argparse.ArgumentParser, sites_required: bool = 
     parser.add_argument("--plan", default="", metavar="TEXT",
                         help="the integration plan for right after the session (free text, into the record), "
                              "e.g. 'graded loading of the knee extensors, 3x10'")
-
-
-def add_needle_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--needle", default="0.25x15", metavar="DIAMETER_MMxLENGTH_MM",
-                        help="needle diameter and nominal length in mm (default 0.25x15)")
-    parser.add_argument("--inserted", type=float, required=required, metavar="MM",
-                        help="how deep the needles are in, in mm (the conducting part the charge-density rule "
-                             "judges; required)")
 
 
 def add_patient_options(parser: argparse.ArgumentParser) -> None:
@@ -79,50 +64,6 @@ def add_patient_options(parser: argparse.ArgumentParser) -> None:
                              "device (stimulation is then refused)")
     parser.add_argument("--pregnant", action="store_true",
                         help="without --patient: the patient is pregnant (pelvic sites refused)")
-
-
-def parse_sites(text: str) -> ChannelPlacement:
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 2:
-        raise Refusal("setup.sites", f"--sites needs two needle sites separated by a comma, got {text!r}",
-                      value=text, limit="SIDE:REGION,SIDE:REGION")
-    return ChannelPlacement(*(_site(part) for part in parts))
-
-
-def _site(text: str) -> NeedleSite:
-    side, _, rest = text.partition(":")
-    region, _, point = rest.partition(":")
-    try:
-        return NeedleSite(Region(region.strip().lower()), Side(side.strip().lower()), point.strip() or None)
-    except ValueError:
-        raise Refusal("setup.sites", f"needle site {text!r} is not SIDE:REGION[:POINT] (e.g. left:forearm or "
-                      "left:hand:LI4)", value=text, limit="SIDE:REGION[:POINT]") from None
-
-
-def needle_size(args: argparse.Namespace) -> tuple[float, float]:
-    """(diameter, nominal length) from --needle DxL."""
-    diameter, sep, length = args.needle.lower().partition("x")
-    try:
-        if not sep:
-            raise ValueError
-        return float(diameter), float(length)
-    except ValueError:
-        raise Refusal("setup.needle", f"--needle {args.needle!r} is not DIAMETER_MMxLENGTH_MM (e.g. 0.25x15)",
-                      value=args.needle, limit="DIAMETER_MMxLENGTH_MM") from None
-
-
-def parse_needle(args: argparse.Namespace) -> Needle:
-    """The needle as the safety rules judge it: its diameter and the depth it is inserted (the
-    nominal size is checked to be a needle's too)."""
-    diameter, length = needle_size(args)
-    Needle(diameter, length)
-    if args.inserted is None:
-        raise Refusal("setup.needle", "give --inserted MM: how deep the needles are in (the charge-density rule "
-                      "judges the inserted part, not the nominal length)", value=None, limit="> 0")
-    if not 0 < args.inserted <= length:
-        raise Refusal("setup.needle", f"--inserted {args.inserted:g} mm: give how deep the needle is in, above 0 "
-                      f"and at most its length ({length:g} mm)", value=args.inserted, limit=length)
-    return Needle(diameter, args.inserted)
 
 
 SENSITIVITY = {"hyper": Sensitivity.HYPERSENSITIVE, "typical": Sensitivity.TYPICAL, "hypo": Sensitivity.HYPOSENSITIVE}
@@ -190,7 +131,7 @@ def preflight(chosen: Envelope, placements: dict, sensitivity: Sensitivity | Non
     return refused(refusals[0]) if refusals else None
 
 
-def fixed_waveform_setup(args: argparse.Namespace, sites: dict[int, str], minutes: float, chosen: Envelope,
+def fixed_waveform_setup(args: argparse.Namespace, pairs: dict[int, Pair], minutes: float, chosen: Envelope,
                          frequency_hz: tuple[float, float] | None = None,
                          pulse_width_us: tuple[float, float] | None = None) -> SessionSetupParts:
     """Prescription, placements and needles for channels held at --frequency and --pulse-width
@@ -199,15 +140,15 @@ def fixed_waveform_setup(args: argparse.Namespace, sites: dict[int, str], minute
     from safety import Prescription
 
     prescription = Prescription(
-        max_amplitude_ma={ch: args.max_amplitude for ch in sites},
+        max_amplitude_ma={ch: args.max_amplitude for ch in pairs},
         max_session_minutes=minutes,
         ramp_ma_per_s=args.ramp,
         frequency_hz=frequency_hz or (args.frequency, args.frequency),
         pulse_width_us=pulse_width_us or (args.pulse_width, args.pulse_width),
         sensitivity=chosen.sensitivity or Sensitivity.TYPICAL,
     )
-    placements = {ch: parse_sites(text) for ch, text in sites.items()}
-    needles = {ch: parse_needle(args) for ch in sites}
+    placements = {ch: pair.placement() for ch, pair in pairs.items()}
+    needles = {ch: pair.safety_needle() for ch, pair in pairs.items()}
     return SessionSetupParts(prescription, placements, needles, chosen)
 
 
@@ -240,6 +181,41 @@ def open_session(args: argparse.Namespace, setup: SessionSetupParts, record: Tre
         _not_started(record, "device not reachable", exc)
         return unreachable(exc)
     session_notices(stim.identity, stim.interlock.setup.envelope)
+    return stim
+
+
+def open_program_session(args: argparse.Namespace, program: Any, record: TreatmentRecord) -> Any:
+    """A session for a dosed program on --device: checked whole against every rule with the
+    device's own limits before anything is sent; on a refusal or an unreachable device, the exit
+    code instead of a session."""
+    import firmware_host as fh
+    from safety import SafetyError
+
+    from ..stimulator import Stimulator
+    from ..units import device_limits
+    from ..waveforms.check import check
+    from . import refused, unreachable
+
+    try:
+        link = fh.connect(args.device)
+    except fh.EstimError as exc:
+        _not_started(record, "device not reachable", exc)
+        return unreachable(exc)
+    try:
+        limits = device_limits(link.identity)
+        verdict = check(program, limits, args.envelope)
+        if not verdict.ok:
+            print(verdict.table(), file=sys.stderr)
+            link.close()
+            return refused(ValueError(f"{program.name!r} breaks the rules above"))
+        stim = Stimulator(link, program.session_setup(limits, args.envelope), record=record)
+    except SafetyError as exc:
+        link.close()
+        return refused(declare_hint(exc))
+    except BaseException:
+        link.close()
+        raise
+    session_notices(stim.identity, args.envelope)
     return stim
 
 
@@ -454,10 +430,7 @@ PRESET_NAMES = ("peripheral_analgesia", "segmental_inhibition", "descending_modu
 
 def add_preset_options(parser: argparse.ArgumentParser) -> None:
     """Where a preset goes, for commands that do not open a session (check, preview)."""
-    parser.add_argument("--channel", type=int, default=1, help="with --preset: the channel (default 1)")
-    parser.add_argument("--sites", metavar="SIDE:REGION[:POINT],SIDE:REGION[:POINT]",
-                        help="with --preset: the channel's needles; " + SITES_HELP)
-    add_needle_options(parser, required=False)
+    add_pair_options(parser, " (with --preset; --channel defaults to 1)")
     parser.add_argument("--sensitivity", choices=sorted(SENSITIVITY),
                         help="with --preset: the patient's sensitivity (default: the patient's, or typical)")
     parser.add_argument("--minutes", type=float, help="with --preset: its length")
@@ -466,7 +439,11 @@ def add_preset_options(parser: argparse.ArgumentParser) -> None:
 def add_program_options(parser: argparse.ArgumentParser) -> None:
     """--program FILE | --preset NAME, and --thresholds FILE for threshold-relative intensity."""
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--program", type=Path, metavar="FILE", help="a dosing program (TOML or JSON)")
+    from ..programs import shipped
+
+    source.add_argument("--program", type=Path, metavar="FILE",
+                        help="a dosing program (TOML or JSON), or one shipped with estim by name: "
+                             + ", ".join(shipped()))
     source.add_argument("--preset", metavar="NAME", choices=PRESET_NAMES,
                         help="a preset for a target mechanism: " + ", ".join(PRESET_NAMES))
     parser.add_argument("--thresholds", type=Path, metavar="FILE",
@@ -475,27 +452,27 @@ def add_program_options(parser: argparse.ArgumentParser) -> None:
 
 
 def unresolved_program(args: argparse.Namespace) -> Any:
-    """The Program named by --program, or --preset for --channel/--sites/--needle/--inserted,
-    the sensitivity and --minutes/--seconds, capped by --max-amplitude and --ramp when given,
+    """The Program named by --program (a file, or a shipped program by name), or --preset on the
+    needle pairs (`args.pairs`) for the sensitivity and --minutes/--seconds, capped by --max-amplitude and --ramp when given,
     before thresholds; raises ProgramError, Refusal or ValueError."""
+    from ..programs import find
     from ..waveforms import preset_program
-    from ..waveforms.program import Needle as NeedleSpec
-    from ..waveforms.program import Program, Site
+    from ..waveforms.program import Program
 
     if args.program is not None:
-        program = Program.load(args.program)
+        program = Program.load(find(args.program))
     else:
         minutes = args.seconds / 60 if getattr(args, "seconds", None) is not None else getattr(args, "minutes", None)
         longest = STANDARD.max_session_minutes
         if minutes is not None and not 0 < minutes <= longest:
             raise Refusal("session.too_long", f"a preset of {minutes:g} minutes is outside 0 to the {longest:g} "
                           "minutes allowed", value=minutes, limit=longest)
-        placement, (diameter, length) = parse_sites(args.sites), needle_size(args)
-        spec = NeedleSpec(diameter_mm=diameter, length_mm=length, inserted_mm=parse_needle(args).length_mm,
-                          site_a=Site(region=placement.a.region, side=placement.a.side, point=placement.a.point),
-                          site_b=Site(region=placement.b.region, side=placement.b.side, point=placement.b.point))
+        if not args.pairs:
+            raise Refusal("setup.sites", f"--preset {args.preset} needs the needles: --pair CH SITES MM (or --sites "
+                          "SIDE:REGION,SIDE:REGION --inserted MM)", value=None, limit="--pair")
         profile = args.envelope.sensitivity or Sensitivity.TYPICAL
-        program = preset_program(args.preset, {args.channel: spec}, profile, minutes)
+        program = preset_program(args.preset, {ch: pair.program_needle() for ch, pair in args.pairs.items()},
+                                 profile, minutes)
         if minutes is not None and program.duration_s < minutes * 60 - 1e-6:
             raise Refusal("preset.minutes", f"{args.preset} for a {profile.value} patient lasts at most "
                           f"{program.duration_s / 60:g} minutes, not {minutes:g}: choose --minutes "
@@ -529,24 +506,3 @@ def _capped(program: Any, max_amplitude: float | None, ramp: float | None) -> An
     if not update:
         return program
     return type(program).model_validate({**program.model_dump(), "prescription": {**rx.model_dump(), **update}})
-
-
-def print_dose(args: argparse.Namespace, program: Any, notes: tuple[str, ...]) -> None:
-    """Before anything starts: the preset in words, the sensitivity as applied, and every dose
-    per channel with what held it down."""
-    from safety import describe_sensitivity, stricter
-
-    from ..waveforms import PRESETS, Mechanism
-
-    if args.preset:
-        print(PRESETS[Mechanism(args.preset)].describe())
-    rx = program.prescription
-    caps = sorted(set(rx.max_amplitude_ma.values()))
-    profile = stricter(rx.sensitivity, args.envelope.sensitivity)  # a program file never loosens the patient's
-    print("sensitivity " + describe_sensitivity(profile, caps[-1], rx.ramp_rate_ma_per_s))
-    for i, seg in enumerate(program.segments, 1):
-        part = f" (part {i}, {seg.duration_s / 60:g} min)" if len(program.segments) > 1 else ""
-        for ch, spec in sorted(seg.channels.items()):
-            print(f"dose: channel {ch}: {spec.intensity:g} mA at the peak{part}")
-    for note in notes:
-        print(f"note: {note}")

@@ -155,16 +155,25 @@ def _delivered(stim: Any) -> list[dict[str, Any]]:
 
 
 def dose_request(args: argparse.Namespace) -> dict[str, Any]:
-    """The options that ask for this dose again (`estim run --patient CODE --last-dose`)."""
-    keys = ("program", "preset", "channel", "sites", "needle", "inserted", "sensitivity", "minutes", "seconds",
-            "frequency", "pulse_width", "amplitude", "shape", "max_amplitude", "ramp")
-    return {k: (str(v) if isinstance(v, Path) else v) for k in keys if (v := getattr(args, k, None)) is not None}
+    """The options that ask for this dose again (`estim run --patient CODE --last-dose`); the
+    needle pairs as `--pair CH SITES MM` would give them, and direct parameters as given."""
+    keys = ("program", "preset", "needle", "sensitivity", "minutes", "seconds", "frequency", "pulse_width",
+            "amplitude", "shape", "max_amplitude", "ramp")
+    request = {k: (str(v) if isinstance(v, Path) else v) for k in keys if (v := getattr(args, k, None)) is not None}
+    pairs = getattr(args, "pairs", None) or {}
+    if pairs:
+        request["pair"] = [[str(ch), p.sites, f"{p.inserted_mm:g}"] for ch, p in sorted(pairs.items())]
+        request["needle"] = next(iter(pairs.values())).needle
+    return request
 
 
 def apply_last_dose(args: argparse.Namespace) -> int | None:
     """--last-dose: fill the options from the patient's last completed dose (a program, a
     preset or direct parameters)."""
     from ..visits import StoreError
+
+    if not getattr(args, "patient", None):
+        return refused(ValueError("--last-dose needs --patient CODE: the patient whose last dose to repeat"))
 
     try:
         with store(args) as visits:
@@ -174,8 +183,13 @@ def apply_last_dose(args: argparse.Namespace) -> int | None:
     if last is None:
         return refused(ValueError(f"{args.patient} has no completed dose yet"))
     for key, value in last.request.items():
+        if key in ("channel", "sites", "inserted") and not isinstance(value, list):
+            value = [value]  # a dose kept before several pairs could be given
         if getattr(args, key, None) is None:
             setattr(args, key, Path(value) if key == "program" else value)
-    print(f"last dose: {last.program}, {last.recorded_at.astimezone():%Y-%m-%d}; today's thresholds set the "
-          "intensity")
+    from .pairs import given_pairs
+
+    reused = "; ".join(p.describe() for p in given_pairs(args).values())
+    print(f"last dose: {last.program}, {last.recorded_at.astimezone():%Y-%m-%d}" + (f"; reusing {reused}" if reused
+          else "") + "; today's thresholds set the intensity")
     return None

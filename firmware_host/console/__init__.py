@@ -1,5 +1,6 @@
 """The full-screen treatment-room console (Textual); `estim console` starts it."""
 
-from .app import ChannelControl, ConsoleApp, ConsoleSettings
+from .app import ConsoleApp, ConsoleSettings
+from .controls import ChannelControl, ProgramControl
 
-__all__ = ["ChannelControl", "ConsoleApp", "ConsoleSettings"]
+__all__ = ["ChannelControl", "ConsoleApp", "ConsoleSettings", "ProgramControl"]

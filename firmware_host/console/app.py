@@ -1,15 +1,17 @@
 """The treatment-room console: one panel per channel, intensity keys, and a STOP that is always there.
 
 Everything that changes the output goes through the session's Stimulator, so the interlock
-decides; this module only chooses targets. Raises ramp on a worker thread at the ramp rate
-(the UI stays live and STOP stays instant); decreases go at once. Events from the supervisor
-thread are queued and drawn on the UI's own timer, so a slow screen never holds up supervision.
+decides; this module only chooses targets (`controls`): a fixed waveform per channel raised by
+hand, or a program or preset the engine streams, lowered, raised, paused and ended by the same
+keys. Raises ramp on a worker thread at the ramp rate (the UI stays live and STOP stays
+instant); decreases go at once; a pause ramps down. Events from the supervisor thread are
+queued and drawn on the UI's own timer, so a slow screen never holds up supervision. The end of
+the session and every stop ring the terminal's bell and flash the screen.
 """
 
 from __future__ import annotations
 
 import queue
-import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +27,12 @@ from safety import ChannelSetting, Refusal, SafetyError, operator_name
 from .. import INTENDED_USE, fault_text
 from ..errors import EstimError
 from ..link import LinkLost
-from ..stimulator import REPLY_TIMEOUT_S, DeviceFault, Notice, Stimulator
+from ..stimulator import DeviceFault, Notice, Stimulator
+from .controls import ChannelControl, ProgramControl
 
 HISTORY = 120      # sparkline samples (12 s at the 10 Hz refresh)
 REFRESH_S = 0.1
+FLASHES = 30       # redraws the alarm flashes for (3 s)
 
 
 @dataclass(frozen=True)
@@ -38,71 +42,6 @@ class ConsoleSettings:
     step_ma: float = 0.2            # one operator raise / lower
     feedback_step_ma: float = 0.5   # "too strong" drops this much at once
     offer_step_ma: float = 0.2      # "can't feel it" offers this much more
-
-
-class ChannelControl:
-    """Intensity changes for one channel: raises ramp on a thread (cancelled by anything
-    newer), decreases are sent at once."""
-
-    def __init__(self, stim: Stimulator, waveform: ChannelSetting) -> None:
-        self.stim = stim
-        self.channel = waveform.channel
-        self.waveform = waveform.with_amplitude(0)
-        # the most this waveform may reach here: the prescription's cap, every static rule and the
-        # patient's envelope (their ceiling from today's thresholds), as the interlock will judge
-        self.cap_ma, above = stim.interlock.highest_allowed(self.waveform)
-        self.cap_why = "the prescription's cap" if above is None else ("this patient's ceiling" if
-                                                                         above.rule.startswith("envelope.") else
-                                                                         "the most the safety rules allow here")
-        self.target_ma = 0.0
-        self.errors: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def applied_ma(self) -> float:
-        setting = self.stim.setting(self.channel)
-        return setting.amplitude_ma if setting else 0.0
-
-    def prepare(self) -> None:
-        """Send the waveform at 0 mA so the device shows the channel before any output."""
-        self.stim.apply(self.waveform)
-
-    def set_target(self, amplitude_ma: float) -> float:
-        """Move toward `amplitude_ma` (clamped to 0..cap); returns the target taken."""
-        target = round(min(max(amplitude_ma, 0.0), self.cap_ma), 3)
-        self.cancel()
-        self.target_ma = target
-        if target <= self.applied_ma:
-            self.stim.set_amplitude(self.channel, target)
-            return target
-        if self.channel not in self.stim.enabled():
-            if self.applied_ma > 0:
-                self.stim.set_amplitude(self.channel, 0.0)
-            self.stim.enable(self.channel)
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._ramp, args=(target, self._cancel),
-                                        name=f"console-ramp-ch{self.channel}", daemon=True)
-        self._thread.start()
-        return target
-
-    def cancel(self) -> None:
-        """End a running ramp where it stands: the step already on its way completes (within
-        the link's reply timeout) before anything newer is sent, so steps never cross."""
-        self._cancel.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=REPLY_TIMEOUT_S + 1.0)
-        self._thread = None
-
-    def ramping(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _ramp(self, target: float, cancel: threading.Event) -> None:
-        try:
-            self.stim.ramp(self.channel, target, cancel=cancel)
-        except (SafetyError, EstimError) as exc:
-            if not cancel.is_set():
-                self.errors.put(f"channel {self.channel}: {exc}")
 
 
 class ChannelPanel(Vertical):
@@ -126,6 +65,7 @@ class ConsoleApp(App[None]):
     """Live console for one supervised session (the caller opens and closes the Stimulator)."""
 
     TITLE = "estim console"
+    AUTO_FOCUS = None
     CSS = """
     #info { height: auto; padding: 0 1; background: $boost; }
     #timer { height: 1; padding: 0 1; text-style: bold; }
@@ -136,6 +76,7 @@ class ConsoleApp(App[None]):
     .readout { height: auto; }
     .label { color: $text-muted; height: 1; }
     .spark { height: 2; }
+    #timer.alarm { background: $error; color: $text; }
     #stop { width: 100%; height: 5; background: $error; color: $text; text-style: bold; }
     #offer { height: auto; padding: 0 1; color: $warning; }
     #messages { height: 1fr; min-height: 4; border: round $warning; }
@@ -152,22 +93,32 @@ class ConsoleApp(App[None]):
         Binding("c", "cant_feel", "can't feel it"),
         Binding("y", "accept_offer", "yes", show=False),
         Binding("n", "decline_offer", "no", show=False),
+        Binding("p", "pause", "pause / resume"),
         Binding("x", "clear", "clear a stop"),
         Binding("q", "finish", "end session"),
+        Binding("enter", "start", "start the program", show=False),
     ] + [Binding(str(n), f"pick({n})", show=False) for n in range(1, 9)]
 
     def __init__(self, stim: Stimulator, waveforms: list[ChannelSetting],
-                 settings: ConsoleSettings = ConsoleSettings(), operator: str = "") -> None:
+                 settings: ConsoleSettings = ConsoleSettings(), operator: str = "", program: Any = None,
+                 plan: str = "") -> None:
         super().__init__()
         self.stim = stim
         self.settings = settings
         self.operator = operator
+        self.program = None if program is None else ProgramControl(stim, program, settings.step_ma)
+        self.plan = plan
         self.controls = {w.channel: ChannelControl(stim, w) for w in waveforms}
-        self.order = sorted(self.controls)
+        self.order = sorted(self.controls) if self.program is None else list(self.program.adjust.channels)
         self.selected = self.order[0]
         self.offer: tuple[int, float] | None = None
         self.finishing = False
+        self.paused: dict[int, float] | None = None  # fixed waveforms: each channel's level before the pause
         self.interrupted = False  # left with Ctrl-C (the command exits 130)
+        self.alarms: list[str] = []  # what rang the bell, in order
+        self._said_end = False
+        self._rung_for: str | None = None  # the stop the bell last rang for
+        self._flash = 0
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._unsubscribe = stim.subscribe(self._events.put)
 
@@ -180,7 +131,9 @@ class ConsoleApp(App[None]):
         with Horizontal(id="channels"):
             for ch in self.order:
                 yield ChannelPanel(ch)
-        yield Button("STOP   (space / Esc)", id="stop")
+        stop = Button("STOP   (space / Esc)", id="stop")
+        stop.can_focus = False  # never focused, so Enter (start) never presses it; space and Esc are STOP
+        yield stop
         yield Static(id="offer", markup=False)
         yield RichLog(id="messages", wrap=True, markup=False)
         yield Footer()
@@ -188,10 +141,14 @@ class ConsoleApp(App[None]):
     def on_mount(self) -> None:
         ident = self.stim.identity
         self.sub_title = f"{ident.serial} firmware {ident.fw_major}.{ident.fw_minor} · {INTENDED_USE}"
-        self.query_one("#stop", Button).can_focus = False
         if self.stim.tripped:
             self._say(f"the device has a stop latched from before: {self.stim.tripped}. Check the patient and the "
                       f"device, then press x to clear it in your name, or q to leave.")
+        elif self.program is not None:
+            for line in self.plan.splitlines():
+                self._say(line)
+            self._say("press Enter to start the program (nothing has been sent yet); then ↓ - lower, ↑ + raise, "
+                      "p pause, q end, space STOP.")
         else:
             try:
                 for control in self.controls.values():
@@ -206,17 +163,23 @@ class ConsoleApp(App[None]):
         self._unsubscribe()
         for control in self.controls.values():
             control.cancel()
+        if self.program is not None and self.program.running():
+            self.program.adjust.end()
+            self.program.wait(5.0)
 
     def _info(self) -> str:
         rx = self.stim.interlock.setup.prescription
         envelope = self.stim.interlock.setup.envelope
-        caps = ", ".join(f"ch{ch} ≤ {self.controls[ch].cap_ma:g} mA" for ch in self.order)
+        caps = ", ".join(f"ch{ch} ≤ {self._cap(ch)[0]:g} mA" for ch in self.order)
         flags = [name for name, on in (("implanted device", envelope.patient.implanted_device),
                                        ("pregnant", envelope.patient.pregnant)) if on]
         measured = [f"ch{t.channel} {t.waveform}: " + ", ".join(
             f"{k} {v:g}" for k in ("sensory", "motor", "tolerance") if (v := t.value(k)) is not None) + " mA"
-            for t in envelope.thresholds if t.channel in self.controls]
-        return (f"connected: {envelope.describe()}\n"
+            for t in envelope.thresholds if t.channel in self.order]
+        running = "" if self.program is None else (
+            f"program: {self.program.program.name}, {self.program.program.duration_s / 60:g} min; " + ", ".join(
+                f"ch{ch} dose peak {self.program.adjust.headroom[ch].peak_ma:g} mA" for ch in self.order) + "\n")
+        return (f"connected: {envelope.describe()}\n{running}"
                 f"limits: {caps}; ramp {self.stim.interlock.limits(self.order[0]).ramp_ma_per_s:g} mA/s; "
                 f"{rx.frequency_hz[0]:g}-{rx.frequency_hz[1]:g} Hz; {rx.pulse_width_us[0]:g}-{rx.pulse_width_us[1]:g} µs; "
                 f"{rx.max_session_minutes:g} min\n"
@@ -236,6 +199,8 @@ class ConsoleApp(App[None]):
         self._note("operator_stop", {})
         self._say("STOPPED: every output is off. Check the patient and the needles; then press x to clear the "
                   "stop in your name and go on, or q to end the session.")
+        self._rung_for = self.stim.tripped
+        self._alarm("STOP")
         self._refresh()
 
     def action_interrupt(self) -> None:
@@ -243,6 +208,13 @@ class ConsoleApp(App[None]):
         self.action_stop()
         self.interrupted = True
         self.exit()
+
+    def action_start(self) -> None:
+        """Enter: the program starts (it was shown first, nothing sent before)."""
+        if self.program is None or self.program.started or self.stim.tripped or self.finishing:
+            return
+        self.program.start()
+        self._say("program started: ↓ - lower, ↑ + raise, p pause, q end (ramps down), space STOP.")
 
     def action_clear(self) -> None:
         """Clear a stop in the operator's name: what was latched, why, and who cleared it go into
@@ -262,50 +234,53 @@ class ConsoleApp(App[None]):
             return
         for code in sorted(cleared):
             self._say(f"cleared {fault_text.explain(code)}")
-        self._say(f"stop cleared by {self.operator}. Outputs are off; raise a channel from 0 mA when ready.")
+        if self.program is not None and self.program.started:
+            self._say(f"stop cleared by {self.operator}. The program does not go on after a stop: press q to end, "
+                      "and start a new session when ready.")
+        else:
+            self._say(f"stop cleared by {self.operator}. Outputs are off; raise a channel from 0 mA when ready.")
         for control in self.controls.values():
             control.target_ma = 0.0
         self._refresh()
 
     def action_raise(self) -> None:
-        control = self.controls[self.selected]
-        self._change(control, max(control.target_ma, control.applied_ma) + self.settings.step_ma, "raise")
+        self._change(self.selected, self._level(self.selected) + self.settings.step_ma, "raise")
 
     def action_lower(self) -> None:
-        control = self.controls[self.selected]
-        self._change(control, min(control.target_ma, control.applied_ma) - self.settings.step_ma, "lower")
+        self._change(self.selected, self._level(self.selected, lowest=True) - self.settings.step_ma, "lower")
 
     def action_select(self, delta: int) -> None:
         self._pick(self.order[(self.order.index(self.selected) + delta) % len(self.order)])
 
     def action_pick(self, channel: int) -> None:
-        if channel in self.controls:
+        if channel in self.order:
             self._pick(channel)
 
     def action_too_strong(self) -> None:
         """The patient says it is too strong: drop at once by the feedback step."""
-        control = self.controls[self.selected]
-        before = control.applied_ma
-        to = self._change(control, min(control.target_ma, before) - self.settings.feedback_step_ma, None)
-        self._note("patient_feedback", {"channel": control.channel, "feedback": "too strong",
+        ch = self.selected
+        before = self._level(ch, lowest=True)
+        to = self._change(ch, before - self.settings.feedback_step_ma, None)
+        self._note("patient_feedback", {"channel": ch, "feedback": "too strong",
                                         "from_ma": before, "to_ma": to, "outcome": f"lowered to {to:g} mA"})
         if to is not None:
-            self._say(f"patient: too strong on channel {control.channel}: lowered to {to:g} mA")
+            self._say(f"patient: too strong on channel {ch}: lowered to {to:g} mA")
 
     def action_cant_feel(self) -> None:
         """The patient cannot feel it: offer one raise, never past the channel's cap."""
-        control = self.controls[self.selected]
-        current = max(control.target_ma, control.applied_ma)
-        proposed = round(min(current + self.settings.offer_step_ma, control.cap_ma), 3)
+        ch = self.selected
+        current = self._level(ch)
+        cap, why = self._cap(ch)
+        proposed = round(min(current + self.settings.offer_step_ma, cap), 3)
         if proposed <= current:
             self.offer = None
-            self._note("patient_feedback", {"channel": control.channel, "feedback": "can't feel it",
-                                            "outcome": f"at {control.cap_why} {control.cap_ma:g} mA"})
-            self._say(f"patient: can't feel channel {control.channel}, but it is at {control.cap_why} "
-                      f"({control.cap_ma:g} mA). Check the needle placement.")
+            self._note("patient_feedback", {"channel": ch, "feedback": "can't feel it",
+                                            "outcome": f"at {why} {cap:g} mA"})
+            self._say(f"patient: can't feel channel {ch}, but it is at {why} ({cap:g} mA). Check the needle "
+                      "placement.")
         else:
-            self.offer = (control.channel, proposed)
-            self._note("patient_feedback", {"channel": control.channel, "feedback": "can't feel it",
+            self.offer = (ch, proposed)
+            self._note("patient_feedback", {"channel": ch, "feedback": "can't feel it",
                                             "outcome": f"offered {proposed:g} mA"})
         self._refresh()
 
@@ -314,7 +289,7 @@ class ConsoleApp(App[None]):
             return
         channel, proposed = self.offer
         self.offer = None
-        to = self._change(self.controls[channel], proposed, None)
+        to = self._change(channel, proposed, None)
         self._note("patient_feedback", {"channel": channel, "feedback": "can't feel it",
                                         "outcome": f"accepted raise to {proposed:g} mA"})
         if to is not None:
@@ -329,6 +304,27 @@ class ConsoleApp(App[None]):
                                         "outcome": f"declined raise to {proposed:g} mA"})
         self._refresh()
 
+    def action_pause(self) -> None:
+        """Pause: every channel down to 0 mA at the ramp rate; again: back up at the ramp rate to
+        where it was (the session's time keeps running)."""
+        if self.stim.tripped or self.finishing:
+            return
+        if self.program is not None:
+            paused = self.program.adjust.pause()
+        elif self.paused is None:
+            self.paused = {ch: self._level(ch) for ch in self.order}
+            for control in self.controls.values():
+                control.set_target(0.0, gentle=True)
+            paused = True
+        else:
+            levels, self.paused = self.paused, None
+            for ch, level in levels.items():
+                self.controls[ch].set_target(level)
+            paused = False
+        self._note("intensity", {"action": "pause" if paused else "resume"})
+        self._say("paused: ramping down to 0 mA; p to resume" if paused else "resuming: ramping back up")
+        self._refresh()
+
     def action_finish(self) -> None:
         """End the session: ramp every channel down gently, outputs off, then leave."""
         if self.finishing:
@@ -336,7 +332,7 @@ class ConsoleApp(App[None]):
         self.finishing = True
         for control in self.controls.values():
             control.cancel()
-        if self.stim.tripped:
+        if self.stim.tripped or (self.program is not None and not self.program.running()):
             self.exit()
             return
         self._say("ending: ramping every channel down…")
@@ -344,6 +340,9 @@ class ConsoleApp(App[None]):
 
     def _wind_down(self) -> None:
         try:
+            if self.program is not None:
+                self.program.adjust.end()
+                self.program.wait(self.stim.interlock.session_remaining_s() + 30)
             for ch in self.order:
                 if self.stim.setting(ch) is not None and not self.stim.tripped:
                     self.stim.ramp(ch, 0.0)
@@ -351,7 +350,13 @@ class ConsoleApp(App[None]):
                 self.stim.safe_off()
         except (SafetyError, EstimError) as exc:
             self._events.put(Notice(None, f"ending the session: {exc}"))
-        self.call_from_thread(self.exit)
+        self.call_from_thread(self._ended)
+
+    def _ended(self) -> None:
+        if not self._said_end:
+            self._said_end = True
+            self._alarm("end")
+        self.exit()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "stop":
@@ -363,21 +368,50 @@ class ConsoleApp(App[None]):
         self.selected = channel
         self._refresh()
 
-    def _change(self, control: ChannelControl, amplitude_ma: float, verb: str | None) -> float | None:
+    def _level(self, ch: int, lowest: bool = False) -> float:
+        """The channel's level as chosen: a program's peak, or a fixed waveform's target (the
+        higher of target and applied, or the lower with `lowest`)."""
+        if self.program is not None:
+            return self.program.adjust.level(ch)
+        control = self.controls[ch]
+        return (min if lowest else max)(control.target_ma, control.applied_ma)
+
+    def _cap(self, ch: int) -> tuple[float, str]:
+        if self.program is not None:
+            room = self.program.adjust.headroom[ch]
+            return room.highest_ma, room.why
+        return self.controls[ch].cap_ma, self.controls[ch].cap_why
+
+    def _change(self, ch: int, amplitude_ma: float, verb: str | None) -> float | None:
         if self.stim.tripped:
             self._say(f"stopped: {self.stim.tripped}. Nothing is sent until a new session.")
             return None
-        try:
-            to = control.set_target(amplitude_ma)
-        except (SafetyError, EstimError) as exc:
-            self._say(f"channel {control.channel}: {exc}")
+        if self.paused is not None or (self.program is not None and self.program.adjust.paused):
+            self._say("paused: press p to resume first.")
             return None
+        try:
+            if self.program is not None:
+                to = self.program.adjust.change(ch, amplitude_ma - self.program.adjust.level(ch))
+            else:
+                to = self.controls[ch].set_target(amplitude_ma)
+        except (SafetyError, EstimError) as exc:
+            self._say(f"channel {ch}: {exc}")
+            return None
+        cap, why = self._cap(ch)
         if verb is not None:
-            self._note("intensity", {"channel": control.channel, "action": verb, "target_ma": to})
-            if to >= control.cap_ma and verb == "raise":
-                self._say(f"channel {control.channel}: at {control.cap_why} ({control.cap_ma:g} mA)")
+            self._note("intensity", {"channel": ch, "action": verb, "target_ma": to})
+            if to >= cap and verb == "raise":
+                self._say(f"channel {ch}: at {why} ({cap:g} mA)")
+            elif self.program is not None:
+                self._say(f"channel {ch}: peak {to:g} mA (programmed {self.program.adjust.headroom[ch].peak_ma:g} mA)")
         self._refresh()
         return to
+
+    def _alarm(self, what: str) -> None:
+        """The end of the session or a stop: ring the terminal's bell and flash the timer."""
+        self.alarms.append(what)
+        self.bell()
+        self._flash = FLASHES
 
     def _note(self, kind: str, data: dict[str, Any]) -> None:
         if self.stim.record is not None:
@@ -406,9 +440,10 @@ class ConsoleApp(App[None]):
             elif isinstance(event, LinkLost):
                 self._say(f"connection to the device lost ({event.reason}). The device stops by itself "
                           "within its watchdog time; check the cable, then start a new session.")
-        for control in self.controls.values():
+        for control in [*self.controls.values(), *([self.program] if self.program is not None else [])]:
             while not control.errors.empty():
                 self._say(control.errors.get())
+        self._watch_the_end()
         self._draw_timer()
         for ch in self.order:
             self._draw_channel(self.query_one(f"#ch{ch}", ChannelPanel))
@@ -416,22 +451,51 @@ class ConsoleApp(App[None]):
         offer.update("" if self.offer is None else
                      f"patient can't feel channel {self.offer[0]}: raise to {self.offer[1]:g} mA?  y = yes, n = no")
 
+    def _watch_the_end(self) -> None:
+        """Ring and say it once when the session ends or a stop comes from the device (the
+        operator's own STOP rang already)."""
+        if self.stim.tripped != self._rung_for:
+            self._rung_for = self.stim.tripped
+            if self.stim.tripped:
+                self._alarm("stop")
+        ended = self.stim.interlock.session_expired() or (
+            self.program is not None and self.program.report is not None and not self.stim.tripped)
+        if ended and not self._said_end:
+            self._said_end = True
+            report = None if self.program is None else self.program.report
+            early = report is not None and report.ended_by_operator
+            self._say(("session ended early: " if early else "session over: ") + "every output is off. Press q to "
+                      "leave.")
+            self._alarm("end")
+        if self._flash > 0:
+            self._flash -= 1
+        self.query_one("#timer", Static).set_class(self._flash > 0 and (self._flash // 3) % 2 == 0, "alarm")
+
     def _draw_timer(self) -> None:
         remaining = max(0.0, self.stim.interlock.session_remaining_s())
+        what = "session"
+        if self.program is not None:
+            remaining, what = min(remaining, self.program.remaining_s()), "program"
         minutes, seconds = divmod(int(remaining + 0.5), 60)
         if self.stim.tripped:
             state = f"STOPPED — {self.stim.tripped}"
+        elif self._said_end:
+            state = "SESSION OVER: outputs ramped down and off — press q to leave"
         elif self.stim.interlock.session_expired():
             state = "session time over: outputs ramped down and off"
+        elif self.paused is not None or (self.program is not None and self.program.adjust.paused):
+            state = "PAUSED — p to resume"
+        elif self.program is not None and not self.program.started:
+            state = "ready — press Enter to start the program"
         elif self.stim.enabled():
             state = "stimulating"
         else:
             state = "outputs off"
-        self.query_one("#timer", Static).update(f"session time left {minutes:02d}:{seconds:02d}   {state}")
+        self.query_one("#timer", Static).update(f"{what} time left {minutes:02d}:{seconds:02d}   {state}")
 
     def _draw_channel(self, panel: ChannelPanel) -> None:
         ch = panel.channel
-        control = self.controls[ch]
+        control = self.controls.get(ch)
         reading = self.stim.readings.get(ch)
         setting = self.stim.setting(ch)
         applied, enabled = self.stim.interlock.applied(ch)
@@ -445,15 +509,21 @@ class ConsoleApp(App[None]):
             charge = f"{reading.charge_total_uc:.0f} µC"
             measured = f"{reading.amplitude_ma:.2f} mA" + (" (compliance-limited)" if reading.compliance_limited
                                                           else "")
-        wave = control.waveform if setting is None else setting
+        wave = control.waveform if setting is None and control is not None else setting
         marker = "▶ " if ch == self.selected else "  "
         status = "ON" if enabled else "off"
-        ramp = f" → {control.target_ma:.2f}" if control.ramping() else ""
+        if control is not None:
+            level = (f" → {control.target_ma:.2f}" if control.ramping() else "") + f"  (cap {control.cap_ma:g})"
+        else:
+            room = self.program.adjust.headroom[ch]  # type: ignore[union-attr]
+            level = f"  (peak {self._level(ch):g} of programmed {room.peak_ma:g}, at most {room.highest_ma:g})"
+        rate = "-" if wave is None else (f"{wave.frequency_hz:g} Hz   phase {wave.pulse_width_us:g} µs  "
+                                         f"{wave.shape.name.lower()}")
         panel.query_one(f"#ch{ch}-text", Static).update(
             f"{marker}channel {ch}  [{status}]\n"
-            f"set      {(applied.amplitude_ma if applied else 0):.2f} mA{ramp}  (cap {control.cap_ma:g})\n"
+            f"set      {(applied.amplitude_ma if applied else 0):.2f} mA{level}\n"
             f"device   {measured}\n"
-            f"rate     {wave.frequency_hz:g} Hz   phase {wave.pulse_width_us:g} µs  {wave.shape.name.lower()}\n"
+            f"rate     {rate}\n"
             f"load     {load}\n"
             f"charge   {charge}")
         panel.query_one(f"#ch{ch}-amp", Sparkline).data = list(panel.intensity)

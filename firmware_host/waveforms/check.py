@@ -71,16 +71,25 @@ class CheckResult:
         return json.dumps(self.as_dict(), indent=2)
 
     def table(self) -> str:
-        """Plain-text table for a clinician: one line per finding, violations first, in words
-        (rule ids stay in `as_dict` for the record and for engineers)."""
-        head = ("", "time s", "until s", "ch", "what")
-        rows = [head] + [
-            (kind, _time(f.t_s), _time(f.t_end_s), "-" if f.channel is None else str(f.channel), f.message)
-            for kind, items in (("REFUSED", self.violations), ("warning", self.warnings)) for f in items
-        ]
+        """Plain text for a clinician: one line per rule and channel, violations first, in words,
+        with when it happens (a rule broken at every modulation peak is one line with its count
+        and time span, said for its worst value; every finding stays in `as_dict` for the record
+        and for engineers)."""
+        head = ("", "when", "ch", "what")
+        rows = [head]
+        for kind, items in (("REFUSED", self.violations), ("warning", self.warnings)):
+            groups: dict[tuple[str, int | None], list[Finding]] = {}
+            for f in items:
+                groups.setdefault((f.rule, f.channel), []).append(f)
+            for (_, channel), found in groups.items():
+                worst = max(found, key=lambda f: _magnitude(f.value))
+                rows.append((kind, _span(found), "-" if channel is None else str(channel), worst.message))
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        verdict = "program passes every rule" if self.ok else f"program refused: {len(self.violations)} violation(s)"
+        broken = len({(f.rule, f.channel) for f in self.violations})
+        verdict = "program passes every rule" if self.ok else (
+            f"program refused: {broken} rule(s) broken" + (f", {len(self.violations)} times in all"
+                                                          if len(self.violations) > broken else ""))
         return "\n".join([verdict, *lines]) if len(rows) > 1 else verdict
 
 
@@ -281,8 +290,25 @@ def _plain(f: Finding) -> dict[str, Any]:
     return d
 
 
-def _time(t: float | None) -> str:
-    return "-" if t is None else f"{t:.3f}"
+def _span(found: list[Finding]) -> str:
+    """When a rule is broken: at set-up ("-"), at one time, or from the first to the last time
+    with how often."""
+    times = [f.t_s for f in found if f.t_s is not None]
+    if not times:
+        return "-"
+    start, end = min(times), max(f.t_end_s if f.t_end_s is not None else f.t_s for f in found if f.t_s is not None)
+    if len(found) == 1:
+        return f"{_clock(start)} to {_clock(end)}"
+    return f"{len(found)} times, {_clock(start)} to {_clock(end)}"
+
+
+def _clock(t: float) -> str:
+    minutes, seconds = divmod(t, 60)
+    return f"{int(minutes):02d}:{seconds:04.1f}"
+
+
+def _magnitude(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def _text(x: Any) -> str:

@@ -368,6 +368,10 @@ class Program(_Model):
         return float(sum(seg.duration_s for seg in self.segments))
 
     @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(sorted(self.needles))
+
+    @property
     def needed_thresholds(self) -> set[tuple[int, ThresholdKind]]:
         """(channel, kind) pairs that must be measured before the program can run."""
         return {
@@ -430,10 +434,23 @@ class Program(_Model):
                             continue
                         notes += found.notes
                         wanted = round(value.multiple * measured, 3)
+                        said = f"channel {ch}: {value.multiple:g} x {value.of} {measured:g} mA = {wanted:g} mA"
                         if ceiling is not None and ceiling.amplitude_ma < wanted:
-                            notes.append(f"channel {ch}: {value.multiple:g} x {value.of} {measured:g} mA = {wanted:g} "
-                                         f"mA held at {ceiling.amplitude_ma:g} mA ({ceiling.why})")
+                            said += f", held at {ceiling.amplitude_ma:g} mA ({ceiling.why})"
                             wanted = ceiling.amplitude_ma
+                        notes.append(said)
+                        if ch in self.sensory_level and "motor" not in found.values:
+                            notes.append(f"channel {ch}: no twitch was marked (m) on {wave}, so this sensory-level "
+                                         "dose is held only below 0.9 x tolerance: watch for a twitch")
+                        felt = found.values.get("sensory")
+                        if ch in self.sensory_level and felt is not None and wanted < felt:
+                            problems.append(Problem(source, None, format_loc(("segments", i, "channels", str(ch), *path)),
+                                                    value.model_dump(mode="json"),
+                                                    f"{said}: below this patient's own sensory threshold of {felt:g} mA "
+                                                    f"on {wave}, so they would not feel it. The sensory and motor "
+                                                    "thresholds are too close here: titrate again, or choose a "
+                                                    "motor-level preset"))
+                            continue
                         doses.append(wanted)
                     if len(doses) == len(spec.titration_waveforms()):
                         target = data["segments"][i]["channels"][ch]

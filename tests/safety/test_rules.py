@@ -127,8 +127,8 @@ def test_needle_shannon_k_and_message():
                    if r.rule == "needle.shannon_k")
     assert str(refusal) == ("charge density k=1.88 exceeds 1.85 on channel 2 "
                             "(needle 0.25 mm x 15 mm, 5.0 mA, 600 µs); the charge per phase is too concentrated on "
-                            "the needle: use a shorter phase, a lower current, or insert the needle deeper "
-                            "(a larger conducting surface)")
+                            "the needle: use a shorter phase, a lower current, or a larger conducting surface: "
+                            "insert the needle deeper (--inserted MM) or use a thicker one (--needle DIAMETERxLENGTH)")
     assert (refusal.channel, refusal.limit) == (2, 1.85) and refusal.value == pytest.approx(1.8831, abs=1e-4)
 
 

@@ -62,7 +62,7 @@ def test_titration_stop_key_ends_without_an_estop_and_keeps_no_thresholds(tmp_pa
     record, out = tmp_path / "t.jsonl", tmp_path / "th.json"
     done = titrate(record, [("s", 400), ("q", 700)], "--out", str(out))
     assert done.returncode == 3, done.stderr
-    assert "stopped: STOP" in done.stderr and "(e-stop)" not in done.stderr
+    assert "ended: q" in done.stderr and "(e-stop)" not in done.stderr
     kinds = {r["kind"] for r in entries(record)}
     assert "estop" not in kinds and not out.exists()
     assert set_channel_ua(record)[-1] == ("set", 0)
@@ -73,8 +73,8 @@ def test_an_aborted_titration_never_overwrites_a_good_thresholds_file(tmp_path: 
     save(out, [ChannelThresholds(1, parse_sites("left:forearm,left:forearm"), TitrationWaveform(Shape.BIPHASIC, 2, 200),
                                  datetime.now(timezone.utc), 1.0, 2.0, 4.0)])
     good = out.read_bytes()
-    estopped = titrate(tmp_path / "t2.jsonl", [("s", 300), ("x", 500)], "--out", str(out))
-    assert estopped.returncode == 130
+    estopped = titrate(tmp_path / "t2.jsonl", [("s", 300), (" ", 500)], "--out", str(out))   # space: STOP
+    assert estopped.returncode == 3 and "(e-stop)" in estopped.stderr
     assert out.read_bytes() == good
 
 

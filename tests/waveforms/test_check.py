@@ -16,7 +16,7 @@ from support import envelope_for, measured
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "programs").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "firmware_host" / "programs").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_programs_pass(path: Path) -> None:
     loaded = Program.load(path)
     resolved, envelope, _ = loaded.dose(envelope_for(loaded, {"sensory": 2.0, "motor": 3.0, "tolerance": 5.0}))
@@ -80,7 +80,9 @@ def test_vectorised_and_per_pulse_checks_agree() -> None:
 def test_result_renders_as_table_and_json() -> None:
     result = check(program(0.5, {2: dense_disperse_spec(dense_hz=150.0)}), SIM_DEVICE)
     table = result.table()
-    assert table.startswith("program refused: 6 violation(s)") and "frequency 150 Hz" in table
+    assert table.startswith("program refused: 2 rule(s) broken, 6 times in all") and "frequency 150 Hz" in table
+    assert [line.split()[0] for line in table.splitlines()[2:]] == ["REFUSED", "REFUSED"]  # one line per rule
+    assert "5 times, 00:03.0 to 00:30.0" in table   # the dense phase of each cycle, said once with its span
     assert "prescription." not in table and "dynamic." not in table   # plain words, no rule ids
     data = json.loads(result.to_json())
     assert data["ok"] is False and data["violations"][0] == {

@@ -18,6 +18,7 @@ import tracemalloc
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 
 import firmware_host as fh
 from firmware_host.waveforms.engine import Update, run_program
@@ -209,3 +210,29 @@ def peak_bytes(minutes: float) -> int:
 def test_memory_does_not_grow_with_session_length() -> None:
     short, long = peak_bytes(1.0), peak_bytes(6.0)
     assert long < 1.3 * short + 100_000, (short, long)
+
+
+def test_a_raise_while_a_program_runs_stops_at_the_highest_every_rule_allows_on_every_waveform() -> None:
+    """The room's ↑ during a dense-disperse preset: each waveform is judged at its own peak by the
+    interlock's `highest_allowed` (the patient's ceiling here, 0.9 x tolerance on each phase), and
+    the channel's level never passes the lowest of them; ↓ never goes below 0 mA."""
+    from firmware_host.waveforms import Mechanism, Needle, Site, preset_program
+    from firmware_host.waveforms.adjust import Adjust
+    from safety import Interlock
+    from support import envelope_for
+
+    needle = Needle(diameter_mm=0.3, length_mm=40, inserted_mm=25, site_a=Site(region="lower_leg", side="left"),
+                    site_b=Site(region="lower_leg", side="left"))
+    unresolved = preset_program(Mechanism.DESCENDING_MODULATION, {1: needle}, "typical", 10)
+    dosed, envelope, _ = unresolved.dose(envelope_for(unresolved, {"sensory": 0.5, "motor": 1.0, "tolerance": 3.0}))
+    interlock = Interlock(dosed.session_setup(SIM_DEVICE, envelope))
+    adjust = Adjust.for_run(interlock, dosed, step_ma=0.2)
+    room = adjust.headroom[1]
+    assert room.peak_ma == 2.25 and room.highest_ma == 2.7 and "ceiling" in room.why   # 0.75 / 0.9 x tolerance 3
+    for _ in range(10):
+        adjust.change(1, 0.2)
+    assert adjust.level(1) == 2.7 and adjust.at_most(1) and adjust.factor(1) == pytest.approx(1.2)
+    for _ in range(20):
+        adjust.change(1, -0.2)
+    assert adjust.level(1) == 0.0
+    assert adjust.pause() and adjust.paused and not adjust.pause()

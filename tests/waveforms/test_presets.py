@@ -107,6 +107,17 @@ def test_sensory_level_doses_stay_below_the_motor_threshold() -> None:
     assert notes and "held at 2.25 mA" in notes[0] and "below a twitch" in notes[0]
 
 
+def test_a_sensory_level_dose_held_below_the_patients_own_sensory_threshold_is_refused() -> None:
+    """Issue 21: sensory 2.0 / motor 2.1 mA put a segmental dose at 0.9 x 2.1 = 1.89 mA, below what the
+    patient feels at all: refused, saying why and what to do. A missing twitch mark is said."""
+    program = preset_program(Mechanism.SEGMENTAL_INHIBITION, NEEDLES, "typical")
+    with pytest.raises(ProgramError, match=r"held at 1\.89 mA .*below this patient's own sensory threshold of 2 mA"):
+        dosed(program, {"sensory": 2.0, "motor": 2.1, "tolerance": 4.0})
+    _, _, notes = dosed(program, {"sensory": 1.0, "tolerance": 4.0})
+    assert any("no twitch was marked (m)" in note for note in notes)
+    assert "channel 1: 2 x sensory 1 mA = 2 mA" in notes   # the arithmetic, said even when nothing holds it
+
+
 def test_every_dose_stays_below_tolerance() -> None:
     program = preset_program(Mechanism.NEUROMUSCULAR_REEDUCATION, NEEDLES, "hyposensitive")
     close = {"sensory": 1.0, "motor": 3.0, "tolerance": 3.3}     # 1.25 x motor = 3.75 > tolerance
@@ -139,7 +150,11 @@ def test_resolved_doses_never_pass_the_ceilings(sensory, motor_ratio, tolerance_
     try:
         resolved = dosed(preset.program(NEEDLES, sensitivity), measured)[0]
     except ProgramError as exc:          # above the preset's cap: refused, never clipped silently
-        assert "exceeds prescription.max_amplitude_ma" in str(exc)
+        if "own sensory threshold" in str(exc):   # a sensory-level dose its ceilings hold below what is felt
+            assert preset.threshold.value == "sensory"
+            assert min(SENSORY_CEILING * measured["motor"], TOLERANCE_CEILING * measured["tolerance"]) < sensory
+        else:
+            assert "exceeds prescription.max_amplitude_ma" in str(exc)
         return
     peak = resolved.to_arrays(0.5).amplitude_ma.max()
     assert peak <= TOLERANCE_CEILING * measured["tolerance"] + 1e-6

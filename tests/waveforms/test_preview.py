@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_preview_writes_a_png(tmp_path: Path) -> None:
-    loaded = Program.load(ROOT / "programs" / "dense_disperse_2_100hz.toml")
+    loaded = Program.load(ROOT / "firmware_host" / "programs" / "dense_disperse_2_100hz.toml")
     program = loaded.dose(envelope_for(loaded, {"tolerance": 5.0}))[0]
     out = preview(program, tmp_path / "dd.png")
     data = out.read_bytes()

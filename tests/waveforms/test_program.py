@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from firmware_host.waveforms import Program, ProgramError, Segments
 
 ROOT = Path(__file__).resolve().parents[2]
-PROGRAMS = sorted((ROOT / "programs").glob("*.toml"))
-DENSE_DISPERSE = ROOT / "programs" / "dense_disperse_2_100hz.toml"
+PROGRAMS = sorted((ROOT / "firmware_host" / "programs").glob("*.toml"))
+DENSE_DISPERSE = ROOT / "firmware_host" / "programs" / "dense_disperse_2_100hz.toml"
 
 
 def minimal(channel: dict | None = None, **top: object) -> dict:
@@ -70,7 +70,7 @@ def test_dense_disperse_example_runs_once_resolved() -> None:
 
 
 def test_relative_program_refuses_to_produce_settings_until_resolved() -> None:
-    program = Program.load(ROOT / "programs" / "low_rate_2hz.toml")
+    program = Program.load(ROOT / "firmware_host" / "programs" / "low_rate_2hz.toml")
     with pytest.raises(ProgramError, match=r"dose\(envelope\).*sensory on channel 1"):
         next(program.settings(0.1))
     with pytest.raises(ProgramError, match="sensory"):
@@ -78,7 +78,7 @@ def test_relative_program_refuses_to_produce_settings_until_resolved() -> None:
 
 
 def test_resolve_names_each_missing_threshold() -> None:
-    program = Program.load(ROOT / "programs" / "low_rate_2hz.toml")
+    program = Program.load(ROOT / "firmware_host" / "programs" / "low_rate_2hz.toml")
     with pytest.raises(ProgramError) as err:
         dosed(program, {1: {"sensory": 2.0, "motor": 3.0}, 2: {"motor": 5.0}})
     assert "segments[0].channels.2.intensity" in str(err.value)
@@ -260,7 +260,7 @@ def test_sweep_must_rise(tmp_path: Path) -> None:
 
 
 def test_broken_json_names_file_line_and_field(tmp_path: Path) -> None:
-    program = Program.load(ROOT / "programs" / "high_rate_100hz.toml")
+    program = Program.load(ROOT / "firmware_host" / "programs" / "high_rate_100hz.toml")
     good = tmp_path / "good.json"
     program.save(good)
     text = good.read_text()
