@@ -111,19 +111,36 @@ def peak_ua(record: Path) -> int:
 
 def titrate_with_keys(argv: Sequence[str], record: Path, keys: Sequence[tuple[str, int]],
                       cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `estim titrate` (argv without --record), pressing each key once the delivered current
-    reaches its level in µA, as a clinician would when the patient reports it."""
+    """Run `estim titrate` (argv without --record), pressing each key once the current it shows
+    reaches its level in µA, as a clinician presses it when the patient reports it (what the
+    command prints, at once; the record's readings reach the disk up to a second later)."""
     from firmware_host.sim.process import child_env
 
     proc = subprocess.Popen([*argv, "--record", str(record)], cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=child_env())
-    assert proc.stdin is not None
+    assert proc.stdin is not None and proc.stderr is not None and proc.stdout is not None
+    said: list[str] = []
+    shown_ua = [0]
+
+    def read() -> None:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            said.append(line)
+            shown = re.fullmatch(r"\s*([\d.]+) mA\s*", line.rstrip("\n"))
+            if shown:
+                shown_ua[0] = round(float(shown.group(1)) * 1000)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     for key, level in keys:
-        wait_for(lambda: peak_ua(record) >= level or proc.poll() is not None, timeout=30)
-        proc.stdin.write(key + "\n")
-        proc.stdin.flush()
-    out, err = proc.communicate(timeout=30)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        wait_for(lambda: shown_ua[0] >= level or proc.poll() is not None, timeout=30)
+        if proc.poll() is None:
+            proc.stdin.write(key + "\n")
+            proc.stdin.flush()
+    proc.wait(timeout=30)   # the input stays open until the end: its end would be an e-stop
+    reader.join(timeout=5)
+    out = proc.stdout.read()
+    proc.stdin.close()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "".join(said))
 
 
 class Terminal:
@@ -171,7 +188,10 @@ class Terminal:
 
     def expect(self, *phrases: str, timeout: float = 30.0) -> str:
         """Wait until every phrase has been written (escape sequences aside); the text so far."""
-        wait_for(lambda: all(p in self.text for p in phrases) or self.proc.poll() is not None, timeout)
+        try:
+            wait_for(lambda: all(p in self.text for p in phrases) or self.proc.poll() is not None, timeout)
+        except AssertionError:
+            pass  # said below, with what the terminal showed
         missing = [p for p in phrases if p not in self.text]
         assert not missing, f"never said {missing}; said:\n{self.text[-3000:]}"
         return self.text
