@@ -5,6 +5,7 @@ is `hil_tests.harness` (`unguarded`, `ask`, `wave`)."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,6 +13,16 @@ from pathlib import Path
 from safety import ChannelPlacement, NeedleSite, Prescription, Region, Side
 
 REPO = Path(__file__).resolve().parents[1]
+
+DIRECT_SESSION = ["--channel", "1", "--frequency", "20", "--pulse-width", "200", "--amplitude", "1",
+                  "--sites", "left:forearm,left:forearm", "--inserted", "10"]
+"""A short direct session on channel 1 at 1 mA, for tests about reaching a device."""
+
+
+def estim_on(url: str, command: str = "run", *args: str) -> list[str]:
+    """argv of `estim COMMAND --device URL ARGS`: the one place the tests of device paths (ptys
+    by any name, RFC 2217, lab places) say which device is connected."""
+    return [sys.executable, "-m", "firmware_host", command, "--device", url, *args]
 
 
 def forearm_sites(*channels: int) -> dict[int, ChannelPlacement]:
