@@ -21,7 +21,7 @@ INTENDED_USE = "For research and investigational use only: not a cleared medical
 _EXPORTS = {
     **{name: "errors" for name in (
         "DeviceBusy", "DeviceNotFound", "DeviceRebooted", "DeviceRefused", "EstimError", "HandshakeFailed",
-        "LinkError", "LinkTimeout", "ProtocolMismatch", "TransportClosed", "TransportError",
+        "LinkError", "LinkTimeout", "PlaceNotAcquired", "ProtocolMismatch", "TransportClosed", "TransportError",
     )},
     **{name: "stimulator" for name in ("DeviceFault", "DeviceStatus", "Notice", "Stimulator", "connect", "open")},
 }

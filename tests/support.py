@@ -50,6 +50,16 @@ def write_thresholds(path: Path, program, sensory: float = 1.0, motor: float = 2
     return path
 
 
+def stimulating(estim_run: subprocess.Popen[str]) -> None:
+    """Returns once a running `estim run` reports channel 1 on (its progress lines on stdout)."""
+    assert estim_run.stdout is not None
+    for line in estim_run.stdout:
+        if line.startswith("ch1 on:"):
+            return
+    raise AssertionError(f"estim never stimulated: exit {estim_run.wait()}: "
+                         f"{estim_run.stderr.read() if estim_run.stderr else ''}")
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     """Poll a condition until it holds (bounded): no fixed sleeps in the tests."""
     deadline = time.monotonic() + timeout

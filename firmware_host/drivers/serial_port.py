@@ -89,10 +89,14 @@ class SerialTransport(Transport):
 
 
 class Rfc2217Port(serial.rfc2217.Serial):
-    """pyserial's RFC 2217 client with a read timeout that stays on this side: pyserial 3.5
-    renegotiates every port setting with the server (50 ms or more) whenever the timeout is
-    set, which `SerialTransport.read` does on every call. (labgrid's `pyserial-labgrid` fork
-    carries the same fix; either of the two may be installed as `serial`.)"""
+    """pyserial's RFC 2217 client, made for a link that reads often and needs no modem lines.
+
+    The read timeout stays on this side: pyserial 3.5 renegotiates every port setting with the
+    server (50 ms or more) whenever the timeout is set, which `SerialTransport.read` does on
+    every call (labgrid's `pyserial-labgrid` fork, which may be installed as `serial` instead,
+    carries the same fix). Control commands (DTR, RTS, flow control) are sent, not awaited:
+    the ICD uses none of them, and ser2net in front of a pty refuses them (pyserial would wait
+    3 s for an answer, or sleep 0.1 s per command with `ign_set_control`)."""
 
     @property
     def timeout(self) -> float | None:
@@ -101,6 +105,9 @@ class Rfc2217Port(serial.rfc2217.Serial):
     @timeout.setter
     def timeout(self, value: float | None) -> None:
         self._timeout = value
+
+    def rfc2217_set_control(self, value: bytes) -> None:
+        self._rfc2217_options["control"].set(value)
 
     def _telnet_read_loop(self) -> None:
         """pyserial's reader thread; a server that drops the connection while it answers a
@@ -118,8 +125,7 @@ def _open(url: str, label: str, baudrate: int) -> serial.SerialBase:
     try:
         if url.startswith("rfc2217://"):
             port: serial.SerialBase = Rfc2217Port(None, baudrate=baudrate, timeout=0)
-            # the ICD uses no modem lines; ser2net on a pty or some adapters refuse to set them
-            port.port = url if "ign_set_control" in url else url + ("&" if "?" in url else "?") + "ign_set_control"
+            port.port = url
         else:
             port = serial.serial_for_url(url, baudrate=baudrate, timeout=0, write_timeout=WRITE_TIMEOUT_S,
                                          do_not_open=True)
