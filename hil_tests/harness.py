@@ -25,7 +25,8 @@ from firmware_host.drivers import Transport, open_transport
 from firmware_host.link import Link, LinkLost
 from firmware_host.sim.process import child_env
 from firmware_host.stimulator import DeviceFault, Notice, Stimulator
-from safety import ChannelPlacement, ChannelReading, ChannelSetting, NeedleSite, Patient, Prescription, Region, SessionSetup, Side
+from safety import (ChannelPlacement, ChannelReading, ChannelSetting, NeedleSite, Patient, Prescription, Region,
+                    SessionSetup, Side, TreatmentRecord)
 
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR = "hil-suite"
@@ -45,23 +46,27 @@ def prescription(max_ma: float = 10.0) -> Prescription:
 
 
 def open_session(url: str, channels: tuple[int, ...] | None = None,
-                 wrap: Callable[[Transport], Transport] | None = None, **link_options: Any) -> Stimulator:
+                 wrap: Callable[[Transport], Transport] | None = None, *, rx: Prescription | None = None,
+                 record: TreatmentRecord | None = None, operator: str = OPERATOR, **link_options: Any) -> Stimulator:
     """`firmware_host.open` with an optional transport wrapper (the fault proxy) on the given
     channels (default: every channel the device has), starting clean: faults a previous test
-    or host latched are cleared, as an operator would."""
+    or host latched are cleared in `operator`'s name, as an operator would.
+
+    Every session the suite and the clinic day start goes through here (one place to say
+    what a session needs)."""
     transport = open_transport(url)
     link = Link(wrap(transport) if wrap else transport, **link_options)
     try:
         identity = link.open(2.0)
         channels = channels or tuple(range(1, identity.channels + 1))
-        setup = SessionSetup(device=units.device_limits(identity), prescription=prescription(),
+        setup = SessionSetup(device=units.device_limits(identity), prescription=rx or prescription(),
                              placements=forearm(*channels), needles={}, patient=Patient())
-        stim = Stimulator(link, setup)
+        stim = Stimulator(link, setup, record=record)
     except BaseException:
         link.close()
         raise
     if stim.tripped is not None:
-        stim.clear_faults(OPERATOR)
+        stim.clear_faults(operator)
     return stim
 
 
