@@ -24,16 +24,19 @@ def ser2net_binary() -> str | None:
     return shutil.which("ser2net") or ("/usr/sbin/ser2net" if os.path.isfile("/usr/sbin/ser2net") else None)
 
 
-def connection(path: str, host: str, port: int, max_connections: int) -> list[str]:
+def connection(path: str, host: str, port: int, max_connections: int, tuned: bool) -> list[str]:
     """ser2net 4 YAML, one `-Y` line each: labgrid's exporter's (accepter, connector, options),
     bound to `host` here (the exporter binds every interface). labgrid allows 10 connections;
-    a rig configured by hand should allow 1."""
+    a rig configured by hand should allow 1. `tuned` is what hil_tests/README.md asks of such
+    a rig: TCP_NODELAY (else Nagle's algorithm and the host's delayed ACKs hold replies up to
+    40 ms) and no `chardelay` (ser2net's wait for more serial bytes before it sends, >= 1 ms)."""
     return [
         "connection: &estim",
-        f"  accepter: telnet(rfc2217,mode=server),tcp,{host},{port}",
+        f"  accepter: telnet(rfc2217,mode=server),{'tcp(nodelay)' if tuned else 'tcp'},{host},{port}",
         f"  connector: serialdev(nouucplock=true),{path},{SPEED}n81,local",
         "  options:",
         f"    max-connections: {max_connections}",
+        *(["    chardelay: false"] if tuned else []),
     ]
 
 
@@ -42,14 +45,14 @@ class Ser2net:
     manager (stopped on exit); `pause`/`resume` freeze it as a stalled network would, `kill`
     drops every connection at once as a rig host that dies."""
 
-    def __init__(self, path: str, host: str = "127.0.0.1", max_connections: int = 10) -> None:
+    def __init__(self, path: str, host: str = "127.0.0.1", max_connections: int = 10, tuned: bool = False) -> None:
         binary = ser2net_binary()
         if binary is None:
             raise FileNotFoundError("ser2net is not installed (Debian: apt-get install ser2net)")
         self.port = _free_port(host)
         self.url = f"rfc2217://{host}:{self.port}"
         argv = [binary, "-d", "-n"]  # foreground, no configuration file
-        for line in connection(path, host, self.port, max_connections):
+        for line in connection(path, host, self.port, max_connections, tuned):
             argv += ["-Y", line]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
