@@ -17,6 +17,7 @@ as RFC 2217) and its coordinator keeps places, their tags and who holds them. He
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ from labgrid.resource.remote import RemotePlace, RemotePlaceManager
 from labgrid.util.proxy import proxymanager
 
 from .errors import DeviceBusy, DeviceNotFound, PlaceNotAcquired
+
+log = logging.getLogger(__name__)
 
 SCHEME = "lg://"
 STIMULATOR = "stimulator"
@@ -109,8 +112,12 @@ def place_port(url: str) -> PlacePort:
     except UserError as exc:
         raise _refusal(url, name) from exc
     except (LabgridError, ConnectionError) as exc:
-        raise DeviceNotFound(f"{url}: no lab coordinator answers at {_coordinator()} (set LG_COORDINATOR=HOST:PORT): "
-                             f"{exc}") from exc
+        log.info("%s: %s", url, exc)
+        if RemotePlaceManager.get().session is None:
+            raise DeviceNotFound(f"{url}: no lab coordinator answers at {_coordinator()} "
+                                 "(set LG_COORDINATOR=HOST:PORT)") from exc
+        raise DeviceNotFound(f"{url}: the place's stimulator port is not published: its rig host's exporter is not "
+                             "running, or lost the port") from exc
     if name != "+" and found.place != name:
         raise _not_exactly(url, name, found.place)
     return found

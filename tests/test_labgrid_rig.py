@@ -166,6 +166,10 @@ def test_an_exporter_that_dies_leaves_the_device_safe_and_the_run_says_so(
             kill_group(exporter, signal.SIGKILL)
             off = sim.wait_event(output_off("watchdog"), timeout=5)
             out, err = proc.communicate(timeout=120)
+            if run == "estim":  # and the next session is told the rig host is gone
+                again = client.estim(f"lg://{place}", "--seconds", "1")
+                _, gone = again.communicate(timeout=60)
+                assert again.returncode == 4 and "stimulator port is not published" in gone, gone
         finally:
             client.lg("-p", place, "release", check=False)
     assert off["t"] - killed <= SimConfig().watchdog_ms / 1000 + MARGIN_S
