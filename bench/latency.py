@@ -17,10 +17,10 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-import firmware_host
 from firmware_host.sim.process import child_env
 from firmware_host.stimulator import DeviceFault
-from safety import ChannelPlacement, ChannelReading, NeedleSite, Prescription, Region, Side
+from hil_tests.harness import open_session
+from safety import ChannelReading
 
 from .hostproc import STAMP
 from .harness import TRANSPORTS, Device, Streamer, arm, opened_link, simulator
@@ -68,12 +68,9 @@ def _api_estop_trials(sim: Device, trials: int) -> list[float]:
     one. So each trial waits for a reading taken after its enable before it stops (at
     telemetry_hz: this is the slow benchmark), and for the next event after its FAULT.
     """
-    site = NeedleSite(Region.FOREARM, Side.LEFT)
-    prescription = Prescription(max_amplitude_ma=5.0, ramp_ma_per_s=2.0, frequency_hz=(1, 200),
-                                pulse_width_us=(50, 600), sensitivity="hyposensitive")
     events: queue.SimpleQueue[object] = queue.SimpleQueue()
     samples = []
-    with firmware_host.open(sim.url, prescription=prescription, placements={1: ChannelPlacement(site, site)}) as stim:
+    with open_session(sim.url, (1,)) as stim:  # the HIL suite's session (one place opens them all)
         stim.subscribe(events.put)
         stim.configure(1, frequency_hz=100, pulse_width_us=200)
         for _ in range(trials):
