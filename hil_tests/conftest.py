@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs_sim_control: fault injection via SIM_CONTROL (simulator only)")
     config.addinivalue_line("markers", "manual: needs a person at the device; runs only with --manual")
     config.addinivalue_line("markers", "slow: many trials or long holds")
-    if config.getoption("--device") and _lab_environment(config) is not None:
+    lab = bool(config.getoption("lg_env", default=None) or os.environ.get("LG_ENV"))  # labgrid's, made after this
+    if config.getoption("--device") and lab:
         raise pytest.UsageError("give either --device URL or --lg-env FILE (the device of a labgrid place), not both")
     directory = Path(config.getoption("--hil-record"))
     stamp = utc_stamp()
@@ -57,13 +59,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.xmlpath = str(directory / f"hil-junit-{stamp}.xml")
     config.stash[RECORD_KEY] = HilRecord(
         directory / f"hil-record-{stamp}.json",
-        config.getoption("--device") or ("labgrid place" if _lab_environment(config) else "simulator (pty)"),
+        config.getoption("--device") or ("labgrid place" if lab else "simulator (pty)"),
         {"manual": config.getoption("--manual"), "strict_timing": config.getoption("--strict-timing")},
     )
 
 
 def _lab_environment(config: pytest.Config) -> object | None:
-    """labgrid's environment when its plugin is installed and `--lg-env` (or LG_ENV) was given."""
+    """labgrid's environment when its plugin is installed and `--lg-env` (or LG_ENV) was given
+    (made by labgrid's own pytest_configure, which runs after this plugin's)."""
     try:
         from labgrid.pytestplugin.hooks import LABGRID_ENV_KEY
     except ImportError:
