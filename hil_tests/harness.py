@@ -237,7 +237,7 @@ def matches(reading: ChannelReading, setting: ChannelSetting) -> bool:
 
 def timeline_mismatches(readings: list[tuple[float, ChannelReading]], schedules: dict[int, list[Scheduled]],
                         window_s: float) -> list[str]:
-    """Readings (host receipt time) of enabled channels that no scheduled setting in effect
+    """Readings (stamped on the host clock) of enabled channels that no scheduled setting in effect
     within ±`window_s` explains, described for the failure message."""
     problems = []
     for t, reading in readings:

@@ -1,11 +1,14 @@
 """One controller per device, however it is named (issue 19): a session holds a pty; a second
 controller reaching it through a pyserial wrapper URL (spy://, alt://) or a symlink is refused
 as "in use" (exit 4 for estim) before it touches the port; a TCP endpoint is claimed on this
-computer by address, so two names for one server are one device."""
+computer by address, so two names for one server are one device; an RFC 2217 server that
+hangs up at once is a device in use."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +101,24 @@ def test_a_tcp_device_is_claimed_by_address_whatever_its_name(tmp_path: Path) ->
         again = Link(open_transport(f"tcp://localhost:{port}"))
         assert again.open().serial
         again.close()
+
+
+def test_an_rfc2217_server_that_hangs_up_at_once_means_in_use() -> None:
+    """ser2net at its max-connections accepts a client and closes it straight away."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def hang_up() -> None:
+            conn, _ = server.accept()
+            conn.settimeout(0.3)
+            try:  # every telnet request the client opens with: it then waits for answers, and sees the end
+                while conn.recv(1024):
+                    pass
+            except TimeoutError:
+                pass
+            conn.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        with pytest.raises(errors.DeviceBusy, match="closed the connection at once"):
+            open_transport(f"rfc2217://127.0.0.1:{server.getsockname()[1]}")

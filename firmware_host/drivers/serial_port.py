@@ -109,22 +109,26 @@ class Rfc2217Port(serial.rfc2217.Serial):
     def rfc2217_set_control(self, value: bytes) -> None:
         self._rfc2217_options["control"].set(value)
 
+    server_hung_up = False  # the server closed the connection (reads then fail as closed)
+
     def _telnet_read_loop(self) -> None:
-        """pyserial's reader thread; a server that drops the connection while it answers a
-        negotiation ends it quietly (reads then fail as closed), without a traceback on stderr."""
+        """pyserial's reader thread; a server that drops the connection, even while it answers
+        a negotiation, ends it quietly (no traceback on stderr) and is remembered."""
         try:
             super()._telnet_read_loop()
         except OSError as exc:
             log.info("%s: the RFC 2217 server closed the connection: %s", self.portstr, exc)
+        self.server_hung_up = self.is_open  # still open on this side: the other side went
 
 
 def _open(url: str, label: str, baudrate: int) -> serial.SerialBase:
     """The pyserial port for `url`, open. A device file is locked (`exclusive`, an flock on its
     inode) before pyserial configures or flushes it, so a refused second controller changes
     nothing under the running session."""
+    port: serial.SerialBase | None = None
     try:
         if url.startswith("rfc2217://"):
-            port: serial.SerialBase = Rfc2217Port(None, baudrate=baudrate, timeout=0)
+            port = Rfc2217Port(None, baudrate=baudrate, timeout=0)
             port.port = url
         else:
             port = serial.serial_for_url(url, baudrate=baudrate, timeout=0, write_timeout=WRITE_TIMEOUT_S,
@@ -133,6 +137,8 @@ def _open(url: str, label: str, baudrate: int) -> serial.SerialBase:
                 port.exclusive = True
         port.open()
     except serial.SerialException as exc:
+        if isinstance(port, Rfc2217Port) and port.server_hung_up:
+            raise _hung_up(label) from exc
         raise _translate_open_error(label, exc) from exc
     except ValueError as exc:
         if "not known" in str(exc):  # pyserial: "invalid URL, protocol 'foo' not known"
@@ -141,13 +147,18 @@ def _open(url: str, label: str, baudrate: int) -> serial.SerialBase:
                                  "usb://VID:PID") from exc
         raise TransportError(f"cannot open {label}: {exc}") from exc
     except OSError as exc:
-        if exc.errno in (errno.EPIPE, errno.ECONNRESET):  # ser2net at its max-connections accepts, then closes
-            raise DeviceBusy(f"{label}: the server closed the connection at once: the device is in use by another "
-                             "program (or its server is shutting down)") from exc
+        if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+            raise _hung_up(label) from exc
         raise TransportError(f"cannot open {label}: {exc}") from exc
     if isinstance(port, Rfc2217Port):
         port._socket.settimeout(WRITE_TIMEOUT_S)  # noqa: SLF001 - a stalled network fails a write as a port does
     return port
+
+
+def _hung_up(label: str) -> DeviceBusy:
+    """ser2net at its max-connections accepts a client, then closes it at once."""
+    return DeviceBusy(f"{label}: the server closed the connection at once: the device is in use by another program "
+                      "(or its server is shutting down)")
 
 
 def _translate_open_error(url: str, exc: serial.SerialException) -> TransportError:
