@@ -39,16 +39,21 @@ def test_preset_delivered_as_programmed(stim: Stimulator, dut: DeviceUnderTest, 
     if not verdict.ok:  # e.g. a device whose widest phase is narrower than the preset's
         pytest.skip(f"{mechanism.value} cannot run within this device's limits: "
                     + "; ".join(list(dict.fromkeys(f.message for f in verdict.violations))[:3]))
+    now = [0.0]  # the engine clock's last reading: when an update's send time was taken
     starts: list[float] = []
     schedules: dict[int, list[Scheduled]] = {ch: [] for ch in channels}  # every setting as sent, host clock
 
-    def on_update(update: Update) -> None:
+    def clock() -> float:
+        now[0] = time.monotonic()
+        return now[0]
+
+    def on_update(update: Update) -> None:  # called once the device has ACKed it
         if not starts:
-            starts.append(time.monotonic() - update.sent_s)  # the session start on this clock
-        schedules[update.setting.channel].append((starts[0] + update.sent_s, update.setting))
+            starts.append(now[0] - update.sent_s)  # the engine's start on this clock
+        schedules[update.setting.channel].append((now[0], update.setting))
 
     with observed(stim) as seen:
-        report = run_program(stim, program, update_period_s=UPDATE_PERIOD_S, on_update=on_update)
+        report = run_program(stim, program, update_period_s=UPDATE_PERIOD_S, clock=clock, on_update=on_update)
     assert report.completed, report.stop_reason
     start = starts[0]
     # each reading at the instant the device took it, on the host clock: the device clock plus
