@@ -52,10 +52,13 @@ def test_preset_delivered_as_programmed(stim: Stimulator, dut: DeviceUnderTest, 
             starts.append(now[0] - update.sent_s)  # the engine's start on this clock
         schedules[update.setting.channel].append((now[0], update.setting))
 
+    configured = time.monotonic()
     with observed(stim) as seen:
         report = run_program(stim, program, update_period_s=UPDATE_PERIOD_S, clock=clock, on_update=on_update)
     assert report.completed, report.stop_reason
     start = starts[0]
+    for schedule in schedules.values():  # the engine configures each channel at 0 mA before it starts
+        schedule.insert(0, (configured, schedule[0][1].with_amplitude(0.0)))
     # each reading at the instant the device took it, on the host clock: the device clock plus
     # the smallest offset seen (the fastest delivery), so a reading held up on its way is not late
     offset = min(t - r.device_time_s for t, r in seen.readings)
