@@ -1,4 +1,5 @@
-"""The simulator as its own process (`firmware_host.sim.process`) for benchmarks, and raw
+"""The simulator as its own process (`firmware_host.sim.process`) for benchmarks, on a pty,
+TCP loopback or behind ser2net as RFC 2217 (as labgrid's exporter publishes a port), and raw
 link helpers.
 
 Benchmarks that measure the link itself send raw frames through `hil_tests.harness`
@@ -14,24 +15,41 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from firmware_host import icd
 from firmware_host.drivers import open_transport
 from firmware_host.errors import DeviceRefused, LinkError
 from firmware_host.link import Link
-from firmware_host.sim.process import SimProcess, spawn_sim
+from firmware_host.sim.process import Trace, spawn_sim
 from hil_tests.harness import ask, unguarded, wave
+from hil_tests.ser2net import Ser2net
 
-LISTEN = {"pty": "pty", "tcp": "tcp:127.0.0.1:0"}
-TRANSPORTS = tuple(LISTEN)
+LISTEN = {"pty": "pty", "tcp": "tcp:127.0.0.1:0", "rfc2217": "pty", "rfc2217_tuned": "pty"}
+TRANSPORTS = ("pty", "tcp")
+RFC2217 = ("rfc2217", "rfc2217_tuned")  # ser2net as labgrid runs it, and as hil_tests/README.md asks
 
 
-def simulator(transport: str, workdir: Path, *settings: str) -> SimProcess:
-    """`estim sim` on a pty or TCP loopback with a trace in `workdir` (and `--set`
-    settings); use it as a context manager, which stops it (SIGTERM) on exit."""
+@dataclass(frozen=True)
+class Device:
+    """Where the host connects, and the device's trace (CLOCK_MONOTONIC stamps)."""
+
+    url: str
+    trace: Trace
+
+
+@contextmanager
+def simulator(transport: str, workdir: Path, *settings: str) -> Iterator[Device]:
+    """`estim sim` on a pty, TCP loopback, or a pty behind ser2net (`rfc2217`, `rfc2217_tuned`),
+    with a trace in `workdir` (and `--set` settings); stopped (SIGTERM) on exit."""
     trace_path = workdir / f"trace-{transport}-{time.monotonic_ns()}.jsonl"
-    return spawn_sim(LISTEN[transport], trace_path=trace_path, settings=settings)
+    with spawn_sim(LISTEN[transport], trace_path=trace_path, settings=settings) as sim:
+        if transport not in RFC2217:
+            yield Device(sim.url, sim.trace)
+            return
+        with Ser2net(sim.url, tuned=transport == "rfc2217_tuned") as ser2net:
+            yield Device(ser2net.url, sim.trace)
 
 
 @contextmanager

@@ -22,22 +22,25 @@ BITS_PER_BYTE = 10  # 8N1: start + 8 data + stop
 
 def run_link(workdir: Path, quick: bool) -> list[Result]:
     """SET_CHANNEL -> ACK round trip and streamed throughput, per transport."""
+    return [r for transport in TRANSPORTS for r in link_on(transport, workdir, quick)]
+
+
+def link_on(transport: str, workdir: Path, quick: bool) -> list[Result]:
+    """The round trip and window figures of one transport, on loopback and behind an adapter's latency."""
     round_trips = 200 if quick else 1000
     seconds = 0.5 if quick else 2.0
-    results: list[Result] = []
-    for transport in TRANSPORTS:
-        with simulator(transport, workdir) as sim:
-            with opened_link(sim.url) as link:
-                samples = []
-                for i in range(round_trips):
-                    start = time.perf_counter()
-                    ask(link, wave(0, 100_000 + i % 2 * 100_000))
-                    samples.append(time.perf_counter() - start)
-            results += spread(f"round_trip_{transport}", samples, "ms", 1e3)
-            results += _window_gain(sim.url, transport, seconds, target=None)
-        # Where the round trip is waiting rather than CPU (a real adapter), the window pays off:
-        with simulator(transport, workdir, f"link_latency_ms={ADAPTER_LATENCY_MS}") as sim:
-            results += _window_gain(sim.url, f"{transport}_{ADAPTER_LATENCY_MS}ms", seconds, WINDOW_RATIO_TARGET)
+    with simulator(transport, workdir) as sim:
+        with opened_link(sim.url) as link:
+            samples = []
+            for i in range(round_trips):
+                start = time.perf_counter()
+                ask(link, wave(0, 100_000 + i % 2 * 100_000))
+                samples.append(time.perf_counter() - start)
+        results = spread(f"round_trip_{transport}", samples, "ms", 1e3)
+        results += _window_gain(sim.url, transport, seconds, target=None)
+    # Where the round trip is waiting rather than CPU (a real adapter), the window pays off:
+    with simulator(transport, workdir, f"link_latency_ms={ADAPTER_LATENCY_MS}") as sim:
+        results += _window_gain(sim.url, f"{transport}_{ADAPTER_LATENCY_MS}ms", seconds, WINDOW_RATIO_TARGET)
     return results
 
 

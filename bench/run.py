@@ -3,8 +3,8 @@
     python -m bench [--quick] [--json PATH] [--only NAME ...]
     python bench/run.py ...          (same)
 
-NAME: estop, watchdog, link, cpu, cli, waveforms, record, clinic, trace. Figures are never asserted in tests;
-compare `--json` files across commits instead.
+NAME: estop, watchdog, link, rfc2217, cpu, cli, waveforms, record, clinic, trace. Figures are never asserted
+in tests; compare `--json` files across commits instead.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the checkout import
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import latency, link_bench
+from bench.harness import RFC2217
 from bench.stats import Result
 from firmware_host.sim.process import child_env
 
@@ -87,6 +88,20 @@ def run_record(workdir: Path, quick: bool) -> list[Result]:
     ]
 
 
+def run_rfc2217(workdir: Path, quick: bool) -> list[Result]:
+    """E-stop latency, round trip and window throughput through ser2net (RFC 2217) on loopback,
+    the pty figures' counterparts: as labgrid's exporter runs ser2net, and as a rig host
+    configured by hand should (`_tuned`: TCP_NODELAY, no chardelay; hil_tests/README.md)."""
+    from hil_tests.ser2net import ser2net_binary
+
+    if ser2net_binary() is None:
+        print("  rfc2217: skipped, ser2net is not installed (Debian: apt-get install ser2net)")
+        return []
+    return [r for transport in RFC2217 for r in (
+        *latency.estop_on(transport, workdir, quick, latency.ESTOP_P99_NETWORK_MS),
+        *link_bench.link_on(transport, workdir, quick))]
+
+
 def run_clinic(workdir: Path, quick: bool) -> list[Result]:
     """A clinic day (hil_tests/clinic_day.py) on one simulator process: sessions, wall time,
     false trips and records that did not verify as they should."""
@@ -127,12 +142,11 @@ BENCHMARKS: dict[str, Callable[[Path, bool], list[Result]]] = {
     "estop": latency.run_estop,
     "watchdog": latency.run_watchdog,
     "link": link_bench.run_link,
+    "rfc2217": run_rfc2217,
     "cpu": lambda _workdir, quick: link_bench.run_cpu(quick),
     "cli": run_cli,
     "waveforms": run_waveforms,
     "record": run_record,
-
-
     "clinic": run_clinic,
     "trace": run_trace,
 }
@@ -145,6 +159,11 @@ RATIOS = [
     ("estop_p99_saturated_over_idle_tcp", "estop_link_saturated_tcp_p99", "estop_link_idle_tcp_p99"),
     ("estop_p99_api_over_link_pty", "estop_api_idle_pty_p99", "estop_link_idle_pty_p99"),
     ("estop_p99_api_over_link_tcp", "estop_api_idle_tcp_p99", "estop_link_idle_tcp_p99"),
+    ("estop_p99_rfc2217_over_pty", "estop_link_idle_rfc2217_p99", "estop_link_idle_pty_p99"),
+    ("round_trip_p99_rfc2217_over_pty", "round_trip_rfc2217_p99", "round_trip_pty_p99"),
+    ("round_trip_p99_rfc2217_tuned_over_pty", "round_trip_rfc2217_tuned_p99", "round_trip_pty_p99"),
+    ("settings_per_s_rfc2217_over_pty", "settings_per_s_window8_rfc2217", "settings_per_s_window8_pty"),
+    ("settings_per_s_rfc2217_tuned_over_pty", "settings_per_s_window8_rfc2217_tuned", "settings_per_s_window8_pty"),
 ]
 
 
@@ -160,7 +179,7 @@ def machine() -> dict[str, object]:
 
 def ratios(results: Sequence[Result]) -> dict[str, float]:
     values = {r.name: r.value for r in results}
-    return {name: values[num] / values[den] for name, num, den in RATIOS if num in values and values[den]}
+    return {name: values[num] / values[den] for name, num, den in RATIOS if num in values and values.get(den)}
 
 
 def table(results: Sequence[Result], ratio_values: dict[str, float]) -> str:

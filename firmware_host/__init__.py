@@ -19,7 +19,7 @@ INTENDED_USE = "For research and investigational use only: not a cleared medical
 
 __all__, __getattr__ = exports(__name__, {
     "errors": ("DeviceBusy", "DeviceNotFound", "DeviceRebooted", "DeviceRefused", "EstimError", "HandshakeFailed",
-               "LinkError", "LinkTimeout", "ProtocolMismatch", "TransportClosed", "TransportError"),
+               "LinkError", "LinkTimeout", "PlaceNotAcquired", "ProtocolMismatch", "TransportClosed", "TransportError"),
     "stimulator": ("DeviceFault", "DeviceStatus", "Notice", "Stimulator", "connect", "open"),
 })
 __all__ = sorted([*__all__, "INTENDED_USE"])

@@ -25,6 +25,10 @@ class DeviceBusy(TransportError):
     """Another program holds the device (it is opened exclusively)."""
 
 
+class PlaceNotAcquired(TransportError):
+    """A labgrid place that this user on this computer has not acquired: nothing is opened."""
+
+
 class TransportClosed(TransportError):
     """The byte path was closed or vanished (unplugged, peer gone)."""
 

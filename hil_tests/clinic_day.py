@@ -199,20 +199,17 @@ class Day:
     # --- sessions through the API (SIM_CONTROL, the console) ------------------------------
 
     def api_session(self, name: str, body: Callable[[object], None], expected_tripped: bool) -> Step:
-        import firmware_host as fh
         from firmware_host.cli.anchoring import StoreAnchor
         from safety import Envelope, Prescription, TreatmentRecord
 
-        from hil_tests.harness import forearm
+        from hil_tests.harness import open_session
 
         rx = Prescription(max_amplitude_ma=3, ramp_ma_per_s=2, frequency_hz=(2, 50), pulse_width_us=(100, 300),
                           sensitivity="hyposensitive")
         with self._step(name, 3 if expected_tripped else 0) as step, \
                 TreatmentRecord(step.record, anchor=StoreAnchor(None)) as record:  # anchored as `estim` anchors
-            with fh.open(self.url, prescription=rx, placements=forearm(1), needles={}, record=record,
-                         envelope=Envelope.research(PROTOCOL, PARTICIPANT)) as stim:
-                if stim.tripped:
-                    stim.clear_faults(OPERATOR)
+            with open_session(self.url, (1,), rx=rx, record=record, operator=OPERATOR,
+                              envelope=Envelope.research(PROTOCOL, PARTICIPANT)) as stim:
                 body(stim)
                 step.code = 3 if stim.tripped else 0
                 step.detail = stim.tripped or ""

@@ -1,15 +1,18 @@
 """The HIL acceptance suite's options, markers, device fixture and test record.
 
 `pytest hil_tests` starts the simulator as its own process on a pseudo-terminal;
-`pytest hil_tests --device /dev/ttyACM0` runs the same tests against hardware.
+`pytest hil_tests --device /dev/ttyACM0` runs the same tests against hardware, and
+`pytest hil_tests --lg-env rig.yaml` against the stimulator of a labgrid place
+(`needle-estim[lab]`, whose pytest plugin gives `--lg-env`).
 """
 
 from __future__ import annotations
 
-import time
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,8 +21,11 @@ from firmware_host.drivers import open_transport
 from firmware_host.link import Link
 from firmware_host.sim.process import SimProcess, Trace, spawn_sim
 from firmware_host.stimulator import Stimulator
-from hil_tests.harness import ask, open_session
-from hil_tests.record import HilRecord, Measurement, TestEntry, limits_text, utc_now
+
+if TYPE_CHECKING:
+    from firmware_host.lab import PlacePort
+from hil_tests.harness import ask, observed, open_session
+from hil_tests.record import HilRecord, Measurement, TestEntry, limits_text, utc_now, utc_stamp
 from hil_tests.report import write_report
 
 RECORD_KEY = pytest.StashKey[HilRecord]()
@@ -39,17 +45,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="enforce latency limits (otherwise latencies are recorded as informational)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's junitxml plugin reads --junitxml
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs_sim_control: fault injection via SIM_CONTROL (simulator only)")
     config.addinivalue_line("markers", "manual: needs a person at the device; runs only with --manual")
     config.addinivalue_line("markers", "slow: many trials or long holds")
+    lab = bool(config.getoption("lg_env", default=None) or os.environ.get("LG_ENV"))  # labgrid's, made after this
+    if config.getoption("--device") and lab:
+        raise pytest.UsageError("give either --device URL or --lg-env FILE (the device of a labgrid place), not both")
     directory = Path(config.getoption("--hil-record"))
-    stamp = time.strftime("%Y%m%dT%H%M%S")
+    stamp = utc_stamp()
+    if not config.option.xmlpath:  # every run leaves JUnit XML beside its record, for the lab's dashboard
+        config.option.xmlpath = str(directory / f"hil-junit-{stamp}.xml")
     config.stash[RECORD_KEY] = HilRecord(
         directory / f"hil-record-{stamp}.json",
-        config.getoption("--device") or "simulator (pty)",
+        config.getoption("--device") or ("labgrid place" if lab else "simulator (pty)"),
         {"manual": config.getoption("--manual"), "strict_timing": config.getoption("--strict-timing")},
     )
+
+
+def _lab_environment(config: pytest.Config) -> object | None:
+    """labgrid's environment when its plugin is installed and `--lg-env` (or LG_ENV) was given
+    (made by labgrid's own pytest_configure, which runs after this plugin's)."""
+    try:
+        from labgrid.pytestplugin.hooks import LABGRID_ENV_KEY
+    except ImportError:
+        return None
+    return config.stash.get(LABGRID_ENV_KEY, None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -68,7 +90,9 @@ _ENTRY = pytest.StashKey[TestEntry]()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    item.stash[_ENTRY] = item.config.stash[RECORD_KEY].begin(item.nodeid)
+    record = item.config.stash[RECORD_KEY]
+    item.stash[_ENTRY] = record.begin(item.nodeid)
+    record.save()  # a run that dies mid-test leaves a record naming the test that was running
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -88,8 +112,9 @@ def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
         longrepr = report.longrepr
         entry.detail = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
     elif report.failed:
-        entry.outcome = "failed" if report.when == "call" else "error"
-        entry.detail = report.longreprtext
+        if entry.outcome != "failed":
+            entry.outcome = "failed" if report.when == "call" else "error"
+        entry.detail = "\n".join(filter(None, [entry.detail, report.longreprtext]))  # a failed call, then its teardown
     elif report.when == "call":
         entry.outcome = "passed"
     if report.when == "call":
@@ -111,7 +136,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     record = config.stash.get(RECORD_KEY, None)
     if record is not None and record.tests:
-        terminalreporter.write_line(f"HIL record: {record.path}  report: {record.path.with_suffix('.md')}")
+        terminalreporter.write_line(f"HIL record: {record.path}  report: {record.path.with_suffix('.md')}  "
+                                    f"JUnit XML: {config.option.xmlpath}")
 
 
 @pytest.fixture
@@ -148,6 +174,7 @@ class DeviceUnderTest:
     identity: icd.Identity
     sim_control: bool
     sim: SimProcess | None
+    place: PlacePort | None = None  # the labgrid place it was reached through, with its tags
 
     def trace(self) -> Trace | None:
         """The device-side event trace (only the simulator has one), marked at now."""
@@ -170,12 +197,32 @@ def _probe_sim_control(link: Link) -> bool:
     return True
 
 
+def _lab_port(request: pytest.FixtureRequest, url: str | None) -> PlacePort | None:
+    """The port of the labgrid place the device is reached through: `--lg-env` (labgrid's
+    `target` fixture, which refuses a place this user has not acquired) or `--device lg://PLACE`;
+    resolved once, so the place's tags and port go into the record."""
+    if url is None and _lab_environment(request.config) is not None:
+        from firmware_host.lab import port_of
+
+        return port_of(request.getfixturevalue("target"))
+    if url is not None and url.startswith("lg://"):
+        from firmware_host.lab import place_port
+
+        return place_port(url)
+    return None
+
+
 @pytest.fixture(scope="session")
-def dut(request: pytest.FixtureRequest) -> Iterator[DeviceUnderTest]:
+def dut(request: pytest.FixtureRequest, record_testsuite_property: Callable[[str, object], None]
+        ) -> Iterator[DeviceUnderTest]:
     record = request.config.stash[RECORD_KEY]
     url = request.config.getoption("--device")
+    place = _lab_port(request, url)
     sim = None
-    if url is None:
+    if place is not None:
+        url = place.url
+        record.rig = place.as_dict()
+    elif url is None:
         record.path.parent.mkdir(parents=True, exist_ok=True)
         sim = spawn_sim("pty", trace_path=record.path.with_name(record.path.stem + "-device-trace.jsonl"))
         url = sim.url
@@ -192,7 +239,9 @@ def dut(request: pytest.FixtureRequest) -> Iterator[DeviceUnderTest]:
             "simulated": sim is not None or identity.serial.startswith(SIM_SERIAL_PREFIX),
             "sim_control": sim_control, "watchdog_ms": identity.watchdog_ms, "telemetry_hz": identity.telemetry_hz,
         })
-        yield DeviceUnderTest(url, identity, sim_control, sim)
+        for name, value in record.summary().items():  # the run's identity, for JUnit dashboards too
+            record_testsuite_property(name, value)
+        yield DeviceUnderTest(url, identity, sim_control, sim, place)
     finally:
         if sim is not None:
             sim.stop()
@@ -210,12 +259,18 @@ def _sim_control_gate(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def stim(dut: DeviceUnderTest) -> Iterator[Stimulator]:
-    """A product session on the device, started clean and left safe."""
+    """A product session on the device, started clean and left safe. A link lost during the
+    test (a cable, a network, a rig host gone) fails it saying so; a device that restarts is
+    what some tests provoke."""
     session = open_session(dut.url)
-    try:
-        yield session
-    finally:
-        session.close()
+    with observed(session) as seen:
+        try:
+            yield session
+        finally:
+            session.close()  # delivers every event still queued
+    lost = [event.reason for event in seen.lost if not isinstance(event.reason, errors.DeviceRebooted)]
+    if lost:
+        pytest.fail(f"the link to the device was lost during the test: {lost[0]}", pytrace=False)
 
 
 @pytest.fixture

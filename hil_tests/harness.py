@@ -26,7 +26,7 @@ from firmware_host.link import Link, LinkLost
 from firmware_host.sim.process import child_env
 from firmware_host.stimulator import DeviceFault, Notice, Stimulator
 from safety import (ROUTINE_FAULTS, ChannelPlacement, ChannelReading, ChannelSetting, Envelope, NeedleSite, Prescription,
-                    Region, SessionSetup, Side)
+                    Region, SessionSetup, Side, TreatmentRecord)
 
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR = "hil-suite"
@@ -50,11 +50,17 @@ RIG = Envelope.test_load("HIL rig: the stimulator's test load")
 
 
 def open_session(url: str, channels: tuple[int, ...] | None = None,
-                 wrap: Callable[[Transport], Transport] | None = None, **link_options: Any) -> Stimulator:
+                 wrap: Callable[[Transport], Transport] | None = None, *, rx: Prescription | None = None,
+                 record: TreatmentRecord | None = None, operator: str = OPERATOR, envelope: Envelope = RIG,
+                 **link_options: Any) -> Stimulator:
     """`firmware_host.open` with an optional transport wrapper (the fault proxy) on the given
-    channels (default: every channel the device has), on the rig's test load, starting clean:
-    faults a previous test or host latched are cleared, as an operator would (a fault beyond a
-    stop or a lost controller in a session of its own, named, as `estim clear-faults --fault`)."""
+    channels (default: every channel the device has), declaring `envelope` (default: the rig's
+    test load), starting clean: faults a previous test or host latched are cleared in
+    `operator`'s name, as an operator would (a fault beyond a stop or a lost controller in a
+    session of its own, named, as `estim clear-faults --fault` does).
+
+    Every session the suite and the clinic day start goes through here (one place to say
+    what a session needs)."""
     def connect() -> tuple[Link, icd.Identity]:
         transport = open_transport(url)
         opened = Link(wrap(transport) if wrap else transport, **link_options)
@@ -69,40 +75,18 @@ def open_session(url: str, channels: tuple[int, ...] | None = None,
         serious = frozenset(f.name for f in icd.faults_from_mask(identity.latched_faults)) - ROUTINE_FAULTS
         if serious:
             with Stimulator(link, SessionSetup(units.device_limits(identity), prescription(), {})) as clearing:
-                clearing.clear_faults(OPERATOR, serious)
+                clearing.clear_faults(operator, serious)
             link, identity = connect()
         channels = channels or tuple(range(1, identity.channels + 1))
-        setup = SessionSetup(device=units.device_limits(identity), prescription=prescription(),
-                             placements=forearm(*channels), needles={}, envelope=RIG)
-        stim = Stimulator(link, setup)
+        setup = SessionSetup(device=units.device_limits(identity), prescription=rx or prescription(),
+                             placements=forearm(*channels), needles={}, envelope=envelope)
+        stim = Stimulator(link, setup, record=record)
     except BaseException:
         link.close()
         raise
     if stim.tripped is not None:
-        stim.clear_faults(OPERATOR)
+        stim.clear_faults(operator)
     return stim
-
-
-def thresholds_on(program: Any, values: Any, who: str, when: Any = None) -> list[Any]:
-    """Thresholds as `estim titrate` keeps them, measured (now, or `when`) on every channel of
-    `program` that needs them (every channel when none does), on its sites and each of its
-    waveforms. `values`: kind -> mA for every channel, or channel -> such a mapping."""
-    from datetime import datetime, timezone
-
-    from safety import ChannelThresholds
-
-    per_channel = all(isinstance(k, int) for k in values)
-    channels = sorted({ch for ch, _ in program.needed_thresholds}) or sorted(program.needles)
-    return [ChannelThresholds(ch, program.needles[ch].placement(), wave, when or datetime.now(timezone.utc),
-                              marks.get("sensory"), marks.get("motor"), marks.get("tolerance"), who)
-            for ch in channels for marks in [values.get(ch, {}) if per_channel else values]
-            for wave in program.titration_waveforms(ch, relative_only=False)]
-
-
-def dosed_in_ma(program: Any, values: Any) -> Any:
-    """`program` in mA from fixed thresholds `values`: a rig's test load has no thresholds of its
-    own, so a threshold-relative preset is given the currents a patient with these would get."""
-    return program.dose(Envelope.undeclared(thresholds=thresholds_on(program, values, "rig"), who="rig"))[0]
 
 
 @dataclass
@@ -272,7 +256,7 @@ def matches(reading: ChannelReading, setting: ChannelSetting) -> bool:
 
 def timeline_mismatches(readings: list[tuple[float, ChannelReading]], schedules: dict[int, list[Scheduled]],
                         window_s: float) -> list[str]:
-    """Readings (host receipt time) of enabled channels that no scheduled setting in effect
+    """Readings (stamped on the host clock) of enabled channels that no scheduled setting in effect
     within ±`window_s` explains, described for the failure message."""
     problems = []
     for t, reading in readings:

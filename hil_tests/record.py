@@ -1,5 +1,7 @@
 """The test record: one JSON document per run, OpenHTF-style, with every measurement, its
-limits, unit and outcome, and the identity of the device and host it was taken on.
+limits, unit and outcome, the identity of the device and host it was taken on, the lab rig
+(labgrid place and its tags) it was reached through, and when the run and each test began
+and ended. The same identity goes into the run's JUnit XML as test-suite properties.
 
 Rewritten atomically (temporary file + os.replace) after every test, so a run that dies
 half-way still leaves a readable record of what it measured.
@@ -20,11 +22,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "needle-estim/hil-record/1"
+from firmware_host import icd
+
+SCHEMA = "needle-estim/hil-record/2"  # 2: `rig`, and the host's ICD versions
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+def utc_stamp() -> str:
+    """The run's name in file names: UTC to the second."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 @dataclass
@@ -72,8 +81,8 @@ def host_info() -> dict[str, str]:
         version = metadata.version("needle-estim")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    return {"host_version": version, "python": sys.version.split()[0], "platform": platform.platform(),
-            "hostname": socket.gethostname()}
+    return {"host_version": version, "icd_versions": sorted(icd.PROTOCOL_VERSIONS), "python": sys.version.split()[0],
+            "platform": platform.platform(), "hostname": socket.gethostname()}
 
 
 class HilRecord:
@@ -85,6 +94,7 @@ class HilRecord:
         self.finished = ""
         self.device: dict[str, Any] = {"url": device_url}
         self.host = host_info()
+        self.rig: dict[str, Any] | None = None  # the labgrid place: name, tags, port
         self.options = options
         self.tests: list[TestEntry] = []
         self._lock = threading.Lock()
@@ -107,8 +117,20 @@ class HilRecord:
             "outcome": "FAIL" if failed or any(m["outcome"] == "FAIL" for m in measurements) else "PASS",
             "device": self.device,
             "host": self.host,
+            "rig": self.rig,
             "options": self.options,
             "tests": tests,
+        }
+
+    def summary(self) -> dict[str, str]:
+        """Who was tested where, as flat strings (the JUnit XML's test-suite properties)."""
+        device, rig = self.device, self.rig or {}
+        return {
+            "device_serial": str(device.get("serial", "")), "device_firmware": str(device.get("firmware", "")),
+            "icd_version": str(device.get("protocol_version", "")), "device_url": str(device.get("url", "")),
+            "host_version": self.host["host_version"], "place": str(rig.get("place") or ""),
+            "place_tags": ",".join(f"{k}={v}" for k, v in sorted((rig.get("tags") or {}).items())),
+            "started": self.started, "record": str(self.path),
         }
 
     def save(self) -> None:

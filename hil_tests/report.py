@@ -28,6 +28,14 @@ def _headline(test: dict[str, Any]) -> str:
     return (errors or lines or [test["outcome"]])[0]
 
 
+def _rig(rig: dict[str, Any] | None) -> list[str]:
+    """The lab place the device was reached through, if any (what its tags say the rig is)."""
+    if not rig:
+        return []
+    tags = ", ".join(f"{k}={v}" for k, v in sorted(rig["tags"].items())) or "no tags"
+    return [f"- Rig: labgrid place **{rig['place']}** ({tags}), port `{rig['port']}`"]
+
+
 def render(record: dict[str, Any]) -> str:
     device, host = record["device"], record["host"]
     tests = record["tests"]
@@ -41,6 +49,7 @@ def render(record: dict[str, Any]) -> str:
         f"protocol {device.get('protocol_version', '?')}, {device.get('channels', '?')} channels"
         f"{' (simulator)' if device.get('simulated') else ''}, at `{device['url']}`",
         f"- Host: needle-estim {host['host_version']}, Python {host['python']}, {host['platform']} on {host['hostname']}",
+        *_rig(record.get("rig")),
         f"- Run: {record['started']} → {record['finished'] or '(unfinished)'}; options {record.get('options', {})}",
         "- Tests: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
         "",

@@ -36,6 +36,19 @@ def test_handshake_and_identity(dut: DeviceUnderTest, measure: Measure) -> None:
     assert identity.serial == dut.identity.serial, "a different device answered"
 
 
+def test_the_device_is_what_its_place_says(dut: DeviceUnderTest) -> None:
+    """A job reserves a lab place by its tags (channels, firmware, icd): the stimulator on it
+    must be what they say, or jobs land on the wrong rig."""
+    if dut.place is None or not dut.place.tags:
+        pytest.skip("not reached through a labgrid place with tags (--lg-env, --device lg://PLACE)")
+    from firmware_host.lab import rig_tags
+
+    actual = rig_tags(dut.identity)
+    wrong = {tag: said for tag, said in dut.place.tags.items() if tag in actual and said != actual[tag]}
+    assert not wrong, (f"place {dut.place.place} says {wrong} but {dut.identity.serial} reports "
+                       f"{ {tag: actual[tag] for tag in wrong} }: fix the place's tags (labgrid-client set-tags)")
+
+
 def test_hello_puts_the_device_in_the_safe_state(dut: DeviceUnderTest, link: Link) -> None:
     status = link.wait(link.query(icd.GetStatus()), "GET_STATUS")
     assert isinstance(status, icd.Status) and status.output_mask == 0

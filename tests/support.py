@@ -29,6 +29,16 @@ DECLARED = ("--research-protocol", "test-suite", "--subject", "P001")
 """What `estim` is told is connected on any device but `sim://`: a participant whose thresholds
 files name P001 (`write_thresholds`), screened under a (test) protocol."""
 
+DIRECT_SESSION = ["--channel", "1", "--frequency", "20", "--pulse-width", "200", "--amplitude", "1",
+                  "--sites", "left:forearm,left:forearm", "--inserted", "10"]
+"""A short direct session on channel 1 at 1 mA, for tests about reaching a device."""
+
+
+def estim_on(url: str, command: str = "run", *args: str) -> list[str]:
+    """argv of `estim COMMAND --device URL ARGS`: the one place the tests of device paths (ptys
+    by any name, RFC 2217, lab places) say which device is connected."""
+    return [sys.executable, "-m", "firmware_host", command, "--device", url, *args]
+
 
 def forearm_sites(*channels: int) -> dict[int, ChannelPlacement]:
     site = NeedleSite(Region.FOREARM, Side.LEFT)
@@ -90,6 +100,16 @@ class SpyTransport(Transport):
 
     def output_changing(self) -> int:
         return sum(1 for _, m in self.frames if m.TYPE in OUTPUT_CHANGING)
+
+
+def stimulating(estim_run: subprocess.Popen[str]) -> None:
+    """Returns once a running `estim run` reports channel 1 on (its progress lines on stdout)."""
+    assert estim_run.stdout is not None
+    for line in estim_run.stdout:
+        if line.startswith("ch1 on:"):
+            return
+    raise AssertionError(f"estim never stimulated: exit {estim_run.wait()}: "
+                         f"{estim_run.stderr.read() if estim_run.stderr else ''}")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -5,15 +5,18 @@
 - `usb://VID:PID[/SERIAL]`  a vendor-specific USB device (bulk endpoint pair)
 - `tcp://HOST:PORT`          the same as pyserial's `socket://HOST:PORT` (a device or
                              simulator listening on TCP)
+- `lg://PLACE`               the stimulator of a labgrid place this user has acquired on this
+                             computer (`needle-estim[lab]`; coordinator from LG_COORDINATOR)
 - anything else              a pyserial URL or path: `/dev/ttyUSB0`, `/dev/pts/3`,
-                             `socket://127.0.0.1:5000`, `loop://`
+                             `socket://127.0.0.1:5000`, `rfc2217://HOST:PORT` (ser2net),
+                             `spy:///dev/ttyUSB0`, `loop://`
 """
 
 from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import TransportError
+from ..errors import DeviceNotFound, TransportError
 from .base import Transport
 
 __all__ = ["Transport", "open_transport"]
@@ -32,7 +35,18 @@ def open_transport(url: str) -> Transport:
         return UsbTransport(url)
     from .serial_port import SerialTransport
 
+    if scheme == "lg":
+        return SerialTransport(_place_port(url), label=url)
     return SerialTransport(url)
+
+
+def _place_port(url: str) -> str:
+    """The URL of the port of the labgrid place named by `lg://PLACE` (refused unless acquired)."""
+    try:
+        from ..lab import place_port
+    except ImportError as exc:
+        raise DeviceNotFound(f"{url}: lab places need labgrid: pip install 'needle-estim[lab]'") from exc
+    return place_port(url).url
 
 
 def _open_sim(url: str) -> Transport:
