@@ -89,6 +89,28 @@ def open_session(url: str, channels: tuple[int, ...] | None = None,
     return stim
 
 
+def thresholds_on(program: Any, values: Any, who: str, when: Any = None) -> list[Any]:
+    """Thresholds as `estim titrate` keeps them, measured (now, or `when`) on every channel of
+    `program` that needs them (every channel when none does), on its sites and each of its
+    waveforms. `values`: kind -> mA for every channel, or channel -> such a mapping."""
+    from datetime import datetime, timezone
+
+    from safety import ChannelThresholds
+
+    per_channel = all(isinstance(k, int) for k in values)
+    channels = sorted({ch for ch, _ in program.needed_thresholds}) or sorted(program.needles)
+    return [ChannelThresholds(ch, program.needles[ch].placement(), wave, when or datetime.now(timezone.utc),
+                              marks.get("sensory"), marks.get("motor"), marks.get("tolerance"), who)
+            for ch in channels for marks in [values.get(ch, {}) if per_channel else values]
+            for wave in program.titration_waveforms(ch, relative_only=False)]
+
+
+def dosed_in_ma(program: Any, values: Any) -> Any:
+    """`program` in mA from fixed thresholds `values`: a rig's test load has no thresholds of its
+    own, so a threshold-relative preset is given the currents a patient with these would get."""
+    return program.dose(Envelope.undeclared(thresholds=thresholds_on(program, values, "rig"), who="rig"))[0]
+
+
 @dataclass
 class Observed:
     """Everything a session delivered, stamped with host receipt time."""
