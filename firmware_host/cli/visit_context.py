@@ -32,9 +32,20 @@ def store(args: argparse.Namespace) -> Any:
 
 
 def add_visit_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--visit", type=int, metavar="ID", dest="visit_id",
-                        help="the visit this is for (printed by `estim visit start`); needed when the patient has "
-                             "more than one visit open today")
+    parser.add_argument("--visit", type=visit_ref, metavar="VISIT", dest="visit_id",
+                        help="the visit this is for: the patient's code and the visit's number as `estim visit "
+                             "start` prints it (P001/3), or the store's id of the visit; needed when the patient "
+                             "has more than one visit open today")
+
+
+def visit_ref(text: str) -> Any:
+    """--visit P001/3 or --visit 57 (visits.VisitRef); a bad one is a usage error that says why."""
+    from ..visits.values import VisitRef
+
+    try:
+        return VisitRef.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def attach_visit(args: argparse.Namespace) -> int | None:
