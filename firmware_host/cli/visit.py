@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True)
     start = sub.add_parser("start", help="start today's visit with the screening checklist (again: screen it again)",
                            description="Start today's visit with the screening checklist, or screen today's open "
-                                       "visit again.", epilog=START.format(questions=_questions(), ends=" or ".join(ENDS_VISIT)),
+                                       "visit again.",
+                           epilog=START.format(questions=_questions(), ends=" or ".join(ENDS_VISIT)),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     start.add_argument("patient", metavar="CODE")
     start.add_argument("--yes", default="", metavar="Q,Q", help="questions answered yes")

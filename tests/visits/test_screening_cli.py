@@ -77,7 +77,7 @@ def test_a_yes_that_carries_over_is_asked_again_not_dropped_by_no_all(tmp_path: 
     dropped = estim(url, "visit", "start", "P3", "--no", "all")
     assert "yes to skin_at_site, bleeding_risk" in dropped.stdout                    # both shown
     assert dropped.returncode == 2 and "--yes bleeding_risk" in dropped.stderr         # the one about the patient asked
-    assert "skin_at_site" not in dropped.stderr                                        # today's skin is looked at afresh
+    assert "skin_at_site" not in dropped.stderr                                # today's skin is looked at afresh
     with Terminal("visit", "start", "P3", "--no", "all", env={"ESTIM_STORE_URL": url}) as term:
         term.expect(f"{QUESTIONS[Question.BLEEDING_RISK]} Still yes? [y/n]")
         term.type("y\n")
@@ -112,7 +112,7 @@ def test_visit_numbers_count_per_patient_and_name_the_visit(tmp_path: Path) -> N
 def test_the_question_names_are_in_the_help_and_the_clinician_doc() -> None:
     shown = estim("sqlite://", "visit", "start", "--help").stdout
     for question in Question:
-        assert re.search(rf"^  {question.value} {'[*]' if question in PERSISTENT else ''} *{re.escape(QUESTIONS[question])}$",
-                         shown, re.M), question
+        mark = "[*]" if question in PERSISTENT else ""
+        assert re.search(rf"^  {question.value} {mark} *{re.escape(QUESTIONS[question])}$", shown, re.M), question
     table = re.findall(r"^\| `(\w+)` \| [^|]+ \| (yes|no) \|", (REPO / "docs" / "clinician.md").read_text(), re.M)
     assert dict(table) == {q.value: "yes" if q in PERSISTENT else "no" for q in Question}
