@@ -54,6 +54,27 @@ QUESTIONS: Mapping[Question, str] = {
     Question.FAINTS_WITH_NEEDLING: "Has the patient fainted or felt faint with needles or injections before?",
 }
 
+# Answers about the patient rather than about today's needle sites: an implant, a pregnancy, a
+# bleeding disorder or blood thinners, epilepsy, heart disease, metal in the body, neuropathy,
+# cancer, what the patient can report, a history of fainting with needles. Each outlasts the
+# days between visits, so a yes carries over: the next visit shows it and takes it back only
+# when asked again by name (`--no bleeding_risk`), never by `--no all`. A known clot and broken
+# or infected skin at the sites are findings of today's look at the limb and the skin, made
+# afresh at every visit (a clot is referred on, skin heals or the sites move): last visit's yes
+# is shown, not carried.
+PERSISTENT: frozenset[Question] = frozenset(Question) - {Question.CLOT_AT_SITE, Question.SKIN_AT_SITE}
+
+# Answers that rule out stimulation at every site and every dose, and so end the visit at
+# screening: the placement rules refuse any needle site with an implanted electronic device,
+# and `screen` refuses any session when the patient cannot report what they feel. The other
+# refusals depend on today's sites (choose others and screen again).
+ENDS_VISIT: Mapping[Question, str] = {
+    Question.IMPLANTED_DEVICE: "a pacemaker, defibrillator or other implanted electronic device rules out "
+                               "electrical stimulation at any site",
+    Question.CANNOT_REPORT: "the patient cannot tell you reliably what they feel, and every dose depends on it",
+}
+
+
 @dataclass(frozen=True)
 class Screening:
     """One visit's answers: `True` means yes. Every question must be answered."""
@@ -70,6 +91,10 @@ class Screening:
     @property
     def unanswered(self) -> tuple[Question, ...]:
         return tuple(q for q in Question if q not in self.answers)
+
+    def ends_visit(self) -> tuple[str, ...]:
+        """Why no session of this visit could ever stimulate (ENDS_VISIT), in plain words."""
+        return tuple(why for q, why in ENDS_VISIT.items() if self.answers.get(q))
 
     def patient(self) -> Patient:
         """What the placement rules need to know."""

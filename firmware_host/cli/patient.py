@@ -1,6 +1,7 @@
 """`estim patient`: patients by the clinic's code (no names). `add` registers one with their
-sensitivity profile; `show` prints the last visits at a glance (screening, thresholds, doses,
-pain before and after, adverse events, plan); `trend` plots the outcomes over visits.
+sensitivity profile; `show` prints the last visits at a glance (screening and its changes,
+thresholds, every session's dose with what stopped it, pain before and after, pressure-pain
+thresholds, adverse events, plan); `trend` plots the outcomes over visits, one label each.
 
 Exit codes: 0 done; 2 refused or bad input.
 """
@@ -72,26 +73,34 @@ def main(argv: list[str]) -> int:
 def _glance(visit) -> str:  # noqa: ANN001 - visits.Visit
     from safety import Question
 
-    lines = [f"\n{visit.started_at.astimezone():%Y-%m-%d %H:%M}  visit {visit.id}  {visit.clinician or '-'}  "
-             f"({visit.sensitivity}){'' if visit.ended_at else '  [open]'}"]
+    lines = [f"\n{visit.started_at.astimezone():%Y-%m-%d %H:%M}  visit {visit.number} ({visit.name}, store id "
+             f"{visit.id})  {visit.clinician or '-'}  ({visit.sensitivity}){'' if visit.ended_at else '  [open]'}"]
     flagged = [q.value.replace("_", " ") for q in Question if visit.screening.answers.get(q)]
     lines.append(f"  screening: {', '.join(flagged) if flagged else 'nothing raised'}")
+    answered: dict = {}
+    for item in visit.screening_entries:          # an answer seen again is a change when screened again
+        if item.question in answered:
+            lines.append(f"    screened again {item.entry.recorded_at.astimezone():%H:%M} by "
+                         f"{item.entry.recorded_by or '-'}: {item.question.value.replace('_', ' ')} "
+                         f"{'yes' if answered[item.question] else 'no'} -> {'yes' if item.answer else 'no'}"
+                         + (f" (why: {item.entry.reason})" if item.entry.reason else ""))
+        answered[item.question] = item.answer
     for t in visit.thresholds:
         marks = ", ".join(f"{k} {'-' if v is None else f'{v:g}'}" for k, v in
                           (("sensory", t.sensory_ma), ("motor", t.motor_ma), ("tolerance", t.tolerance_ma)))
         lines.append(f"  thresholds ch{t.channel} ({t.placement.a} / {t.placement.b}, {t.waveform}): {marks} mA")
-    for d in visit.doses:
-        peaks = ", ".join(f"ch{c['channel']} {c['peak_ma']:g} mA for {c['stimulation_s'] / 60:.1f} min"
-                          for c in d.delivered)
-        state = "" if d.completed else " (stopped early)" if d.finished else " (not completed: the session never ended)"
-        lines.append(f"  dose: {d.program}{state}: {peaks or 'nothing delivered'}"
-                     + (f"  [record {d.record_id}]" if d.record_id else ""))
+    lines += [_dose_line(d) for d in visit.doses]
     o = visit.outcome
     if o is not None:
         pain = f"pain {o.pain_before if o.pain_before is not None else '-'} -> " \
                f"{o.pain_after if o.pain_after is not None else '-'}"
         lines.append(f"  outcome: {pain}; {', '.join(o.adverse_events) or 'no adverse events'}"
                      + (f"; felt: {o.felt}" if o.felt else ""))
+        ppt = [f"{where} {_kpa(getattr(o, f'ppt_{key}_before_kpa'))} -> {_kpa(getattr(o, f'ppt_{key}_after_kpa'))} kPa"
+               for key, where in (("local", "near the needles"), ("remote", "remote site"))
+               if getattr(o, f"ppt_{key}_before_kpa") is not None or getattr(o, f"ppt_{key}_after_kpa") is not None]
+        if ppt:
+            lines.append(f"  pressure-pain threshold: {'; '.join(ppt)}")
     for item in visit.outcomes[1:]:
         if item.entry.reason:
             given = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in item.outcome.given().items())
@@ -108,15 +117,44 @@ def _glance(visit) -> str:  # noqa: ANN001 - visits.Visit
     return "\n".join(lines)
 
 
+def _dose_line(d) -> str:  # noqa: ANN001 - visits.Dose
+    """One session of the visit: what kind, what was asked, what the device delivered, and
+    whether it ran to its end or what stopped it."""
+    r = d.request
+    kind = {"direct": "direct run", "console": "console session"}.get(d.program, d.program)
+    if r.get("preset") or r.get("program"):
+        kind = f"{'preset' if r.get('preset') else 'program'} {d.program}"
+    asked = ", ".join(f"{r[k]:g} {unit}" for k, unit in (("frequency", "Hz"), ("pulse_width", "µs"),
+                                                         ("amplitude", "mA")) if isinstance(r.get(k), (int, float)))
+    delivered = ", ".join(f"ch{c['channel']} {c['peak_ma']:g} mA for {_duration(c['stimulation_s'])}"
+                          for c in d.delivered) or "nothing delivered"
+    state = ("completed" if d.completed else f"stopped: {d.stopped_by or 'before its end'}" if d.finished
+             else "not completed: the session never ended (killed, or still running)")
+    return (f"  dose {d.recorded_at.astimezone():%H:%M} {kind}" + (f" ({asked})" if asked else "")
+            + f", {state}: {delivered}" + (f"  [record {d.record_id}]" if d.record_id else ""))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _kpa(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 def _plain(visit) -> dict:  # noqa: ANN001 - visits.Visit
     from dataclasses import asdict
 
-    return {"id": visit.id, "started_at": visit.started_at.isoformat(), "clinician": visit.clinician,
+    return {"id": visit.id, "number": visit.number, "visit": visit.name, "started_at": visit.started_at.isoformat(),
+            "ended_at": visit.ended_at and visit.ended_at.isoformat(), "clinician": visit.clinician,
             "sensitivity": visit.sensitivity,
             "screening": {q.value: a for q, a in visit.screening.answers.items()},
+            "screening_entries": [{"question": e.question.value, "answer": e.answer, **asdict(e.entry)}
+                                  for e in visit.screening_entries],
             "thresholds": [t.as_dict() for t in visit.thresholds],
             "doses": [{"program": d.program, "mechanism": d.mechanism, "request": dict(d.request),
                        "delivered": list(d.delivered), "completed": d.completed, "finished": d.finished,
+                       "stopped_by": d.stopped_by, "recorded_at": d.recorded_at.isoformat(),
                        "record_id": d.record_id} for d in visit.doses],
             "outcome": None if visit.outcome is None else asdict(visit.outcome),
             "outcome_entries": [{**item.outcome.given(), **asdict(item.entry)} for item in visit.outcomes],
@@ -136,7 +174,7 @@ def _trend(args: argparse.Namespace, visits: list) -> int:
     if not scored:
         return refused(ValueError(f"{args.patient} has no outcomes recorded yet (`estim visit outcome ...`)"))
     n = range(1, len(scored) + 1)
-    labels = [f"{v.started_at.astimezone():%d %b}" for v in scored]
+    labels = _labels(scored)
     ppt = [v for v in scored if v.outcome.ppt_local_before_kpa is not None]
     fig, axes = plt.subplots(2 if ppt else 1, 1, figsize=(7, 5.5 if ppt else 3.5), squeeze=False, sharex=True)
     ax = axes[0][0]
@@ -162,11 +200,21 @@ def _trend(args: argparse.Namespace, visits: list) -> int:
                      label="remote after")
         ax2.set_ylabel("pressure-pain threshold (kPa)")
         ax2.legend(loc="lower left", fontsize=8, framealpha=0.8)
-    axes[-1][0].set_xticks(list(n), labels)
-    axes[-1][0].set_xlabel("visit")
+    axes[-1][0].set_xticks(list(n), labels, fontsize=8)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     plt.close(fig)
-    print(f"{len(scored)} visit(s) -> {args.out}")
+    print(f"{len(scored)} visit(s) -> {args.out}: " + "; ".join(label.replace("\n", ", ") for label in labels))
     return EXIT_OK
+
+
+def _labels(visits: list) -> list[str]:
+    """One label per visit: its number and day, with the time when the day has more than one
+    visit (two rooms, or screened again after a visit ended), so no two read the same."""
+    from collections import Counter
+
+    days = Counter(v.started_at.astimezone().date() for v in visits)
+    return [f"visit {v.number}\n{v.started_at.astimezone():%d %b}"
+            + (f" {v.started_at.astimezone():%H:%M}" if days[v.started_at.astimezone().date()] > 1 else "")
+            for v in visits]

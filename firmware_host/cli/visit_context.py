@@ -32,9 +32,20 @@ def store(args: argparse.Namespace) -> Any:
 
 
 def add_visit_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--visit", type=int, metavar="ID", dest="visit_id",
-                        help="the visit this is for (printed by `estim visit start`); needed when the patient has "
-                             "more than one visit open today")
+    parser.add_argument("--visit", type=visit_ref, metavar="VISIT", dest="visit_id",
+                        help="the visit this is for: the patient's code and the visit's number as `estim visit "
+                             "start` prints it (P001/3), or the store's id of the visit; needed when the patient "
+                             "has more than one visit open today")
+
+
+def visit_ref(text: str) -> Any:
+    """--visit P001/3 or --visit 57 (visits.VisitRef); a bad one is a usage error that says why."""
+    from ..visits.values import VisitRef
+
+    try:
+        return VisitRef.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def attach_visit(args: argparse.Namespace) -> int | None:
@@ -120,20 +131,39 @@ class DoseUnderWay:
 def kept_dose(args: argparse.Namespace, program: str, mechanism: str | None, record: Any) -> Iterator[DoseUnderWay]:
     """With --patient: the dose, stored before the session reaches the device (a session
     killed before its end leaves it marked as not completed), and what the device delivered,
-    per channel, appended once the session is over. The store is never written while the
-    device is live, so a slow store never delays supervision."""
+    per channel, and what stopped it early, appended once the session is over. The store is
+    never written while the device is live, so a slow store never delays supervision."""
     dose = DoseUnderWay()
     dose_id = None
     if getattr(args, "visit", None) is not None:
         dose_id = _kept(args, "the dose as it starts", lambda visits: visits.start_dose(
             args.visit.id, program, mechanism, dose_request(args), record.record_id))
+    interrupted = None
     try:
         yield dose
+    except BaseException as exc:
+        interrupted = exc
+        raise
     finally:
         if dose_id is not None:
             delivered = _delivered(dose.stim) if dose.stim is not None else []
+            why = None if dose.completed else _stopped_by(dose.stim, interrupted)
             _kept(args, "what the session delivered",
-                  lambda visits: visits.finish_dose(dose_id, delivered, dose.completed))
+                  lambda visits: visits.finish_dose(dose_id, delivered, dose.completed, why))
+
+
+def _stopped_by(stim: Any, interrupted: BaseException | None) -> str:
+    """What ended a session before its end, as `estim patient show` says it."""
+    from . import Terminated
+
+    if isinstance(interrupted, KeyboardInterrupt):
+        return "Ctrl-C (e-stop)"
+    if isinstance(interrupted, Terminated):
+        return "SIGTERM (e-stop)"
+    if stim is None:
+        return "the session did not reach the patient (refused, or the device was not reached)"
+    return stim.tripped or ("an error in this program (see estim.log)" if interrupted is not None
+                            else "ended before its planned end")
 
 
 def _delivered(stim: Any) -> list[dict[str, Any]]:

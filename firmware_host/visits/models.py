@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {"ix": "ix_%(column_0_label)s", "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -28,9 +28,14 @@ class PatientRow(Base):
 
 
 class VisitRow(Base):
+    """A visit: `id` is the store's own (unique across patients, in records and links); `number`
+    counts the patient's visits (1, 2, 3 of P001), given under the patient's lock."""
+
     __tablename__ = "visits"
+    __table_args__ = (Index("uq_visits_patient_number", "patient_code", "number", unique=True),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     patient_code: Mapped[str] = mapped_column(ForeignKey("patients.code"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     clinician: Mapped[str] = mapped_column(String(80))
@@ -38,11 +43,19 @@ class VisitRow(Base):
     sensitivity: Mapped[str] = mapped_column(String(20))
 
 
-class ScreeningRow(Base):
-    __tablename__ = "screening_answers"
-    visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id"), primary_key=True)
-    question: Mapped[str] = mapped_column(String(40), primary_key=True)
+class ScreeningEntryRow(Base):
+    """A screening answer as given at one time; never changed: screening again appends the
+    answers that changed, and taking back a yes carries who did it and why. The visit's
+    screening is each question's newest entry."""
+
+    __tablename__ = "screening_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    visit_id: Mapped[int] = mapped_column(ForeignKey("visits.id"), index=True)
+    question: Mapped[str] = mapped_column(String(40))
     answer: Mapped[bool] = mapped_column(Boolean)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    recorded_by: Mapped[str] = mapped_column(String(80))
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class ThresholdRow(Base):
@@ -88,6 +101,7 @@ class DoseResultRow(Base):
     dose_id: Mapped[int] = mapped_column(ForeignKey("doses.id"), index=True)
     delivered: Mapped[list[Any]] = mapped_column(JSON)
     completed: Mapped[bool] = mapped_column(Boolean)
+    stopped_by: Mapped[str | None] = mapped_column(Text)      # what ended a session early, in plain words
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -23,19 +23,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, or_, select, text
+from sqlalchemy import Engine, create_engine, event, func, inspect, or_, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .models import (DoseResultRow, DoseRow, OutcomeEntryRow, PatientRow, PlanEntryRow, RecordHeadRow, ScreeningRow,
-                     ThresholdRow, VisitRecordRow, VisitRow)
+from .models import (DoseResultRow, DoseRow, OutcomeEntryRow, PatientRow, PlanEntryRow, RecordHeadRow,
+                     ScreeningEntryRow, ThresholdRow, VisitRecordRow, VisitRow)
 from .values import (OUTCOME_FIELDS, Dose, Entry, Outcome, OutcomeEntry, PatientInfo, Plan, PlanEntry, RecordHead,
-                     RecordHeadError, StoreError, Visit)
+                     RecordHeadError, ScreeningEntry, StoreError, Visit, VisitRef)
+from .screening import ENDED_AT_SCREENING, current_answers, end_if_ruled_out, taken_back
 from .where import KNOWN_REVISIONS, SCHEMA_REVISION, STORE_URL_ENV, default_url
 
 if TYPE_CHECKING:
-    from safety.screening import Screening
+    from safety.screening import Question, Screening
 
 PATIENT_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 _MIGRATION_LOCK = 0x657374696D  # pg_advisory_xact_lock key: one migrating host at a time
@@ -134,10 +135,14 @@ class VisitStore:
     # --- visits ---------------------------------------------------------------------------
 
     def start_visit(self, code: str, screening: Screening, clinician: str, sensitivity: str | None = None,
-                    when: datetime | None = None, another: bool = False) -> int:
-        """A new visit with its screening answers; every question must be answered. While the
-        patient has a visit open today a second one is refused, naming it and the ways on,
-        unless `another` (a second room treating the patient at the same time)."""
+                    when: datetime | None = None, another: bool = False, by: str | None = None,
+                    reason: str = "") -> int:
+        """A new visit with its screening answers, numbered among the patient's visits; every
+        question must be answered. While the patient has a visit open today a second one is
+        refused, naming it and the ways on, unless `another` (a second room treating the
+        patient at the same time). A yes given earlier today is taken back only with `reason`
+        and the name of who does it (`by`, default the clinician); answers that rule out
+        stimulation anywhere end the visit at once (`screening.end_if_ruled_out`)."""
         if screening.unanswered:
             raise StoreError("screening is not finished: " + ", ".join(q.value for q in screening.unanswered))
         when = when or _now()
@@ -146,46 +151,105 @@ class VisitStore:
             open_now = self._open_rows(s, code, when)
             if open_now and not another:
                 v = open_now[0]
+                name = f"{code}/{v.number}"
                 raise StoreError(
-                    f"{code} already has visit {v.id} open (started {_utc(v.started_at).astimezone():%H:%M} on "
-                    f"{v.host} by {v.clinician or 'no one named'}): work in it (commands take --visit {v.id}), "
-                    f"end it with `estim visit end {code} --visit {v.id} --plan ...`, or, for a second room "
-                    f"treating {code} at the same time, `estim visit start {code} --another ...`")
-            visit = VisitRow(patient_code=code, started_at=when, ended_at=None, clinician=clinician,
+                    f"{code} already has visit {name} open (started {_utc(v.started_at).astimezone():%H:%M} on "
+                    f"{v.host} by {v.clinician or 'no one named'}): work in it (commands take --visit {name}; "
+                    f"`estim visit start {code}` again screens it again), end it with `estim visit end {code} "
+                    f"--visit {name} --plan ...`, or, for a second room treating {code} at the same time, "
+                    f"`estim visit start {code} --another ...`")
+            today = self._today_rows(s, code, when)
+            undone = taken_back(current_answers(s, today[-1].id) if today else {}, screening,
+                                clinician if by is None else by, reason, "earlier today")
+            number = (s.scalar(select(func.max(VisitRow.number)).where(VisitRow.patient_code == code)) or 0) + 1
+            visit = VisitRow(patient_code=code, number=number, started_at=when, ended_at=None, clinician=clinician,
                              host=socket.gethostname(), sensitivity=sensitivity or patient.sensitivity)
             s.add(visit)
             s.flush()
-            s.add_all(ScreeningRow(visit_id=visit.id, question=q.value, answer=a) for q, a in screening.answers.items())
+            s.add_all(ScreeningEntryRow(visit_id=visit.id, question=q.value, answer=a, recorded_at=when,
+                                        recorded_by=(clinician if by is None else by) if q in undone else clinician,
+                                        reason=reason if q in undone else "")
+                      for q, a in screening.answers.items())
+            end_if_ruled_out(s, visit, screening, clinician, when)
             return visit.id
 
-    def _open_rows(self, s: Session, code: str, now: datetime) -> list[VisitRow]:
+    def rescreen(self, visit_id: int, screening: Screening, clinician: str, by: str | None = None,
+                 reason: str = "") -> list[Question]:
+        """Today's open visit screened again: the answers that changed are appended (the first
+        stay readable); a yes is taken back only with `reason` and the name of who does it
+        (`by`, default the clinician). Answers that now rule out stimulation anywhere end the
+        visit. Returns the questions whose answer changed."""
+        if screening.unanswered:
+            raise StoreError("screening is not finished: " + ", ".join(q.value for q in screening.unanswered))
+        now = _now()
+        with self._session(write=True) as s:
+            visit = self._require_visit(s, visit_id, lock=True)
+            if visit.ended_at is not None:
+                raise StoreError(f"visit {visit.patient_code}/{visit.number} ended at "
+                                 f"{_utc(visit.ended_at).astimezone():%H:%M}: screening again starts a new visit")
+            before = current_answers(s, visit_id)
+            who = clinician if by is None else by
+            undone = taken_back(before, screening, who, reason, "in this visit")
+            changed = [q for q, a in screening.answers.items() if before.get(q) is not a]
+            s.add_all(ScreeningEntryRow(visit_id=visit_id, question=q.value, answer=screening.answers[q],
+                                        recorded_at=now, recorded_by=who if q in undone else clinician,
+                                        reason=reason if q in undone else "") for q in changed)
+            end_if_ruled_out(s, visit, screening, clinician, now)
+            return changed
+
+    def _today_rows(self, s: Session, code: str, now: datetime, open_only: bool = False) -> list[VisitRow]:
+        """The patient's visits started today (within the thresholds' lifetime), oldest first."""
         from safety.thresholds import MAX_AGE
 
-        rows = s.scalars(select(VisitRow).where(VisitRow.patient_code == code, VisitRow.ended_at.is_(None))
-                         .order_by(VisitRow.started_at, VisitRow.id)).all()
-        return [r for r in rows if now - _utc(r.started_at) <= MAX_AGE]
+        query = select(VisitRow).where(VisitRow.patient_code == code)
+        if open_only:
+            query = query.where(VisitRow.ended_at.is_(None))
+        return [r for r in s.scalars(query.order_by(VisitRow.number)).all() if now - _utc(r.started_at) <= MAX_AGE]
+
+    def _open_rows(self, s: Session, code: str, now: datetime) -> list[VisitRow]:
+        return self._today_rows(s, code, now, open_only=True)
 
     def open_visits(self, code: str, now: datetime | None = None) -> list[Visit]:
         """The patient's visits started today (within the thresholds' lifetime) and not ended."""
         with self._session() as s:
             return self._visits(s, self._open_rows(s, code, now or _now()))
 
-    def visit_for(self, code: str, visit_id: int | None = None, now: datetime | None = None) -> Visit:
+    def visit_for(self, code: str, ref: VisitRef | int | None = None, now: datetime | None = None) -> Visit:
         """The visit a command acts on: the one named (it must be the patient's and open
         today), else the patient's only open visit; refuses, saying what to do, otherwise."""
+        now = now or _now()
         open_now = self.open_visits(code, now)
-        if visit_id is not None:
-            found = next((v for v in open_now if v.id == visit_id), None)
+        if ref is not None:
+            ref = VisitRef(id=ref) if isinstance(ref, int) else ref
+            found = next((v for v in open_now if _names(v, ref)), None)
             if found is None:
-                raise StoreError(f"visit {visit_id} is not an open visit of {code} today"
+                raise StoreError(f"visit {ref} is not an open visit of {code} today"
                                  + (f"; open now: {_listed(open_now)}" if open_now else ""))
             return found
         if not open_now:
-            raise StoreError(f"no visit open today for {code}: start one with `estim visit start {code} ...`")
+            with self._session() as s:
+                ended = self._today_rows(s, code, now)[-1:]
+                last = self._visits(s, ended)
+            why = "".join(f" (visit {v.name} ended at {v.ended_at.astimezone():%H:%M}"
+                          + (f", at screening: {v.plan.text.removeprefix(ENDED_AT_SCREENING + ': ')}"
+                             if v.plan and v.plan.text.startswith(ENDED_AT_SCREENING) else "") + ")" for v in last)
+            raise StoreError(f"no visit open today for {code}{why}: start one with `estim visit start {code} ...`")
         if len(open_now) > 1:
             raise StoreError(f"{code} has {len(open_now)} visits open today ({_listed(open_now)}): name the one this "
-                             f"is for with --visit ID")
+                             f"is for with --visit (e.g. --visit {open_now[-1].name})")
         return open_now[0]
+
+    def patient_visit(self, code: str, ref: VisitRef) -> Visit:
+        """Any visit of the patient (open or ended), by its number or the store's id."""
+        with self._session() as s:
+            self._require_patient(s, code)
+            query = select(VisitRow).where(VisitRow.patient_code == code)
+            query = query.where(VisitRow.id == ref.id) if ref.number is None else query.where(
+                VisitRow.patient_code == ref.patient, VisitRow.number == ref.number)
+            row = s.scalars(query).first()
+            if row is None:
+                raise StoreError(f"{code} has no visit {ref}")
+            return self._visits(s, [row])[0]
 
     def visit(self, visit_id: int) -> Visit:
         with self._session() as s:
@@ -237,13 +301,15 @@ class VisitStore:
             s.flush()
             return row.id
 
-    def finish_dose(self, dose_id: int, delivered: Iterable[Mapping[str, Any]], completed: bool) -> None:
-        """What the device delivered for a dose, appended when its session ends."""
+    def finish_dose(self, dose_id: int, delivered: Iterable[Mapping[str, Any]], completed: bool,
+                    stopped_by: str | None = None) -> None:
+        """What the device delivered for a dose, appended when its session ends, and what
+        stopped it when it ended early."""
         with self._session(write=True) as s:
             if s.get(DoseRow, dose_id) is None:
                 raise StoreError(f"no dose {dose_id}")
             s.add(DoseResultRow(dose_id=dose_id, delivered=[dict(d) for d in delivered], completed=completed,
-                                recorded_at=_now()))
+                                stopped_by=stopped_by, recorded_at=_now()))
 
     def last_dose(self, code: str) -> Dose | None:
         """The newest completed dose of the patient's visits."""
@@ -356,7 +422,8 @@ class VisitStore:
             DoseResultRow.dose_id.in_([d.id for d in rows])).order_by(DoseResultRow.id))}
         return [Dose(d.id, d.program, d.mechanism, dict(d.request),
                      tuple(results[d.id].delivered) if d.id in results else (),
-                     d.id in results and results[d.id].completed, d.id in results, d.record_id, _utc(d.recorded_at))
+                     d.id in results and results[d.id].completed, d.id in results, d.record_id, _utc(d.recorded_at),
+                     results[d.id].stopped_by if d.id in results else None)
                 for d in rows]
 
     def _visits(self, s: Session, rows: list[VisitRow]) -> list[Visit]:
@@ -371,7 +438,7 @@ class VisitStore:
                 out[item.visit_id].append(item)
             return out
 
-        answers = by_visit(ScreeningRow)
+        answers = by_visit(ScreeningEntryRow, ScreeningEntryRow.id)
         thresholds = by_visit(ThresholdRow, ThresholdRow.id)
         doses: dict[int, list[Dose]] = {i: [] for i in ids}
         dose_rows = {d.id: d.visit_id for ds in by_visit(DoseRow, DoseRow.id).values() for d in ds}
@@ -381,10 +448,11 @@ class VisitStore:
         plans = by_visit(PlanEntryRow, PlanEntryRow.id)
         records = by_visit(VisitRecordRow, VisitRecordRow.record_id)
         return [Visit(
-            id=r.id, patient=r.patient_code, started_at=_utc(r.started_at),
+            id=r.id, patient=r.patient_code, number=r.number, started_at=_utc(r.started_at),
             ended_at=None if r.ended_at is None else _utc(r.ended_at), clinician=r.clinician, host=r.host,
             sensitivity=r.sensitivity,
-            screening=Screening({Question(a.question): a.answer for a in answers[r.id]}),
+            screening=Screening({Question(a.question): a.answer for a in answers[r.id]}),   # the newest wins
+            screening_entries=tuple(ScreeningEntry(Question(a.question), a.answer, _entry(a)) for a in answers[r.id]),
             thresholds=tuple(_thresholds(t) for t in thresholds[r.id]),
             doses=tuple(doses[r.id]),
             outcomes=tuple(OutcomeEntry(Outcome(**{n: getattr(o, n) for n in OUTCOME_FIELDS},
@@ -396,8 +464,12 @@ class VisitStore:
 
 
 def _listed(visits: list[Visit]) -> str:
-    return ", ".join(f"visit {v.id} (started {v.started_at.astimezone():%H:%M} on {v.host} by "
+    return ", ".join(f"visit {v.name} (started {v.started_at.astimezone():%H:%M} on {v.host} by "
                      f"{v.clinician or 'no one named'})" for v in visits)
+
+
+def _names(visit: Visit, ref: VisitRef) -> bool:
+    return visit.id == ref.id if ref.number is None else (visit.patient, visit.number) == (ref.patient, ref.number)
 
 
 def _entry(row: Any) -> Entry:

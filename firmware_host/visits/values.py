@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from safety.screening import Screening
+    from safety.screening import Question, Screening
 
 PLAN_KINDS = ("breathing", "graded_exposure", "loading", "motor_control")
 
@@ -123,18 +123,53 @@ class Dose:
     finished: bool                      # the session reported its end (a killed one never does)
     record_id: str | None
     recorded_at: datetime
+    stopped_by: str | None = None       # what ended the session early, in plain words
+
+
+@dataclass(frozen=True, slots=True)
+class ScreeningEntry:
+    """One screening answer as given (the first screening, or a change when screening again)."""
+
+    question: Question
+    answer: bool
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class VisitRef:
+    """How a person names a visit: its number among the patient's visits (`P001/3`, as the
+    commands print it) or the store's own id (`57`)."""
+
+    id: int | None = None
+    patient: str | None = None
+    number: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> VisitRef:
+        code, slash, number = text.strip().rpartition("/")
+        if slash and code and number.isdigit() and int(number) > 0:
+            return cls(patient=code, number=int(number))
+        if not slash and number.isdigit():
+            return cls(id=int(number))
+        raise ValueError(f"visit {text!r}: give the patient's code and the visit's number (P001/3, as `estim "
+                         "visit start` prints it) or the store's id of the visit")
+
+    def __str__(self) -> str:
+        return f"{self.patient}/{self.number}" if self.number is not None else str(self.id)
 
 
 @dataclass(frozen=True, slots=True)
 class Visit:
     id: int
     patient: str
+    number: int                         # 1, 2, 3 of the patient's visits
     started_at: datetime
     ended_at: datetime | None
     clinician: str
     host: str
     sensitivity: str
-    screening: Screening
+    screening: Screening                # today's current answers: each question's newest entry
+    screening_entries: tuple[ScreeningEntry, ...] = ()
     thresholds: tuple[Any, ...] = ()    # safety.thresholds.ChannelThresholds
     doses: tuple[Dose, ...] = ()
     outcomes: tuple[OutcomeEntry, ...] = ()
@@ -157,6 +192,11 @@ class Visit:
     @property
     def plan(self) -> Plan | None:
         return self.plans[-1].plan if self.plans else None
+
+    @property
+    def name(self) -> str:
+        """The visit as `--visit` takes it and people read it: P001/3."""
+        return f"{self.patient}/{self.number}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 STORE_URL_ENV = "ESTIM_STORE_URL"
-SCHEMA_REVISION = "0002"
-KNOWN_REVISIONS = ("0001", "0002")
+SCHEMA_REVISION = "0003"
+KNOWN_REVISIONS = ("0001", "0002", "0003")
 """The newest migration shipped, and every one (a test checks both against the migrations)."""
 
 

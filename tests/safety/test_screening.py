@@ -3,7 +3,7 @@
 import pytest
 
 from safety import check_placement, ChannelPlacement, NeedleSite, Question, Region, Screening, Sensitivity, Side, screen
-from safety.screening import QUESTIONS, REFERENCE
+from safety.screening import ENDS_VISIT, QUESTIONS, REFERENCE
 
 L, R = Side.LEFT, Side.RIGHT
 FOREARM = {1: ChannelPlacement(NeedleSite(Region.FOREARM, L), NeedleSite(Region.HAND, L))}
@@ -89,3 +89,17 @@ def test_precautions_warn(question: Question, words: str) -> None:
 def test_the_placement_rules_see_the_answers() -> None:
     assert answers(Question.IMPLANTED_DEVICE).patient().implanted_device
     assert answers(Question.PREGNANT).patient().pregnant
+
+
+@pytest.mark.parametrize("question", list(ENDS_VISIT))
+def test_an_answer_that_ends_the_visit_refuses_every_site(question: Question) -> None:
+    """What `visit start` ends a visit for is refused by the rules at any placement, so ending
+    it there only says sooner what every later command would refuse."""
+    placements = [FOREARM, {1: ChannelPlacement(NeedleSite(Region.THIGH, R), NeedleSite(Region.LOWER_LEG, R))},
+                  {1: ChannelPlacement(NeedleSite(Region.LUMBOSACRAL, L), NeedleSite(Region.LUMBOSACRAL, L))}]
+    screening = answers(question)
+    assert screening.ends_visit() == (ENDS_VISIT[question],)
+    for placement in placements:
+        assert not screen(screening, placement).ok or check_placement(placement, screening.patient())
+    assert screen(answers(), placements[1]).ok and not check_placement(placements[1], answers().patient())
+    assert answers(*(q for q in Question if q not in ENDS_VISIT)).ends_visit() == ()

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from firmware_host.sim.process import child_env
 from firmware_host.visits import Outcome, Plan, RecordHeadError, StoreError, VisitStore
+from firmware_host.visits.values import VisitRef
 from firmware_host.visits.models import Base
 from safety.thresholds import ChannelThresholds, TitrationWaveform
 from safety import ChannelPlacement, NeedleSite, Question, Region, Screening, Shape, Side
@@ -58,7 +59,8 @@ def test_migrations_make_exactly_the_models(store_url: str) -> None:
 
 
 def test_a_store_of_the_first_schema_is_migrated_with_its_data(store_url: str) -> None:
-    """Outcomes, plans and doses written as single rows by the first schema become entries."""
+    """Outcomes, plans, doses and screening answers written as single rows by the first schema
+    become entries; visits are counted per patient in the order they were stored."""
     from alembic import command
     from alembic.config import Config
 
@@ -69,18 +71,26 @@ def test_a_store_of_the_first_schema_is_migrated_with_its_data(store_url: str) -
         config.attributes["connection"] = conn
         command.upgrade(config, "0001")
         now = datetime.now(timezone.utc)
-        conn.exec_driver_sql("INSERT INTO patients VALUES ('P001', %s, 'typical')" if "postgres" in store_url else
-                             "INSERT INTO patients VALUES ('P001', ?, 'typical')", (now,))
-        for sql in ("INSERT INTO visits (patient_code, started_at, ended_at, clinician, host, sensitivity) "
-                    "VALUES ('P001', :t, :t, 'JD', 'room', 'typical')",
-                    "INSERT INTO outcomes VALUES (1, 6, 3, 'warm', false, false, false, '', null, null, null, null, :t)",
+        for code in ("P001", "P002"):
+            conn.exec_driver_sql("INSERT INTO patients VALUES (%s, %s, 'typical')" if "postgres" in store_url else
+                                 "INSERT INTO patients VALUES (?, ?, 'typical')", (code, now))
+        for code, who in (("P001", "JD"), ("P002", "KL"), ("P001", "KL")):        # store ids 1, 2, 3
+            conn.execute(text("INSERT INTO visits (patient_code, started_at, ended_at, clinician, host, sensitivity) "
+                              "VALUES (:code, :t, :t, :who, 'room', 'typical')"), {"code": code, "t": now, "who": who})
+        for q in Question:
+            conn.execute(text("INSERT INTO screening_answers VALUES (1, :q, :a)"),
+                         {"q": q.value, "a": q is Question.BLEEDING_RISK})
+        for sql in ("INSERT INTO outcomes VALUES (1, 6, 3, 'warm', false, false, false, '', null, null, null, null, :t)",
                     "INSERT INTO plans (visit_id, kinds, text, recorded_at) VALUES (1, '[\"loading\"]', 'x', :t)",
                     "INSERT INTO doses (visit_id, program, mechanism, request, delivered, completed, recorded_at) "
                     "VALUES (1, 'p', null, '{}', '[{\"channel\": 1}]', true, :t)"):
             conn.execute(text(sql), {"t": now})
     engine.dispose()
     with VisitStore(store_url) as store:
-        [visit] = store.visits("P001")
+        second, visit = store.visits("P001")
+        assert [(v.id, v.number) for v in (visit, second, *store.visits("P002"))] == [(1, 1), (3, 2), (2, 1)]
+        assert visit.screening == Screening({q: q is Question.BLEEDING_RISK for q in Question})
+        assert {(e.entry.recorded_by, e.entry.reason) for e in visit.screening_entries} == {("JD", "")}
         assert (visit.outcome.pain_before, visit.outcome.pain_after, visit.outcome.felt) == (6, 3, "warm")
         assert visit.outcomes[0].entry.recorded_by == "JD" and visit.plan == Plan(("loading",), "x")
         assert visit.doses[0].completed and visit.doses[0].delivered == ({"channel": 1},)
@@ -152,15 +162,66 @@ def test_nothing_is_replaced_a_correction_is_a_new_entry(store: VisitStore) -> N
 
 
 def test_a_second_visit_today_is_refused_naming_the_way_out(store: VisitStore) -> None:
+    store.add_patient("P002", "typical")
+    store.start_visit("P002", Screening.all_no(), "JD")                      # store id 1: P002's visit 1
     first = store.start_visit("P001", Screening.all_no(), "JD")
-    with pytest.raises(StoreError, match=f"visit {first} open.*--visit {first}.*--another"):
+    with pytest.raises(StoreError, match="visit P001/1 open.*--visit P001/1.*screens it again.*--another"):
         store.start_visit("P001", Screening.all_no(), "KL")
     second = store.start_visit("P001", Screening.all_no(), "KL", another=True)
-    with pytest.raises(StoreError, match="2 visits open today.*--visit ID"):
+    with pytest.raises(StoreError, match="2 visits open today.*--visit P001/2"):
         store.visit_for("P001")
-    assert store.visit_for("P001", second).id == second
-    with pytest.raises(StoreError, match="not an open visit"):
-        store.visit_for("P001", 999)
+    assert store.visit_for("P001", second).id == second                     # the store's id still names it
+    assert store.visit_for("P001", VisitRef.parse("P001/2")).id == second    # and so does its number
+    assert (store.visit(first).number, store.visit(second).number) == (1, 2)
+    for wrong in (999, VisitRef.parse("P001/3"), VisitRef.parse("P002/1")):
+        with pytest.raises(StoreError, match="not an open visit of P001"):
+            store.visit_for("P001", wrong)
+    assert store.patient_visit("P001", VisitRef.parse("P001/1")).id == first
+    with pytest.raises(StoreError, match="P001 has no visit P002/1"):
+        store.patient_visit("P001", VisitRef.parse("P002/1"))
+    with pytest.raises(ValueError, match="P001/3"):
+        VisitRef.parse("third")
+
+
+def test_screening_again_appends_and_a_yes_is_taken_back_only_with_why_and_who(store: VisitStore) -> None:
+    """Screening again keeps every answer given; the visit's screening (what the interlock
+    judges) is the newest. A yes given today, in this visit or an earlier one, needs why and who."""
+    skin = Screening({**Screening.all_no().answers, Question.SKIN_AT_SITE: True})
+    visit = store.start_visit("P001", skin, "JD")
+    assert store.rescreen(visit, skin, "JD") == []                            # nothing changed, nothing added
+    with pytest.raises(StoreError, match="skin_at_site was answered yes in this visit.*--reason"):
+        store.rescreen(visit, Screening.all_no(), "JD")
+    with pytest.raises(StoreError, match="--operator NAME"):
+        store.rescreen(visit, Screening.all_no(), "JD", by="", reason="needles moved to the other arm")
+    assert store.rescreen(visit, Screening.all_no(), "JD", by="KL", reason="needles moved to the other arm") == [
+        Question.SKIN_AT_SITE]
+    v = store.visit(visit)
+    assert v.screening[Question.SKIN_AT_SITE] is False and not v.screening.unanswered
+    changes = [e for e in v.screening_entries if e.question is Question.SKIN_AT_SITE]
+    assert [(e.answer, e.entry.recorded_by, e.entry.reason) for e in changes] == [
+        (True, "JD", ""), (False, "KL", "needles moved to the other arm")]
+    store.rescreen(visit, skin, "JD")                                         # a new yes needs no reason
+    store.end_visit(visit, Plan(("loading",)), by="JD")
+    with pytest.raises(StoreError, match="ended at .*new visit"):
+        store.rescreen(visit, skin, "JD")
+    with pytest.raises(StoreError, match="skin_at_site was answered yes earlier today"):
+        store.start_visit("P001", Screening.all_no(), "JD")                  # a new visit the same day
+    yesterday = datetime.now(timezone.utc) - timedelta(days=1)
+    store.add_patient("P003", "typical")
+    store.start_visit("P003", skin, "JD", when=yesterday)
+    assert store.visit(store.start_visit("P003", Screening.all_no(), "JD")).number == 2   # another day: no reason
+
+
+def test_an_implanted_device_ends_the_visit_at_screening(store: VisitStore) -> None:
+    pacemaker = Screening({**Screening.all_no().answers, Question.IMPLANTED_DEVICE: True})
+    visit = store.visit(store.start_visit("P001", pacemaker, "JD"))
+    assert visit.ended_at is not None and "implanted electronic device" in visit.plan.text
+    with pytest.raises(StoreError, match="P001/1 ended at .*at screening: a pacemaker"):
+        store.visit_for("P001")
+    with pytest.raises(StoreError, match="implanted_device was answered yes earlier today"):
+        store.start_visit("P001", Screening.all_no(), "JD")
+    later = store.start_visit("P001", Screening.all_no(), "JD", by="KL", reason="answered for the wrong patient")
+    assert store.visit_for("P001").id == later
 
 
 def test_patients_are_codes_not_names(store: VisitStore) -> None:
@@ -283,6 +344,7 @@ def test_two_hosts_writing_visits_for_one_patient_lose_nothing(postgres_url_temp
     with VisitStore(url) as store:
         visits = store.visits("P001")
         assert len(visits) == 2 * n
+        assert sorted(v.number for v in visits) == list(range(1, 2 * n + 1))   # counted under the patient's lock
         assert sorted(v.plan.text for v in visits) == sorted(f"{h} {i}" for h in "AB" for i in range(n))
         assert all(len(v.thresholds) == 1 and v.outcome is not None and v.ended_at for v in visits)
         assert len(store.thresholds("P001")) == 2 * n

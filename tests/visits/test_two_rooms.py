@@ -39,16 +39,17 @@ def test_two_rooms_treat_one_patient_at_once(store_url: str, tmp_path: Path) -> 
     with VisitStore(store_url) as store:
         store.add_patient("P1", "typical")
     first = estim(store_url, "visit", "start", "P1", "--no", "all", "--operator", "A")
-    refused = estim(store_url, "visit", "start", "P1", "--no", "all", "--operator", "B")
-    assert refused.returncode == 2 and "--another" in refused.stderr and "Traceback" not in refused.stderr
+    again = estim(store_url, "visit", "start", "P1", "--no", "all", "--operator", "B")   # screens A's visit again
+    assert again.returncode == 0 and "visit 1 of P1 screened again: no answer changed" in again.stdout
+    assert "--another" in again.stdout and "Traceback" not in again.stderr
     second = estim(store_url, "visit", "start", "P1", "--no", "all", "--operator", "B", "--another")
-    visits = {room: int(done.stdout.split()[1]) for room, done in (("A", first), ("B", second))}
+    assert "visit 2 of P1 started" in second.stdout, second.stderr
+    ids = {room: int(done.stdout.split("store id ")[1].split(")")[0]) for room, done in (("A", first), ("B", second))}
     guessed = estim(store_url, *RUN, "--patient", "P1")
-    assert guessed.returncode == 2 and "--visit" in guessed.stderr                 # two open: never guessed
+    assert guessed.returncode == 2 and "--visit P1/" in guessed.stderr             # two open: never guessed
 
     def room(name: str) -> list[str]:
-        visit = str(visits[name])
-        return [name, visit]
+        return [name, "P1/1" if name == "A" else str(ids[name])]     # by its number, or by the store's id
 
     steps = [
         lambda r, v: [*RUN, "--patient", "P1", "--visit", v, "--record", str(tmp_path / f"room-{r}.jsonl"),
@@ -62,7 +63,7 @@ def test_two_rooms_treat_one_patient_at_once(store_url: str, tmp_path: Path) -> 
         for done in map(finish, procs):
             assert done.returncode == 0, done.stderr
     with VisitStore(store_url) as store:
-        for name, visit_id in visits.items():
+        for name, visit_id in ids.items():
             visit = store.visit(visit_id)
             record = tmp_path / f"room-{name}.jsonl"
             record_id = next(e for e in read_entries(record) if e["kind"] == "open")["data"]["record_id"]
@@ -77,13 +78,13 @@ def test_two_rooms_treat_one_patient_at_once(store_url: str, tmp_path: Path) -> 
 
 
 def test_racing_commands_for_one_patient_are_refused_in_plain_words(store_url: str) -> None:
-    """Four `visit start` at once make one visit; three first outcomes at once keep one and
-    refuse the rest as corrections without a reason."""
+    """Four `visit start` at once make one visit (those that came after it screen it again);
+    three first outcomes at once keep one and refuse the rest as corrections without a reason."""
     with VisitStore(store_url) as store:
         store.add_patient("P2", "typical")
     starts = [finish(p) for p in [start(["visit", "start", "P2", "--no", "all"], store_url) for _ in range(4)]]
-    assert sorted(d.returncode for d in starts) == [0] + [2] * 3, [d.stderr for d in starts]
-    assert all("already has visit" in d.stderr for d in starts if d.returncode)
+    assert 0 in {d.returncode for d in starts} <= {0, 2}, [d.stderr for d in starts]
+    assert all("already has visit" in d.stderr for d in starts if d.returncode)   # the rest screened it again
     outcomes = [finish(p) for p in [start(["visit", "outcome", "P2", "--pain-before", str(n)], store_url)
                                     for n in range(3)]]
     assert sorted(d.returncode for d in outcomes) == [0, 2, 2], [d.stderr for d in outcomes]
@@ -92,4 +93,4 @@ def test_racing_commands_for_one_patient_are_refused_in_plain_words(store_url: s
         assert "Traceback" not in text and "IntegrityError" not in text and "UNIQUE" not in text.upper()
     with VisitStore(store_url) as store:
         [visit] = store.visits("P2")
-        assert len(visit.outcomes) == 1
+        assert len(visit.outcomes) == 1 and visit.number == 1
