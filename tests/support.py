@@ -36,8 +36,9 @@ DIRECT_SESSION = ["--channel", "1", "--frequency", "20", "--pulse-width", "200",
 
 def estim_on(url: str, command: str = "run", *args: str) -> list[str]:
     """argv of `estim COMMAND --device URL ARGS`: the one place the tests of device paths (ptys
-    by any name, RFC 2217, lab places) say which device is connected."""
-    return [sys.executable, "-m", "firmware_host", command, "--device", url, *args]
+    by any name, RFC 2217, lab places) say which device is connected, and who: a test load."""
+    declared = ("--test-load", "test rig") if command in ("run", "titrate", "console") else ()
+    return [sys.executable, "-m", "firmware_host", command, "--device", url, *declared, *args]
 
 
 def forearm_sites(*channels: int) -> dict[int, ChannelPlacement]:
@@ -106,7 +107,7 @@ def stimulating(estim_run: subprocess.Popen[str]) -> None:
     """Returns once a running `estim run` reports channel 1 on (its progress lines on stdout)."""
     assert estim_run.stdout is not None
     for line in estim_run.stdout:
-        if line.startswith("ch1 on:"):
+        if line.startswith("ch1 on"):
             return
     raise AssertionError(f"estim never stimulated: exit {estim_run.wait()}: "
                          f"{estim_run.stderr.read() if estim_run.stderr else ''}")

@@ -93,7 +93,7 @@ def envelope(args: argparse.Namespace) -> Envelope:
                 raise Refusal("usage.conflict", f"with --patient, thresholds and identity come from today's visit "
                               f"in the visit store only: leave out {name}", value=str(value), limit="--patient")
         profile = Sensitivity(visit.sensitivity)
-        return Envelope.for_visit(args.patient, str(visit.id), visit.screening,
+        return Envelope.for_visit(args.patient, f"{visit.name} (store id {visit.id})", visit.screening,
                                   stricter(profile, flag) if flag else profile, visit.thresholds)
     thresholds = load(thresholds_file) if thresholds_file is not None else []
     named = sorted({t.patient for t in thresholds})
