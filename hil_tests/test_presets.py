@@ -24,7 +24,7 @@ from safety import ChannelSetting
 pytestmark = pytest.mark.timeout(40)
 
 UPDATE_PERIOD_S = 0.1
-PROGRAM_S = 4.0  # past the first dense/disperse switch
+PROGRAM_S = 3.3  # past the first dense/disperse switch (at 3 s)
 THRESHOLDS_MA = {"sensory": 2.0, "motor": 3.0, "tolerance": 5.0}
 SITE = Site(region="forearm", side="left")
 NEEDLE = Needle(diameter_mm=0.25, length_mm=15.0, inserted_mm=15.0, site_a=SITE, site_b=SITE)

@@ -221,7 +221,7 @@ def _allowed_ma(visit: dict, channel: int, wave: TitrationWaveform) -> float | N
     return -1.0
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(visit=visits, ops=st.lists(patient_calls, min_size=1, max_size=10))
 def test_every_frame_on_the_wire_is_inside_the_patients_envelope(visit: dict, ops: list[tuple],

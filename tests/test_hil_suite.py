@@ -1,7 +1,7 @@
-"""CI runs the very HIL acceptance suite engineers run against hardware: against the
-simulator process (and checks that it leaves its test record and report behind), and against
-the independently written peer device speaking ICD v1, one long-running device across every
-test of the suite, as a device in a clinic would be."""
+"""CI runs the very HIL acceptance suite engineers run against hardware: here against the
+simulator process, as `pytest hil_tests` runs it with no --device (and checks that it leaves
+its test record and report behind); against the independently written peer device (ICD v1 and
+v2) and the simulator through a labgrid place, in tests/test_labgrid_rig.py."""
 
 from __future__ import annotations
 
@@ -37,15 +37,3 @@ def test_hil_suite_passes_against_the_simulator(tmp_path: Path) -> None:
     report = records[0].with_suffix(".md").read_text()
     assert report.startswith("# HIL acceptance report: PASS") and "charge_error" in report
     assert (tmp_path / "junit.xml").exists()
-
-
-@pytest.mark.timeout(180)
-def test_hil_suite_passes_against_an_independent_icd_v1_device(tmp_path: Path) -> None:
-    from tests.peer_device.process import spawn_peer
-
-    with spawn_peer("pty", protocol_version=1) as peer:
-        result = hil(tmp_path, "--device", peer.url)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    record = json.loads(next(tmp_path.glob("hil-record-*.json")).read_text())
-    assert record["outcome"] == "PASS" and record["device"]["protocol_version"] == 1
-    assert not record["device"]["simulated"]  # the suite treated it as any device: no simulator trace

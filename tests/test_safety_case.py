@@ -87,7 +87,7 @@ def test_a_full_disk_under_estim_run_stops_stimulation(sim: SimProcess, tmp_path
 
     def small_files() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
-        resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (5_500, 5_500))   # reached a few seconds into the session
 
     sim.trace.mark()
     proc = subprocess.run(
