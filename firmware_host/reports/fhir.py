@@ -1,6 +1,6 @@
 """FHIR export of a session: a `transaction` Bundle an EHR can take, built with the
 `fhir.resources` R4B models (FHIR 4.3, whose resources used here are R4's), so every resource
-is validated as it is made.
+is validated as it is made (the tests read the bundle back as R4 4.0.1 too, with `fhirclient`).
 
 Every entry has a `urn:uuid:` fullUrl and a request (`POST`, the patient and the device only
 if none exists yet with their identifier), and every reference is one of those fullUrls.

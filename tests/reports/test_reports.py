@@ -133,6 +133,7 @@ def resources(bundle: dict) -> dict[str, list[dict]]:
 
 def test_fhir_transaction_bundle_an_ehr_can_take(session_record: Path, tmp_path: Path) -> None:
     from fhir.resources.R4B.bundle import Bundle
+    from fhirclient.models.bundle import Bundle as R4Bundle
 
     from firmware_host.visits import Outcome, Plan, VisitStore
     from safety import Screening
@@ -148,6 +149,7 @@ def test_fhir_transaction_bundle_an_ehr_can_take(session_record: Path, tmp_path:
     bundle = json.loads(build_bundle(read_session(session_record), verify_record(session_record), visit,
                                      SYSTEM).json())
     Bundle.parse_obj(bundle)                                      # validates every resource again (R4B)
+    assert R4Bundle(bundle).as_json() == bundle                   # and as FHIR R4 4.0.1 (SMART's fhirclient models)
     assert bundle["type"] == "transaction"
     urls = {e["fullUrl"] for e in bundle["entry"]}
     assert all(u.startswith("urn:uuid:") for u in urls) and all(e["request"]["method"] == "POST"
