@@ -4,6 +4,7 @@ on a pseudo-terminal; exit codes, printed output, records and the device's own t
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -100,7 +101,9 @@ def test_run_completes_and_record_verifies_and_shows(sim: SimProcess, tmp_path: 
     show = estim("record", "show", str(record), "--plot", str(png))
     assert show.returncode == 0, show.stderr
     assert "SIM-0001" in show.stdout and "output as delivered" in show.stdout
-    assert "SetChannel" in show.stdout
+    assert re.search(r"commands: +\d+ settings, \d+ output switchings", show.stdout)  # in words, not class names
+    assert re.search(r"prescription: cap channel 1 \d+ mA; ramp [\d.]+ mA/s; 2 Hz; 200 µs", show.stdout)
+    assert not re.search(r"[{}\[\]]|SetChannel", show.stdout.split("output as delivered")[0]), show.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads(estim("record", "show", str(record), "--json").stdout)
     assert summary["output"][0]["channel"] == 1 and summary["output"][0]["peak_ma"] == pytest.approx(1.0)

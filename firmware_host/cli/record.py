@@ -24,6 +24,7 @@ from typing import Any
 from . import (EXIT_OK, EXIT_RECORD_ALTERED, EXIT_RECORD_NOT_CLOSED, EXIT_RECORD_UNCHECKABLE, EXIT_REFUSED,
                Parser, refused)
 from .visit_context import add_store_option
+from ..reports.words import commands_text, ma, prescription_text, stop_text
 
 EXAMPLES = """examples:
   estim record verify ~/.local/share/estim/records/session-20250101-093000.jsonl
@@ -355,22 +356,19 @@ def _format(path: Path, s: dict[str, Any], outputs: list[Any]) -> str:
     if s["not_started"]:
         lines.append(f"not started: {s['not_started']}")
     if rx:
-        lines.append(f"prescription: channels {s['channels']}, cap {rx.get('max_amplitude_ma')} mA, "
-                     f"ramp {rx.get('ramp_ma_per_s')} mA/s, {rx.get('frequency_hz')} Hz, "
-                     f"{rx.get('pulse_width_us')} µs, {rx.get('max_session_minutes', 0):.1f} min, "
-                     f"sensitivity {rx.get('sensitivity')}")
+        lines.append(prescription_text(rx))
     for t in s["thresholds"]:
-        lines.append(f"thresholds: channel {t.get('channel')}: sensory {_ma(t.get('sensory'))}, "
-                     f"motor {_ma(t.get('motor'))}, tolerance {_ma(t.get('tolerance'))}")
+        lines.append(f"thresholds: channel {t.get('channel')}: sensory {ma(t.get('sensory'))}, "
+                     f"motor {ma(t.get('motor'))}, tolerance {ma(t.get('tolerance'))}")
     for f in s["patient_feedback"]:
         lines.append(f"patient:    channel {f.get('channel')}: {f.get('feedback')} ({f.get('outcome', '')})")
-    lines.append("commands:   " + (", ".join(f"{n} {k}" for k, n in sorted(s["commands"].items())) or "none")
+    lines.append("commands:   " + commands_text(s["commands"])
                  + (f"; {len(s['naks'])} refused by the device" if s["naks"] else ""))
     lines.append(f"faults:     {len(s['faults'])}")
     lines += [f"  - {f.get('code')} on {_where(f.get('channel'))} at {f.get('device_time_s')} s" for f in s["faults"]]
     lines.append(f"refusals:   {len(s['refusals'])}")
-    lines += [f"  - [{r.get('rule')}] {r.get('message')}" for r in s["refusals"]]
-    lines += [f"stopped:    {reason}" for reason in s["stops"]]
+    lines += [f"  - {r.get('message')}" for r in s["refusals"]]  # the rule ids are in --json
+    lines += [f"stopped:    {stop_text(reason)}" for reason in s["stops"]]
     lines += [f"notice:     {n.get('reason')}" for n in s["notices"]]
     lines.append("")
     lines.append("output as delivered (device telemetry):")
@@ -387,10 +385,6 @@ def _format(path: Path, s: dict[str, Any], outputs: list[Any]) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines += ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
-
-
-def _ma(value: float | None) -> str:
-    return "-" if value is None else f"{value:g} mA"
 
 
 def _where(channel: int | None) -> str:

@@ -22,13 +22,12 @@ from typing import Any
 from .. import INTENDED_USE
 from .output import write_private
 from .session import Session, output_summaries
+from .words import NOT_RECORDED, commands_text, ma as _ma, prescription_text, stop_text
 
 A4 = (8.27, 11.69)
-NOT_RECORDED = "not recorded"
 FONT_PT = 8.5
 LINE_CHARS = 96
 """Monospaced characters that fit across the page at FONT_PT; longer lines wrap."""
-STOP_WORDS = {"KeyboardInterrupt": "Ctrl-C (e-stop)", "Terminated": "SIGTERM (e-stop)"}
 
 
 def write_report(session: Session, verdict: Any, out: Path, visit: Any = None) -> Path:
@@ -136,14 +135,14 @@ def _page_one(s: Session, verdict: Any, visit: Any) -> list[tuple[str, list[str]
          or [_plan_thresholds(plan)]),
         ("Program and dose by channel", [
             f"target mechanism: {plan.get('mechanism') or NOT_RECORDED}; program: {plan.get('program') or 'direct'}",
-            _prescription(rx),
+            prescription_text(rx),
             *[f"channel {d.channel}: {'/'.join(d.shapes)}, {_join(d.frequencies_hz, 'Hz')}, "
               f"{_join(d.pulse_widths_us, 'µs')}, up to {d.max_amplitude_ma:g} mA"
               + ("".join(f"; bursts of {n} at {r:g} Hz" for n, r in d.burst)) for d in s.doses],
         ]),
         ("What happened", [
             *([f"the session never reached the device ({s.not_started})"] if s.not_started else []),
-            "commands: " + (", ".join(f"{n} {_command(k)}" for k, n in sorted(s.commands.items())) or "none"),
+            "commands: " + commands_text(s.commands),
             f"stops: {len(s.stops)}; faults: {len(s.faults)}; refusals: {len(s.refusals)}; "
             f"patient feedback: {len(s.feedback)}",
             *[f"stopped: {stop_text(reason)}" for reason in s.stops[:6]],
@@ -157,14 +156,6 @@ def _page_one(s: Session, verdict: Any, visit: Any) -> list[tuple[str, list[str]
     ]
 
 
-def stop_text(reason: str) -> str:
-    """A stop as a person says it (an interrupted program's exception name is not that)."""
-    for name, words in STOP_WORDS.items():
-        if reason.startswith(name):
-            return words
-    return reason
-
-
 def _ending(s: Session, status: str) -> str:
     if status == "completed":
         return "the session ran to its end; the record was closed"
@@ -172,32 +163,6 @@ def _ending(s: Session, status: str) -> str:
         return "no output was delivered" + ("" if s.closed else "; the record was NOT closed")
     return ("the session ended early (a stop)" if s.stops or s.faults else "the session did not end normally") + (
         "; the record was closed" if s.closed else "; the record was NOT closed")
-
-
-def _command(kind: str) -> str:
-    return {"SetChannel": "settings", "SetOutputs": "output switchings", "ClearFaults": "stops cleared",
-            "SimControl": "simulator controls"}.get(kind, kind)
-
-
-def _prescription(rx: dict[str, Any]) -> str:
-    if not rx:
-        return f"prescription: {NOT_RECORDED}"
-    caps = rx.get("max_amplitude_ma")
-    cap = ", ".join(f"channel {ch} {v:g} mA" for ch, v in sorted(caps.items())) if isinstance(caps, dict) else \
-        (f"{caps:g} mA" if isinstance(caps, (int, float)) else NOT_RECORDED)
-    return (f"prescription: cap {cap}; ramp {_num(rx.get('ramp_ma_per_s'), 'mA/s')}; "
-            f"{_range(rx.get('frequency_hz'), 'Hz')}; {_range(rx.get('pulse_width_us'), 'µs')}; "
-            f"at most {_minutes(rx.get('max_session_minutes'))}")
-
-
-def _num(value: Any, unit: str) -> str:
-    return f"{value:g} {unit}" if isinstance(value, (int, float)) else NOT_RECORDED
-
-
-def _range(value: Any, unit: str) -> str:
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
-        return f"{value[0]:g} {unit}" if value[0] == value[1] else f"{value[0]:g}-{value[1]:g} {unit}"
-    return _num(value, unit)
 
 
 def _page_two(s: Session) -> list[tuple[str, list[str]]]:
@@ -274,13 +239,5 @@ def _yes_no(value: Any) -> str:
     return NOT_RECORDED if value is None else ("yes" if value else "no")
 
 
-def _ma(value: Any) -> str:
-    return "-" if value is None else f"{value:g} mA"
-
-
 def _join(values: tuple[float, ...], unit: str) -> str:
     return "/".join(f"{v:g}" for v in values) + f" {unit}"
-
-
-def _minutes(value: Any) -> str:
-    return f"{value:.1f} min" if isinstance(value, (int, float)) else NOT_RECORDED

@@ -53,7 +53,7 @@ def record_figure(session: Session, fig: Any = None) -> Any:
     _rates(rate_ax, session, colours, scale)
     rate_ax.set_xlabel(f"device time ({unit})")
     if marked:
-        from .pdf import stop_text
+        from .words import stop_text
 
         text = "; ".join(f"{n} {e.kind}{'' if e.channel is None else f' ch{e.channel}'}: {stop_text(e.text)}"
                          for n, e in enumerate(marked, start=1))
