@@ -31,10 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.waveforms_bench import SIM_DEVICE, VirtualClock  # noqa: E402
 from firmware_host.stimulator import Stimulator  # noqa: E402
-from firmware_host.waveforms import Program, preset_program  # noqa: E402
+from firmware_host.programs import shipped  # noqa: E402
+from firmware_host.waveforms import PRESETS, Program, preset_program  # noqa: E402
 from firmware_host.waveforms.engine import run_program  # noqa: E402
 from firmware_host.waveforms.program import Needle  # noqa: E402
-from safety import Interlock, Patient, TreatmentRecord, read_readings, verify_record  # noqa: E402
+from hil_tests.harness import dosed_in_ma  # noqa: E402
+from safety import Interlock, TreatmentRecord, read_readings, verify_record  # noqa: E402
 from safety.record_keys import create_key, load_key  # noqa: E402
 
 READINGS_PER_S = 10
@@ -42,9 +44,6 @@ CHANNELS = (1, 2, 3, 4)
 THRESHOLDS = {"sensory": 1.0, "motor": 3.0, "tolerance": 5.0}
 NEEDLE = {"diameter_mm": 0.25, "length_mm": 25, "inserted_mm": 15,
           "site_a": {"region": "forearm", "side": "left"}, "site_b": {"region": "forearm", "side": "left"}}
-PROGRAMS = Path(__file__).resolve().parents[1] / "programs"
-PRESETS = ("peripheral_analgesia", "segmental_inhibition", "descending_modulation", "neuromuscular_reeducation",
-           "tissue_perfusion")
 
 
 class _Bench:
@@ -93,11 +92,10 @@ class _Bench:
 
 def programs(minutes: float) -> Iterator[tuple[str, Program]]:
     """Every preset and every shipped program, on 4 channels, `minutes` long, in mA."""
-    thresholds = {ch: THRESHOLDS for ch in CHANNELS}
-    for name in PRESETS:
+    for name in map(str, PRESETS):
         program = preset_program(name, {ch: Needle.model_validate(NEEDLE) for ch in CHANNELS}, "typical", minutes)
-        yield f"preset_{name}", program.resolve(thresholds)
-    for path in sorted(PROGRAMS.glob("*.toml")):
+        yield f"preset_{name}", dosed_in_ma(program, THRESHOLDS)
+    for path in shipped().values():
         data = Program.load(path).model_dump()
         first = min(data["needles"])
         for ch in CHANNELS:
@@ -109,14 +107,14 @@ def programs(minutes: float) -> Iterator[tuple[str, Program]]:
         length = min(minutes, data["prescription"]["max_minutes"])   # as long as its prescription allows
         for segment in data["segments"]:
             segment["duration_s"] *= length * 60 / total
-        yield f"program_{path.stem}", Program.model_validate(data).resolve(thresholds)
+        yield f"program_{path.stem}", dosed_in_ma(Program.model_validate(data), THRESHOLDS)
 
 
 def write(program: Program, path: Path, key: Any) -> float:
     """Stream the program into a record; the session's length in minutes."""
     clock = VirtualClock()
     with TreatmentRecord(path, clock=clock, key=key) as record:
-        interlock = Interlock(program.session_setup(SIM_DEVICE, Patient()), clock=clock, record=record)
+        interlock = Interlock(program.session_setup(SIM_DEVICE), clock=clock, record=record)
         bench = _Bench(interlock, record, clock)
         report = run_program(bench, program, clock=clock, sleep=bench.sleep)  # type: ignore[arg-type]
         if not report.completed:
