@@ -204,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Result] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="estim-bench-") as tmp:
+        for xdg in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):  # its own keys, store and records:
+            os.environ[xdg] = str(Path(tmp) / xdg.lower())                  # never the user's
         for name in args.only or BENCHMARKS:
             print(f"running {name} ...", flush=True)
             results += BENCHMARKS[name](Path(tmp), args.quick)

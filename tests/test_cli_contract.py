@@ -225,3 +225,28 @@ def test_a_stop_is_cleared_by_name_and_the_next_session_runs(sim: SimProcess, tm
     assert estim("run", "--device", sim.url, *DIRECT, "--seconds", "1").returncode == 0
     nothing = estim("clear-faults", "--device", sim.url, "--operator", "J. Doe")
     assert nothing.returncode == 0 and "nothing is latched" in nothing.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", [
+    ["run", "--channel", "1", "--frequency", "2", "--pulse-width", "200", "--amplitude", "1", "--seconds", "1",
+     "--yes"],
+    ["titrate", "--channel", "1", "--frequency", "2", "--pulse-width", "200", "--yes"],
+    ["console", "--channel", "1", "--frequency", "2", "--pulse-width", "200", "--minutes", "1"],
+])
+def test_a_record_key_of_an_older_estim_is_refused_in_words_before_any_session(
+        command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A computer upgraded from an estim that signed with a shared secret: every session command
+    says what to do, and none starts (no traceback, no record)."""
+    keys = tmp_path / "config" / "estim" / "keys"
+    keys.mkdir(parents=True)
+    (keys / "k-0ld").with_suffix(".json").write_text(json.dumps(
+        {"id": "k-0ld", "algorithm": "hmac-sha256", "secret": "00" * 32, "label": "old", "created": "2026-01-01"}))
+    (keys / "default").write_text("k-0ld")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    record = tmp_path / "session.jsonl"
+    done = estim(*command, "--sites", "left:forearm,left:forearm", "--inserted", "10", "--record", str(record),
+                 input="")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no usable record key" in done.stderr and "run `estim keys init`" in done.stderr
+    assert "Traceback" not in done.stderr and not record.exists()

@@ -201,7 +201,10 @@ def _titrate(args: argparse.Namespace) -> int:
     keep_setup(args, {args.pair.channel: args.pair})
     previous = {wave: _previous(args, setup.placements[args.pair.channel], wave) for wave in waves}
 
-    record = open_record(args.record, store=args.store, **record_subject(args))
+    try:
+        record = open_record(args.record, store=args.store, **record_subject(args))
+    except (SafetyError, ValueError) as exc:
+        return refused(exc)
     record.append("session_plan", session_plan(args, titration=True, waveform=waves[0].as_dict(),
                                                waveforms=[w.as_dict() for w in waves], aim=args.aim))
     print(f"record: {record.path} (id {record.record_id})", file=sys.stderr)
