@@ -14,8 +14,8 @@ import sys
 
 from . import EXIT_DEVICE_FAULT, EXIT_INTERRUPTED, EXIT_OK, Parser, refused, said_stopped, stoppable
 from .options import (add_program_options, add_session_options, fixed_waveform_setup, open_program_session,
-                      open_record, open_session, preflight, program_from_args, session_plan)
-from .visit_context import attach_visit, keep_record, kept_dose, record_subject
+                      open_session_record, open_session, preflight, program_from_args, session_plan)
+from .visit_context import attach_visit, keep_record, kept_dose
 from .visit_setup import fill_source, keep as keep_setup, pairs_for
 
 EXAMPLES = """keys:
@@ -131,10 +131,9 @@ def _console(args: argparse.Namespace) -> int:
     if code is not None:
         return code
     keep_setup(args, args.pairs)
-    try:
-        record = open_record(args.record, store=args.store, **record_subject(args))
-    except (SafetyError, ValueError) as exc:
-        return refused(exc)
+    record = open_session_record(args)
+    if isinstance(record, int):
+        return record
 
     try:
         record.append("session_plan", session_plan(args, console=True))

@@ -16,7 +16,7 @@ from typing import Any
 from safety import STANDARD, Envelope, Patient, Refusal, Sensitivity, ThresholdError, TreatmentRecord
 
 from .pairs import Pair, add_pair_options, parse_sites  # noqa: F401 - parse_sites: the one parser of sites
-from .visit_context import add_store_option, add_visit_option
+from .visit_context import add_store_option, add_visit_option, record_subject
 
 def add_session_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="sim://", metavar="URL",
@@ -396,6 +396,20 @@ def open_record(path: Path | None, kind: str = "session", store: str | None = No
         anchor_pending(store)
     return record
 
+
+
+def open_session_record(args: argparse.Namespace) -> TreatmentRecord | int:
+    """The record of a session command (run, console, titrate), naming its patient and visit;
+    on a refusal (an unusable key, a place that cannot be written, another patient's record),
+    the exit code instead, said in words before any device is opened."""
+    from safety import SafetyError
+
+    from . import refused
+
+    try:
+        return open_record(args.record, store=args.store, **record_subject(args))
+    except (SafetyError, OSError, ValueError) as exc:
+        return refused(exc)
 
 ANCHOR_START_WAIT_S = 3.0
 """Longest wait, before a session starts, for the visit store to take the record's first head."""

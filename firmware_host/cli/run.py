@@ -29,10 +29,10 @@ from safety import STANDARD
 
 from . import EXIT_OK, EXIT_REFUSED, Parser, refused, stoppable
 from . import terminal
-from .options import (add_program_options, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
+from .options import (add_program_options, add_session_options, fixed_waveform_setup, latched_at_start, open_session_record,
                       open_program_session, open_session, preflight, program_from_args, session_plan)
 from .live import stream
-from .visit_context import apply_last_dose, attach_visit, keep_record, kept_dose, record_subject
+from .visit_context import apply_last_dose, attach_visit, keep_record, kept_dose
 from .visit_setup import fill_source, keep as keep_setup, pairs_for
 
 MAX_SESSION_MIN = STANDARD.max_session_minutes  # the standard's limit on one session
@@ -241,10 +241,9 @@ def _run(args: argparse.Namespace) -> int:
         return code
     keep_setup(args, args.pairs)
     print("sensitivity " + describe_sensitivity(setup.prescription.sensitivity, args.max_amplitude, args.ramp))
-    try:
-        record = open_record(args.record, store=args.store, **record_subject(args))
-    except (SafetyError, ValueError) as exc:
-        return refused(exc)
+    record = open_session_record(args)
+    if isinstance(record, int):
+        return record
 
     with record, kept_dose(args, "direct", args.mechanism, record) as dose:
         try:
@@ -303,10 +302,9 @@ def _run_program(args: argparse.Namespace) -> int:
     if code is not None:
         return code
     keep_setup(args, getattr(args, "pairs", None) or {})
-    try:
-        record = open_record(args.record, store=args.store, **record_subject(args))
-    except (SafetyError, OSError, ValueError) as exc:
-        return refused(exc)
+    record = open_session_record(args)
+    if isinstance(record, int):
+        return record
 
     with record, kept_dose(args, program.name, str(program.mechanism), record) as dose:
         plan_entry = session_plan(args, program=program.name, duration_s=program.duration_s)

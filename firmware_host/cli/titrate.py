@@ -31,11 +31,11 @@ from typing import Any
 
 from . import EXIT_DEVICE_FAULT, EXIT_OK, EXIT_REFUSED, Parser, refused, stoppable
 from . import terminal
-from .options import (PRESET_NAMES, add_session_options, fixed_waveform_setup, latched_at_start, open_record,
+from .options import (PRESET_NAMES, add_session_options, fixed_waveform_setup, latched_at_start, open_session_record,
                       open_session, preflight, session_plan)
 from .pairs import Pair
 from .terminal import END, ENDED, LOWER, PAUSE, RAISE, STOP
-from .visit_context import apply_last_dose, attach_visit, keep_record, keep_thresholds, record_subject, store
+from .visit_context import apply_last_dose, attach_visit, keep_record, keep_thresholds, store
 from .visit_setup import fill_source, keep as keep_setup, pairs_for
 
 MARKS = {"s": "sensory", "m": "motor", "t": "tolerance"}
@@ -201,10 +201,9 @@ def _titrate(args: argparse.Namespace) -> int:
     keep_setup(args, {args.pair.channel: args.pair})
     previous = {wave: _previous(args, setup.placements[args.pair.channel], wave) for wave in waves}
 
-    try:
-        record = open_record(args.record, store=args.store, **record_subject(args))
-    except (SafetyError, ValueError) as exc:
-        return refused(exc)
+    record = open_session_record(args)
+    if isinstance(record, int):
+        return record
     record.append("session_plan", session_plan(args, titration=True, waveform=waves[0].as_dict(),
                                                waveforms=[w.as_dict() for w in waves], aim=args.aim))
     print(f"record: {record.path} (id {record.record_id})", file=sys.stderr)

@@ -129,9 +129,8 @@ def _page_one(s: Session, verdict: Any, visit: Any) -> list[tuple[str, list[str]
             f"sensitivity: {plan.get('sensitivity') or rx.get('sensitivity') or NOT_RECORDED}",
         ]),
         ("Sites and needles", _sites(setup) or [NOT_RECORDED]),
-        ("Thresholds", [f"channel {t.get('channel')}: first felt {_ma(t.get('sensory'))}, visible twitch "
-                        f"{_ma(t.get('motor'))}, tolerance {_ma(t.get('tolerance'))}"
-                        + (f" (measured {_local(t['t'], '%H:%M')})" if t.get("t") else "") for t in s.thresholds]
+        ("Thresholds", [_thresholds(t) + (f" (measured {_local(t['t'], '%H:%M')})" if t.get("t") else "")
+                        for t in s.thresholds]
          or [_plan_thresholds(plan)]),
         ("Program and dose by channel", [
             f"target mechanism: {plan.get('mechanism') or NOT_RECORDED}; program: {plan.get('program') or 'direct'}",
@@ -224,14 +223,18 @@ def _sites(setup: dict[str, Any]) -> list[str]:
         for ch, pair in sorted((setup.get("sites") or {}).items())]
 
 
+def _thresholds(t: dict[str, Any]) -> str:
+    return (f"channel {t.get('channel')}: first felt {_ma(t.get('sensory'))}, visible twitch {_ma(t.get('motor'))}, "
+            f"tolerance {_ma(t.get('tolerance'))}")
+
+
 def _plan_thresholds(plan: dict[str, Any]) -> str:
     given = plan.get("thresholds")
     if isinstance(given, dict):
         given = given.get("thresholds", [given])
     if isinstance(given, list):
-        return "; ".join(f"from the thresholds file: channel {t.get('channel')}: first felt {_ma(t.get('sensory'))},"
-                         f" visible twitch {_ma(t.get('motor'))}, tolerance {_ma(t.get('tolerance'))}"
-                         for t in given if isinstance(t, dict)) or NOT_RECORDED
+        return "; ".join(f"from the thresholds file: {_thresholds(t)}" for t in given if isinstance(t, dict)) \
+            or NOT_RECORDED
     return f"as given for the program: {given}" if isinstance(given, str) else NOT_RECORDED
 
 

@@ -20,13 +20,9 @@ def stop_text(reason: str) -> str:
     return reason
 
 
-def command_words(kind: str) -> str:
-    return COMMAND_WORDS.get(kind, kind)
-
-
 def commands_text(counts: dict[str, int]) -> str:
     """`41 settings, 2 output switchings`, or `none`."""
-    return ", ".join(f"{n} {command_words(k)}" for k, n in sorted(counts.items())) or "none"
+    return ", ".join(f"{n} {COMMAND_WORDS.get(k, k)}" for k, n in sorted(counts.items())) or "none"
 
 
 def prescription_text(rx: dict[str, Any]) -> str:
