@@ -29,8 +29,10 @@ CHANNELS = (1, 2, 3, 4)
 
 
 def open_for(prog):  # type: ignore[no-untyped-def]
+    """The in-process simulator, its watchdog at 2 s: these tests are about the schedule, and a
+    test process starved for 300 ms on a loaded CI machine would trip the default one."""
     setup = prog.session_setup(SIM_DEVICE)
-    return fh.open("sim://", prescription=setup.prescription, placements=setup.placements, needles=setup.needles)
+    return fh.open("sim://?watchdog_ms=2000", prescription=setup.prescription, placements=setup.placements, needles=setup.needles)
 
 
 def acknowledged(stim) -> list[tuple[float, ChannelSetting]]:  # type: ignore[no-untyped-def]
