@@ -18,6 +18,7 @@ recover lines a killed writer left unsigned.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -154,7 +155,7 @@ def import_public(document: dict[str, Any], directory: Path | None = None) -> Re
 
 
 def _write_default(folder: Path, key_id: str) -> None:
-    tmp = folder / "default.tmp"
+    tmp = folder / f"default.{os.getpid()}.tmp"
     tmp.write_text(key_id + "\n")
     os.chmod(tmp, 0o600)
     os.replace(tmp, folder / "default")
@@ -238,7 +239,12 @@ def default_key_or_create(directory: Path | None = None) -> tuple[RecordKey, boo
     just created."""
     key_id = default_key_id(directory)
     if key_id is None:
-        return create_key("created on first use", directory), True
+        folder = _folder(directory)
+        with open(folder / "first-use.lock", "a") as lock:  # two sessions started at once on a new
+            fcntl.flock(lock, fcntl.LOCK_EX)                 # computer make one key, not a torn default
+            key_id = default_key_id(directory)
+            if key_id is None:
+                return create_key("created on first use", directory), True
     key = load_key(key_id, directory)
     if not key.can_sign:
         raise RecordKeyError(f"the default record key {key_id} is a public key only on this computer; "

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -330,3 +331,20 @@ def test_a_failed_flush_nobody_saw_is_raised_by_close(tmp_path, monkeypatch):
     disk.failing = True
     with pytest.raises(RecordWriteError):
         rec.close()
+
+
+@pytest.mark.timeout(60)
+def test_sessions_started_at_once_on_a_new_computer_make_one_record_key(tmp_path):
+    """Two rooms' first sessions on a computer with no key yet: one key is created and both sign
+    with it (they raced to a torn `default` before: one session refused, keys multiplied)."""
+    keys = tmp_path / "keys"
+    code = ("import sys; from pathlib import Path; from safety.record_keys import default_key_or_create; "
+            "key, created = default_key_or_create(Path(sys.argv[1])); print(key.key_id, created)")
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(keys)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=root) for _ in range(8)]
+    results = [p.communicate(timeout=50) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+    said = [out.split() for out, _ in results]
+    assert len({key_id for key_id, _ in said}) == 1 and [created for _, created in said].count("True") == 1
+    assert len(list(keys.glob("k-*.json"))) == 1
