@@ -28,7 +28,9 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def pty_sim(tmp_path: Path) -> Iterator[SimProcess]:
-    with spawn_sim("pty", trace_path=tmp_path / "device-trace.jsonl") as sim:
+    """A 2 s watchdog: the holding session must survive a second controller's attempt, not a
+    loaded CI machine starving its heartbeats while that controller's Python starts."""
+    with spawn_sim("pty", trace_path=tmp_path / "device-trace.jsonl", settings=["watchdog_ms=2000"]) as sim:
         yield sim
 
 

@@ -188,10 +188,16 @@ def test_device_wide_fault_stops_until_a_person_clears_it(sim_pty: SimProcess) -
 
 
 def test_stale_telemetry_stops_everything(sim_pty: SimProcess) -> None:
-    with session(sim_pty.url) as stim:
+    # a link more patient than the default (6 x 0.1 s), so the device can stay silent well past
+    # the staleness limit (0.5 s) plus a reading period and a supervisor period before the link
+    # would give up: the supervisor, not the link, must be what notices
+    link = Link(open_transport(sim_pty.url), max_attempts=25)
+    link.open()
+    with Stimulator(link, SessionSetup(units.device_limits(link.identity), prescription(),
+                                       forearm_sites(1, 2), envelope=BENCH)) as stim:
         start(stim, 1, 0.5)
         sim_pty.pause()
-        time.sleep(0.45)  # more than 3 telemetry periods, less than the link's give-up time
+        time.sleep(0.9)
         sim_pty.resume()
         wait_for(lambda: stim.tripped)
         assert "telemetry" in stim.tripped
